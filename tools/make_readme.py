@@ -22,6 +22,11 @@ def _directives(source):
 def _text(value): return ''.join(value) if isinstance(value, list) else value
 
 
+def _from_repo_root(markdown):
+    "Links in the notebook are relative to nbs/, where the docs are built; the README sits one folder up."
+    return re.sub(r'\]\((?!https?:|#|/)([^)]+)\)', r'](nbs/\1)', markdown)
+
+
 def _outputs(cell, index, images):
     parts = []
     for j, out in enumerate(cell.get('outputs', [])):
@@ -43,7 +48,7 @@ def render(notebook=NOTEBOOK):
     cells, parts, images = json.loads(Path(notebook).read_text())['cells'], [], {}
     for i, cell in enumerate(cells):
         source = _text(cell['source'])
-        if cell['cell_type'] == 'markdown': parts.append(source.strip()); continue
+        if cell['cell_type'] == 'markdown': parts.append(_from_repo_root(source.strip())); continue
         if cell['cell_type'] != 'code': continue
         flags = _directives(source)
         if 'hide' in flags or flags.get('include') == 'false': continue
