@@ -6,22 +6,28 @@
 from __future__ import annotations
 
 import copy
+import errno
+import hashlib
+import io
 import math
 import os
 import pickle
 import random
 import re
+import secrets
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .learner import CancelFitException, Learner, MetricsS, Subscriber
+from .learner import CancelEpochException, CancelFitException, Learner, MetricsS, Subscriber
 
 # %% auto #0
 __all__ = ['FORMAT', 'rng_state', 'set_rng_state', 'CheckpointError', 'learner_state_dict', 'learner_load_state_dict',
-           'write_atomically', 'save_checkpoint', 'load_checkpoint', 'learner_save', 'learner_load', 'CheckpointS',
-           'checkpoints', 'FastForward', 'fit', 'EarlyStoppingS', 'TerminateOnNaNS']
+           'write_atomically', 'remove_temporaries', 'save_checkpoint', 'load_checkpoint', 'learner_save',
+           'learner_load', 'CheckpointS', 'checkpoints', 'latest_checkpoint', 'FastForward', 'fit', 'EarlyStoppingS',
+           'TerminateOnNaNS']
 
 # %% ../nbs/05_checkpoints.ipynb #8b0d4717
 def rng_state() -> dict:
@@ -45,10 +51,11 @@ def set_rng_state(state: dict):
     if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
 
 # %% ../nbs/05_checkpoints.ipynb #9e237931
-FORMAT = 'nntrain-checkpoint-1'
+FORMAT = 'nntrain-checkpoint-2'
+_FORMATS = ('nntrain-checkpoint-1', FORMAT)  # format 1: the same dict, saved without the checksummed header
 
 class CheckpointError(Exception):
-    "A checkpoint that cannot be loaded: corrupt, truncated, not a checkpoint, or unsafe."
+    "A checkpoint that cannot be loaded: corrupt, truncated, not a checkpoint, unsafe, or not fitting the learner."
 
 def _stateful(subs) -> dict:
     "Subscribers that have state, keyed by class name (`.1`, `.2` for repeats)."
@@ -60,6 +67,59 @@ def _stateful(subs) -> dict:
         seen[name] = seen.get(name, 0) + 1
     return keyed
 
+def _kind(value) -> str: return 'None' if value is None else f'a {type(value).__name__}'
+
+def _format_problem(state) -> str | None:
+    "Why `state` is not a learner state dict of a known format, or None."
+    if not isinstance(state, dict): return f"it holds {_kind(state)}, not a dict with 'format': {FORMAT!r}"
+    if 'format' not in state:
+        keys = list(state)[:4]
+        return f"it holds a dict with the keys {keys}{'...' if len(state) > 4 else ''} and no 'format' (a bare model state_dict?)"
+    if state['format'] not in _FORMATS: return f"its format is {state['format']!r}, expected one of {list(_FORMATS)}"
+
+def _rng_problem(rng, where: str) -> str | None:
+    "Why `rng` is not a state `set_rng_state` accepts, or None; found by trying it and putting the generators back."
+    if not isinstance(rng, dict) or not {'python', 'numpy', 'torch'} <= set(rng):
+        return f"{where} should be a dict with 'python', 'numpy' and 'torch' (as rng_state() makes), got {_kind(rng)}" + (
+            f" with the keys {sorted(rng)}" if isinstance(rng, dict) else '')
+    saved = rng_state()
+    try: set_rng_state(rng)
+    except Exception as e: return f"{where} is not a random state rng_state() made ({type(e).__name__}: {e})"
+    finally: set_rng_state(saved)
+
+def _position_problem(position) -> str | None:
+    "Why `position` is not a position in a fit, or None."
+    if not isinstance(position, dict): return f"'position' should be a dict, got {_kind(position)}"
+    missing = [k for k in ('epoch', 'next_iter', 'epoch_start') if k not in position]
+    if missing: return f"'position' lacks {missing}"
+    for name in ('epoch', 'next_iter'):
+        value = position[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"'position' should have {name!r} an int >= 0, got {value!r}"
+    start = position['epoch_start']
+    if not isinstance(start, dict) or not {'rng', 'loader'} <= set(start):
+        return f"'position'['epoch_start'] should be a dict with 'rng' and 'loader', got {_kind(start)}"
+    if start['loader'] is not None and not isinstance(start['loader'], torch.Tensor):
+        return f"'position'['epoch_start']['loader'] should be None or a generator state tensor, got {_kind(start['loader'])}"
+    if not isinstance(position.get('pass_done', False), bool): return f"'position'['pass_done'] should be True or False, got {position['pass_done']!r}"
+    return _rng_problem(start['rng'], "'position'['epoch_start']['rng']")
+
+def _structure_problem(state: dict) -> str | None:
+    "Why a dict of a known format does not have the structure `learner_state_dict` gives, or None."
+    missing = [k for k in ('model', 'opt', 'subs', 'rng') if k not in state]
+    if missing: return f"it lacks the keys {missing}"
+    model, opt, subs = state['model'], state['opt'], state['subs']
+    if not isinstance(model, dict): return f"'model' should be a dict of tensors by name, got {_kind(model)}"
+    bad = next((k for k, v in model.items() if not isinstance(k, str) or not (isinstance(v, torch.Tensor) or k.endswith('_extra_state'))), None)
+    if bad is not None: return f"'model' should be a dict of tensors by name, but its entry {bad!r} is {_kind(model[bad])}"
+    if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get('state'), dict) and isinstance(opt.get('param_groups'), list)
+                                and all(isinstance(g, dict) for g in opt['param_groups'])):
+        return f"'opt' should be None or an optimizer's state dict (a dict with 'state' and a list of 'param_groups'), got {_kind(opt)}"
+    if not isinstance(subs, dict) or not all(isinstance(k, str) for k in subs):
+        return f"'subs' should be a dict of subscriber states by name, got {_kind(subs)}"
+    if problem := _rng_problem(state['rng'], "'rng'"): return problem
+    if 'position' in state and state['position'] is not None: return _position_problem(state['position'])
+
 def learner_state_dict(self: Learner) -> dict:
     "Model, optimizer, subscribers with state, random state and, during a fit, the position in it, as one dict."
     opt = getattr(self, 'opt', None)
@@ -68,54 +128,178 @@ def learner_state_dict(self: Learner) -> dict:
     if getattr(self, 'position', None) is not None: state['position'] = copy.copy(self.position)
     return state
 
+def _first_mismatch(e: RuntimeError) -> str:
+    "The first line of a `load_state_dict` error that says what does not fit (not its 'Error(s) in loading' header)."
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if not line.startswith('Error(s) in loading')), lines[0] if lines else type(e).__name__)
+
 def learner_load_state_dict(self: Learner, state: dict, rng: bool = True):
     "Restore what `state_dict` returned (the optimizer's state only when a fit has made an optimizer)."
-    if not isinstance(state, dict) or state.get('format') != FORMAT:
-        raise CheckpointError(f"expected a learner state dict of format {FORMAT!r}, got {type(state).__name__}"
-                              + (f" of format {state.get('format')!r}" if isinstance(state, dict) else ''))
-    self.model.load_state_dict(state['model'])
-    if state['opt'] is not None and getattr(self, 'opt', None) is not None: self.opt.load_state_dict(state['opt'])
+    if problem := _format_problem(state) or _structure_problem(state):
+        raise CheckpointError(f"expected a learner state dict of format {FORMAT!r}: {problem}")
+    try: self.model.load_state_dict(state['model'])
+    except RuntimeError as e:
+        raise CheckpointError(f"the checkpoint's weights do not fit this {type(self.model).__name__}: {_first_mismatch(e)}") from None
+    if state['opt'] is not None and getattr(self, 'opt', None) is not None:
+        try: self.opt.load_state_dict(state['opt'])
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"the checkpoint's optimizer state does not fit this {type(self.opt).__name__} "
+                                  f"({type(e).__name__}: {e})") from None
     subs = _stateful(self.subs)
     for key, sub_state in state['subs'].items():
-        if key in subs: subs[key].load_state_dict(sub_state)
+        if key not in subs: continue
+        try: subs[key].load_state_dict(sub_state)
+        except Exception as e:
+            raise CheckpointError(f"the checkpoint's state of subscriber {key} does not fit it ({type(e).__name__}: {e})") from None
     if rng: set_rng_state(state['rng'])
 
 Learner.state_dict, Learner.load_state_dict = learner_state_dict, learner_load_state_dict
 
 # %% ../nbs/05_checkpoints.ipynb #1148674e
+_FULL = {errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_BINARY', 0)
+_TEMPORARY = re.compile(r'\..+\.(?:[0-9a-f]{12}|\d+)\.tmp')  # `.{name}.{12 hex digits}.tmp`; older versions used the pid
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    "Create a new, empty file next to `path` under an unpredictable name, never through an existing name or link."
+    for _ in range(100):
+        tmp = path.with_name(f'.{path.name[:200]}.{secrets.token_hex(6)}.tmp')
+        try: return os.open(tmp, _CREATE, 0o666), tmp
+        except FileExistsError: continue
+    raise FileExistsError(errno.EEXIST, f"cannot write {path}: no free temporary name next to it after 100 tries")
+
+def _write_error(e: OSError, path: Path) -> OSError:
+    "`e`, raised while writing `path`, as an error that names `path` and says why; errors about other files stay as they are."
+    name = e.filename
+    if name is not None and name != str(path) and not (Path(name).parent == path.parent and _TEMPORARY.fullmatch(Path(name).name)): return e
+    if e.errno in _FULL: return OSError(e.errno, f"cannot write {path}: disk full ({e.strerror})")
+    if e.errno in _NOT_WRITABLE: return OSError(e.errno, f"cannot write {path}: the folder {path.parent} is not writable ({e.strerror})")
+    return e
+
 def write_atomically(path, write) -> Path:
-    "Call `write(file)` on a temporary binary file next to `path`, flush and fsync it, then rename it to `path`."
+    "Call `write(file)` on a new temporary binary file next to `path`, flush and fsync it, then rename it to `path`."
     path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"cannot write {path}: the folder {path.parent} does not exist"
+                                + (" (it is a file)" if path.parent.exists() else ''))
+    if path.is_dir() and not path.is_symlink(): raise IsADirectoryError(errno.EISDIR, f"cannot write {path}: it is a folder")
+    tmp = None
     try:
-        with open(tmp, 'wb') as f:
+        fd, tmp = _create_temporary(path)
+        with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
+        os.replace(tmp, path)  # replaces a link at `path` itself, never what it points to
+        tmp = None
+    except OSError as e:
+        error = _write_error(e, path)
+        if error is e: raise
+        raise error from None
+    finally:
+        if tmp is not None: tmp.unlink(missing_ok=True)
     if hasattr(os, 'O_DIRECTORY'):  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try: os.fsync(fd)
         finally: os.close(fd)
     return path
 
+def remove_temporaries(folder, recursive: bool = False) -> list[Path]:
+    "Delete the temporary files that interrupted `write_atomically` calls left in `folder` (and below, with `recursive`); return them."
+    folder = Path(folder)
+    if not folder.exists(): return []
+    if not folder.is_dir(): raise NotADirectoryError(errno.ENOTDIR, f"remove_temporaries expected a folder, got the file {folder}")
+    removed = []
+    for parent, folders, names in os.walk(folder, followlinks=False):
+        for name in names:
+            path = Path(parent)/name
+            if _TEMPORARY.fullmatch(name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        if not recursive: break
+    return sorted(removed)
+
+class _HashingWriter:
+    "A binary stream that writes to `file` and hashes what it writes; `error` is the first `OSError` writing raised."
+    def __init__(self, file): self.file, self.sha256, self.error = file, hashlib.sha256(), None
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        try: return self.file.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+    def flush(self): self.file.flush()
+
+_MAGIC = f'{FORMAT}\n'.encode()
+_SUM = b'sha256 '
+_HEADER = len(_MAGIC) + len(_SUM) + 64 + 1  # the magic line, then 'sha256 <64 hex digits>\n', then the torch.save bytes
+
 def save_checkpoint(state: dict, path) -> Path:
-    "Write `state` to `path` atomically: temporary file, flush, fsync, rename; a crash leaves the old file intact."
-    return write_atomically(path, lambda f: torch.save(state, f))
+    "Write `state` to `path` atomically, under a header with the sha256 of its bytes; a crash leaves the old file intact."
+    def write(f):
+        f.write(_MAGIC + _SUM + b'0' * 64 + b'\n')
+        payload = _HashingWriter(f)
+        try: torch.save(state, payload)
+        except RuntimeError:  # torch's archive writer hides a full disk behind an error of its own
+            if payload.error is not None: raise payload.error from None
+            raise
+        f.seek(len(_MAGIC) + len(_SUM))
+        f.write(payload.sha256.hexdigest().encode())
+    return write_atomically(path, write)
+
+_BOILERPLATE = ('Weights only load failed', 'Please file an issue', 'Check the documentation', 'In PyTorch 2.6')
+
+def _reason(e: Exception) -> str:
+    "The informative line of an error from `torch.load`."
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_BOILERPLATE)] or lines or [type(e).__name__]
+    return useful[0].replace('WeightsUnpickler error: ', '')
+
+def _torch_load(path: Path, data: bytes):
+    try: return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'global' in str(e).lower():
+            raise CheckpointError(f"{path} holds pickled Python objects, which loading would execute; refused "
+                                  f"(nntrain checkpoints hold only tensors and plain values): {_reason(e)}") from None
+        raise CheckpointError(f"{path} is corrupt: its data is not tensors and plain values ({_reason(e)})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({type(e).__name__}: {_reason(e)})") from None
+
+def _read_checkpoint(path: Path):
+    "What the checkpoint file at `path` holds, its checksum verified; `CheckpointError` for a file that is not one."
+    if path.is_dir(): raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not path.exists(): raise CheckpointError(f"{path}: no such checkpoint file")
+    try: data = path.read_bytes()
+    except OSError as e: raise CheckpointError(f"{path} cannot be read: {e.strerror}") from None
+    if not data: raise CheckpointError(f"{path} is empty (0 bytes): its writing was cut short, or it was emptied")
+    if data.startswith(_MAGIC) or _MAGIC.startswith(data):
+        if len(data) < _HEADER: raise CheckpointError(f"{path} is truncated: {len(data)} bytes, shorter than its {_HEADER}-byte header")
+        line = data[len(_MAGIC):_HEADER]
+        expected = line[len(_SUM):-1].decode('ascii', 'replace')
+        if not line.startswith(_SUM) or not line.endswith(b'\n') or not re.fullmatch('[0-9a-f]{64}', expected):
+            raise CheckpointError(f"{path} has a damaged header: expected 'sha256 <64 hex digits>' on its second line")
+        payload = data[_HEADER:]
+        actual = hashlib.sha256(payload).hexdigest()
+        if actual != expected:
+            raise CheckpointError(f"{path} is damaged: checksum mismatch (the sha256 of its {len(payload)} data bytes is "
+                                  f"{actual[:16]}..., its header records {expected[:16]}...); it was cut short or altered after it was written")
+        return _torch_load(path, payload)
+    if data.startswith(b'PK\x03\x04'):  # format 1: a plain torch.save archive, without a checksum
+        state = _torch_load(path, data)
+        if isinstance(state, dict) and state.get('format') == FORMAT:
+            raise CheckpointError(f"{path} is not an nntrain checkpoint: it holds a {FORMAT!r} state saved without its "
+                                  "checksummed header (save it with save_checkpoint or learn.save, not torch.save)")
+        return state
+    raise CheckpointError(f"{path} is not an nntrain checkpoint: it starts neither with the header {_MAGIC.decode().strip()!r} "
+                          f"nor as a torch.save archive (its first bytes are {data[:8]!r})")
 
 def load_checkpoint(path) -> dict:
-    "Read a checkpoint safely (`weights_only=True`); any bad file raises `CheckpointError` naming it."
+    "Read a checkpoint safely (checksum, then `weights_only=True`); any bad file raises `CheckpointError` naming it and what is wrong."
     path = Path(path)
-    if not path.is_file(): raise CheckpointError(f"{path}: no such checkpoint file")
-    try: state = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} holds pickled Python objects, which loading would execute; refused "
-                              f"(nntrain checkpoints hold only tensors and plain values): {str(e).splitlines()[0]}") from None
-    except Exception as e:
-        raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict) or state.get('format') != FORMAT:
-        raise CheckpointError(f"{path} is not an nntrain checkpoint (expected format {FORMAT!r})")
+    state = _read_checkpoint(path)
+    if problem := _format_problem(state): raise CheckpointError(f"{path} is not an nntrain checkpoint: {problem}")
+    if problem := _structure_problem(state): raise CheckpointError(f"{path} is not a valid nntrain checkpoint: {problem}")
     return state
 
 def learner_save(self: Learner, path) -> Path:
@@ -124,7 +308,9 @@ def learner_save(self: Learner, path) -> Path:
 
 def learner_load(self: Learner, path, rng: bool = True):
     "Load a checkpoint written by `save` or `CheckpointS` into this learner."
-    self.load_state_dict(load_checkpoint(path), rng=rng)
+    state = load_checkpoint(path)
+    try: self.load_state_dict(state, rng=rng)
+    except CheckpointError as e: raise CheckpointError(f"{path}: {e}") from None
     return self
 
 Learner.save, Learner.load = learner_save, learner_load
@@ -134,6 +320,12 @@ _NAME = re.compile(r'checkpoint-e(\d+)-b(\d+)\.pt$')
 
 def _loader_generator(learn):
     return getattr(learn.dls.train, 'generator', None)
+
+def _check_monitor(owner: str, monitor: str, metrics: MetricsS):
+    "Refuse a `monitor` that `metrics` will not report, naming those it will."
+    names = ['loss', *metrics.metrics]
+    if monitor not in names:
+        raise ValueError(f"{owner}(monitor={monitor!r}): the MetricsS of this fit reports {names}; expected one of them")
 
 class CheckpointS(Subscriber):
     "Write checkpoints every `every_batches` batches and `every_epochs` epochs; keep the newest `keep` and the best by `monitor`."
@@ -149,24 +341,39 @@ class CheckpointS(Subscriber):
         self.batches, self.best = 0, None
 
     def before_fit(self, learn):
+        if self.monitor:
+            if not isinstance(getattr(learn, 'metrics', None), MetricsS):
+                raise ValueError(f"CheckpointS(monitor={self.monitor!r}) needs a MetricsS among the learner's subscribers")
+            _check_monitor('CheckpointS', self.monitor, learn.metrics)
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self.monitor and not isinstance(getattr(learn, 'metrics', None), MetricsS):
-            raise ValueError(f"CheckpointS(monitor={self.monitor!r}) needs a MetricsS among the learner's subscribers")
+        self.pending = None
 
-    def _checkpoint(self, learn):
-        save_checkpoint(learn.state_dict(), self.folder/f'checkpoint-e{learn.epoch:04d}-b{self.batches:08d}.pt')
+    def _checkpoint(self, learn, epoch: int):
+        state = learn.state_dict()
+        position = state.get('position')
+        if position is not None and position['epoch'] == epoch and not learn.training:  # the training pass is over
+            state['position'] = {**position, 'pass_done': True}
+        save_checkpoint(state, self.folder/f'checkpoint-e{epoch:04d}-b{self.batches:08d}.pt')
         for old in checkpoints(self.folder)[:-self.keep]: old.unlink()
+
+    def _write_pending(self, learn):
+        "Write the checkpoint of the training pass that ended, now that every subscriber has had its `after_epoch`."
+        if self.pending is not None: self._checkpoint(learn, self.pending)
+        self.pending = None
+
+    def before_epoch(self, learn): self._write_pending(learn)
+    def after_fit(self, learn): self._write_pending(learn)
 
     def after_batch(self, learn):
         if not learn.training: return
         self.batches += 1
-        if self.every_batches and self.batches % self.every_batches == 0: self._checkpoint(learn)
+        if self.every_batches and self.batches % self.every_batches == 0: self._checkpoint(learn, learn.epoch)
 
     def after_epoch(self, learn):
         if learn.training:
             if self.every_epochs and (learn.epoch + 1) % self.every_epochs == 0 and not (
                     self.every_batches and self.batches % self.every_batches == 0):  # not twice for the same batch
-                self._checkpoint(learn)
+                self.pending = learn.epoch
         elif self.monitor:
             value = learn.metrics.history[-1][self.monitor]
             better = self.best is None or (value < self.best if self.mode == 'min' else value > self.best)
@@ -185,6 +392,33 @@ def checkpoints(folder) -> list[Path]:
     found = [(int(m[1]), int(m[2]), p) for p in Path(folder).glob('checkpoint-*.pt') if (m := _NAME.search(p.name))]
     return [p for *_, p in sorted(found)]
 
+def _latest(folder, fallback: bool) -> tuple[Path, dict]:
+    "The newest valid checkpoint in `folder` and its state (see `latest_checkpoint`)."
+    folder = Path(folder)
+    if not folder.is_dir(): raise CheckpointError(f"{folder}: no such folder of checkpoints")
+    found = checkpoints(folder)
+    if not found: raise CheckpointError(f"{folder}: no checkpoint-*.pt file to resume from")
+    damaged = []
+    for path in reversed(found):
+        try: state = load_checkpoint(path)
+        except CheckpointError as e:
+            damaged.append(e)
+            continue
+        if damaged:
+            newest = f"the newest checkpoint is damaged: {damaged[0]}" + (
+                f" (and {len(damaged) - 1} more after the valid one)" if len(damaged) > 1 else '')
+            if not fallback:
+                raise CheckpointError(f"{newest}. The newest valid one is {path}: to resume from it, pass resume_fallback=True "
+                                      f"to fit (or fallback=True to latest_checkpoint), or resume={str(path)!r}")
+            warnings.warn(f"{newest}; resuming from the newest valid one, {path}", stacklevel=3)
+        return path, state
+    raise CheckpointError(f"{folder}: all {len(found)} checkpoints are damaged, the newest: {damaged[0]}")
+
+def latest_checkpoint(folder, fallback: bool = False) -> Path:
+    "The newest valid checkpoint in `folder`; if the newest is damaged, raise `CheckpointError`, or with `fallback` warn and return the previous valid one."
+    if not isinstance(fallback, bool): raise ValueError(f"expected fallback to be True or False, got {fallback!r}")
+    return _latest(folder, fallback)[0]
+
 # %% ../nbs/05_checkpoints.ipynb #9d2d9aad
 class FastForward:
     "Iterate `dl` from batch `skip` on; after the loader drew its order, set the random state to `rng`."
@@ -194,14 +428,17 @@ class FastForward:
     def __len__(self): return len(self.dl)
 
     def __iter__(self):
-        batches = iter(self.dl)
-        for _ in range(self.skip): next(batches)
+        batches, end = iter(self.dl), object()
+        for done in range(self.skip):
+            if next(batches, end) is end:
+                raise CheckpointError(f"the checkpoint is at batch {self.skip} of its epoch, but the training loader has only "
+                                      f"{done} batches; expected the loader of the run that wrote it")
         set_rng_state(self.rng)
         yield from batches
 
 class _Position(Subscriber):
     "Keep `learn.position` (epoch, next batch, random state at the epoch's start) current during a fit."
-    order = -1000
+    order, in_evaluation = -1000, False
     def before_fit(self, learn): learn.position = None
 
     def before_epoch(self, learn):
@@ -216,46 +453,56 @@ class _Position(Subscriber):
     def cleanup_fit(self, learn): learn.position = None
 
 class _ResumeEpochs(Subscriber):
-    order = -1000
+    "Start the fit at the checkpoint's epoch."
+    order, in_evaluation = -1000, False
     def __init__(self, state): self.state = state
-    def before_fit(self, learn):
-        start = self.state['position']['epoch']
-        if start >= learn.n_epochs:
-            raise ValueError(f"the checkpoint is at epoch {start}, but this fit has only {learn.n_epochs} epochs; expected more")
-        learn.epochs = range(start, learn.n_epochs)
+    def before_fit(self, learn): learn.epochs = range(self.state['position']['epoch'], learn.n_epochs)
 
 class _ResumeState(Subscriber):
-    order = 1000
-    def __init__(self, state): self.state, self.done = state, False
+    "At the start of the first training pass, restore the checkpoint at `path` and skip the batches it had done."
+    order, in_evaluation = 1000, False
+    def __init__(self, state, path): self.state, self.path, self.done = state, path, False
     def before_epoch(self, learn):
         if self.done or not learn.training: return
         self.done = True
         position = self.state['position']
-        learn.load_state_dict(self.state, rng=False)
+        try: learn.load_state_dict(self.state, rng=False)
+        except CheckpointError as e: raise CheckpointError(f"{self.path}: {e}") from None
         learn.position = copy.deepcopy(position)
         set_rng_state(position['epoch_start']['rng'])
-        generator = _loader_generator(learn)
-        if generator is not None and position['epoch_start']['loader'] is not None: generator.set_state(position['epoch_start']['loader'])
+        self._set_loader_state(learn, position['epoch_start']['loader'])
         learn.first_iter = position['next_iter']
         learn.dl = FastForward(learn.dl, position['next_iter'], self.state['rng'])
+        if position.get('pass_done'):  # written after the pass had ended: move the loader past it, then go on with what came next
+            for _ in learn.dl: pass
+            del learn.first_iter
+            raise CancelEpochException()
 
-def _resolve(resume) -> Path:
+    def _set_loader_state(self, learn, state):
+        generator = _loader_generator(learn)
+        if generator is None or state is None: return
+        try: generator.set_state(state)
+        except RuntimeError as e: raise CheckpointError(f"{self.path}: its loader state does not fit this loader's generator ({e})") from None
+
+def _resume_from(resume, fallback: bool) -> tuple[Path, dict]:
+    "The checkpoint to resume from, a file or a folder's newest valid one, and its state."
     resume = Path(resume)
-    if resume.is_dir():
-        found = checkpoints(resume)
-        if not found: raise CheckpointError(f"{resume}: no checkpoint-*.pt file to resume from")
-        return found[-1]
-    return resume
+    if resume.is_dir(): return _latest(resume, fallback)
+    return resume, load_checkpoint(resume)
 
 _fit_without_resume = getattr(Learner.fit, 'without_resume', Learner.fit)  # the original, also if this module is reloaded
 
-def fit(self: Learner, epochs: int = 1, train: bool = True, valid: bool = True, subs=(), lr: float | None = None, resume=None):
-    "`Learner.fit`, keeping `learn.position` current; with `resume`, continue from a checkpoint file or a folder's newest."
+def fit(self: Learner, epochs: int = 1, train: bool = True, valid: bool = True, subs=(), lr: float | None = None, resume=None,
+        resume_fallback: bool = False):
+    "`Learner.fit`, keeping `learn.position` current; with `resume`, continue from a checkpoint file or a folder's newest valid one."
+    if not isinstance(resume_fallback, bool): raise ValueError(f"expected resume_fallback to be True or False, got {resume_fallback!r}")
     if resume is None: return _fit_without_resume(self, epochs, train, valid, [*subs, _Position()], lr)
-    path = _resolve(resume)
-    state = load_checkpoint(path)
-    if 'position' not in state: raise CheckpointError(f"{path} records no position to resume from (it was saved outside a fit)")
-    return _fit_without_resume(self, epochs, train, valid, [*subs, _Position(), _ResumeEpochs(state), _ResumeState(state)], lr)
+    path, state = _resume_from(resume, resume_fallback)
+    if state.get('position') is None: raise CheckpointError(f"{path} records no position to resume from (it was saved outside a fit)")
+    start = state['position']['epoch']
+    if isinstance(epochs, int) and start >= epochs:
+        raise ValueError(f"{path} is at epoch {start} (counting from 0), but this fit has only {epochs} epochs; expected more than {start}")
+    return _fit_without_resume(self, epochs, train, valid, [*subs, _Position(), _ResumeEpochs(state), _ResumeState(state, path)], lr)
 
 fit.without_resume = _fit_without_resume
 Learner.fit = fit
@@ -273,6 +520,7 @@ class EarlyStoppingS(Subscriber):
     def before_fit(self, learn):
         if not isinstance(getattr(learn, 'metrics', None), MetricsS):
             raise ValueError(f"EarlyStoppingS(monitor={self.monitor!r}) needs a MetricsS among the learner's subscribers")
+        _check_monitor('EarlyStoppingS', self.monitor, learn.metrics)
         self.best, self.best_epoch, self.wait, self.stopped_epoch, self.best_weights = None, None, 0, None, None
 
     def after_epoch(self, learn):

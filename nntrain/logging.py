@@ -6,7 +6,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,10 +32,17 @@ def _format(value) -> str:
     return f'{value:.6g}' if isinstance(value, float) else str(value)
 
 # %% ../nbs/07_logging.ipynb #6a825476
-def _csv_header(path: Path) -> list[str] | None:
-    "The first row of the CSV file at `path`, or None when there is no such file or it is empty."
-    if not path.is_file() or path.stat().st_size == 0: return None
-    with open(path, newline='', encoding='utf-8') as f: return next(csv.reader(f), [])
+def _csv_line(row: list) -> str:
+    "`row` as one line of CSV, as `csv.writer` writes it."
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(row)
+    return buffer.getvalue()
+
+def _complete_lines(path: Path) -> tuple[bytes, int]:
+    "The bytes of the complete lines of the file at `path` (empty when there is none) and the file's size."
+    if not path.is_file(): return b'', 0
+    data = path.read_bytes()
+    return data[:data.rfind(b'\n') + 1], len(data)
 
 class CSVLoggerS(Subscriber):
     "Write a row per validation pass to the CSV file `path`: epoch, iteration, lr, and the train and valid metrics."
@@ -39,7 +50,7 @@ class CSVLoggerS(Subscriber):
     order = MetricsS.order + 1
 
     def __init__(self, path):
-        self.path, self.file, self.iteration = Path(path), None, 0
+        self.path, self.file, self.iteration, self.rows, self.size, self.written = Path(path), None, 0, 0, None, None
 
     def before_fit(self, learn):
         metrics = _current_metrics(learn)
@@ -48,19 +59,28 @@ class CSVLoggerS(Subscriber):
                              f"the learner's subscribers; got {[type(s).__name__ for s in learn.subs]}")
         self.names = ['loss', *metrics.metrics]
         self.header = ['epoch', 'iteration', 'lr', *(f'{mode}_{name}' for mode in ('train', 'valid') for name in self.names)]
-        existing = _csv_header(self.path)
+        data, size = _complete_lines(self.path)
+        header_line = _csv_line(self.header).encode()
+        if not data and size and not header_line.startswith(self.path.read_bytes()):
+            data = self.path.read_bytes()  # one unfinished line, not the start of our header: not our file
+        existing = next(csv.reader(io.StringIO(data.decode('utf-8', 'replace'))), []) if data else None
         if existing is not None and existing != self.header:
             raise ValueError(f"{self.path} already has the header {existing}, but this run writes {self.header}; "
                              "expected the same columns (log to a new file, or move the old one away)")
         self.metrics, self.iteration, self.train_values = metrics, 0, None
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if len(data) < size: os.truncate(self.path, len(data))  # a run killed while writing a line left part of it
         self.file = open(self.path, 'a', newline='', encoding='utf-8')
-        self.writer = csv.writer(self.file)
-        if existing is None: self._write(self.header)
+        self.size, self.rows, self.written = len(data), max(0, data.count(b'\n') - 1), hashlib.sha256(data)
+        if not data: self._write(self.header, row=False)
 
-    def _write(self, row: list):
-        self.writer.writerow(row)
+    def _write(self, values: list, row: bool = True):
+        line = _csv_line(values)
+        self.file.write(line)
         self.file.flush()
+        encoded = line.encode('utf-8')
+        self.written.update(encoded)
+        self.size, self.rows = self.size + len(encoded), self.rows + row
 
     def after_batch(self, learn):
         if learn.training: self.iteration += 1
@@ -80,10 +100,23 @@ class CSVLoggerS(Subscriber):
         self.file = None
 
     def state_dict(self) -> dict:
-        "The count of training batches, so that a resumed run continues it."
-        return {'iteration': self.iteration}
+        "The count of training batches, the last training pass's values, and the rows, bytes and sha256 of the file so far, for a resumed run."
+        return {'iteration': self.iteration, 'train_values': getattr(self, 'train_values', None), 'rows': self.rows, 'size': self.size,
+                'sha256': self.written.hexdigest() if self.written is not None else None}
 
-    def load_state_dict(self, state: dict): self.iteration = state['iteration']
+    def load_state_dict(self, state: dict):
+        "Restore the count; during a fit, cut the file back to what it held when `state_dict` was taken."
+        self.iteration, self.train_values = state['iteration'], state.get('train_values')
+        if self.file is None or state.get('size') is None: return  # outside a fit, or a checkpoint of an earlier version
+        self.file.flush()
+        size, data = state['size'], self.path.read_bytes()
+        if len(data) < size: return  # another, shorter file than the one the checkpoint knew: nothing to take back
+        if hashlib.sha256(data[:size]).hexdigest() != state['sha256']:
+            warnings.warn(f"CSVLoggerS: {self.path} does not begin with the {size} bytes the checkpoint recorded; "
+                          "continuing it as it is, so rows written after the checkpoint may appear twice")
+            return
+        os.truncate(self.path, size)
+        self.size, self.rows, self.written = size, state['rows'], hashlib.sha256(data[:size])
 
 # %% ../nbs/07_logging.ipynb #2ca76e23
 class TensorBoardS(Subscriber):
