@@ -5,10 +5,17 @@
 # %% ../nbs/11_experiments.ipynb #20216310
 from __future__ import annotations
 
+import collections.abc
 import difflib
+import hashlib
+import inspect
 import itertools
 import math
 import re
+import types
+import typing
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -21,20 +28,22 @@ from .dataloaders import load_mnist
 from .learner import Learner, Subscriber
 
 # %% auto #0
-__all__ = ['MODELS', 'OPTIMIZERS', 'SCHEDULERS', 'DATASETS', 'SETTINGS', 'Registry', 'mlp', 'ConfigError', 'expand_grid',
-           'check_config', 'check_session', 'load_session', 'IterationLoader', 'IterationStateS', 'fit_iterations']
+__all__ = ['MODELS', 'OPTIMIZERS', 'SCHEDULERS', 'DATASETS', 'SETTINGS', 'MAX_CONFIG_BYTES', 'MAX_ID_LENGTH', 'MAX_COUNT',
+           'MAX_SEED', 'Registry', 'mlp', 'ConfigError', 'read_yaml', 'expand_grid', 'device_problem', 'check_config',
+           'check_session', 'load_session', 'IterationLoader', 'IterationStateS', 'fit_iterations']
 
 # %% ../nbs/11_experiments.ipynb #80147ee9
 class Registry(dict):
     "Names to factories, for one `kind` of thing (model, optimizer...); `register` adds to it."
-    def __init__(self, kind: str, entries: dict | None = None):
+    def __init__(self, kind: str, entries: dict | None = None, info: dict | None = None):
         super().__init__(entries or {})
-        self.kind = kind
+        self.kind, self.info = kind, dict(info or {})
 
-    def register(self, name: str | None = None, factory=None):
-        "Add `factory` under `name` (default: its `__name__`); without `factory`, a decorator."
+    def register(self, name: str | None = None, factory=None, **info):
+        "Add `factory` under `name` (default: its `__name__`), with facts about it in `info`; without `factory`, a decorator."
         def add(f):
             self[name or f.__name__] = f
+            if info: self.info[name or f.__name__] = info
             return f
         return add if factory is None else add(factory)
 
@@ -58,7 +67,7 @@ OPTIMIZERS = Registry('optimizer', {'sgd': SGD, 'momentum': Momentum, 'rmsprop':
                                     'adamw': torch.optim.AdamW})
 SCHEDULERS = Registry('scheduler', {'one_cycle': torch.optim.lr_scheduler.OneCycleLR,
                                     'cosine': torch.optim.lr_scheduler.CosineAnnealingLR})
-DATASETS = Registry('dataset', {'mnist': load_mnist})
+DATASETS = Registry('dataset', {'mnist': load_mnist}, info={'mnist': {'classes': 10, 'shape': (1, 28, 28)}})
 
 # %% ../nbs/11_experiments.ipynb #5aa090de
 SETTINGS = {
@@ -85,23 +94,140 @@ SETTINGS = {
 class ConfigError(ValueError):
     "A session config with problems; the message lists all of them."
 
+# %% ../nbs/11_experiments.ipynb #03e45ba2
+_FLOAT = re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?   # 1.5, 1., 1.5e-3
+                               |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?             # .5
+                               |[0-9][0-9_]*[eE][-+]?[0-9]+                    # 1e-3 (YAML 1.1 wants a dot)
+                               |\.(?:inf|Inf|INF))
+                       |\.(?:nan|NaN|NAN))$''', re.X)
+
+class _ConfigLoader(yaml.SafeLoader):
+    "PyYAML's safe loader, with YAML 1.2's floats."
+
+_ConfigLoader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != 'tag:yaml.org,2002:float']
+                                         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigLoader.add_implicit_resolver('tag:yaml.org,2002:float', _FLOAT, list('-+0123456789.'))
+
+MAX_CONFIG_BYTES = 10 * 2**20
+
+def _line(event_or_node) -> int: return event_or_node.start_mark.line + 1
+
+def _shape_problem(text: str, max_nodes: int, max_depth: int) -> str | None:
+    "Depth and expanded size (an alias counts as a copy of its anchor) from the parse events, stopping at the first excess."
+    sizes, open_collections, total = {}, [], 0
+    for event in yaml.parse(text, Loader=_ConfigLoader):
+        if isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for anchor, _ in open_collections):
+                return f"line {_line(event)}: the alias *{event.anchor} is inside the collection it names, which makes it endless"
+            total += sizes.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            total += 1
+            if event.anchor: sizes[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            total += 1
+            open_collections.append((event.anchor, total - 1))
+            if len(open_collections) > max_depth:
+                return f"line {_line(event)}: nested more than {max_depth} levels deep; a config needs a few"
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, start = open_collections.pop()
+            if anchor: sizes[anchor] = total - start
+        if total > max_nodes:
+            return (f"line {_line(event)}: expands to more than {max_nodes:,} values (aliases repeat what their anchor holds); "
+                    "expected a config of a reasonable size")
+    return None
+
+def _key_kind(node) -> str:
+    if isinstance(node, yaml.MappingNode): return 'a mapping'
+    if isinstance(node, yaml.SequenceNode): return 'a list'
+    kind = node.tag.rpartition(':')[2]
+    return {'int': 'a number', 'float': 'a number', 'bool': 'a boolean', 'null': 'null'}.get(kind, f'a {kind}')
+
+def _key_problems(root) -> list[str]:
+    "Keys that are not text, and keys given twice in one mapping (the second would silently win), by line."
+    problems, seen, todo = [], set(), [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen: continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode): todo.extend(node.value)
+        if not isinstance(node, yaml.MappingNode): continue
+        first_line = {}
+        for key, value in node.value:
+            todo.append(value)
+            if key.tag == 'tag:yaml.org,2002:merge': continue
+            if not (isinstance(key, yaml.ScalarNode) and key.tag == 'tag:yaml.org,2002:str'):
+                text = f" {key.value}" if isinstance(key, yaml.ScalarNode) else ''
+                problems.append((_line(key), f"line {_line(key)}: the key{text} is {_key_kind(key)}; expected text (keys are names"
+                                 + (f"; write '{key.value}' in quotes to mean the text)" if text else ")")))
+            elif key.value in first_line:
+                problems.append((_line(key), f"line {_line(key)}: the key {key.value!r} is given twice in one mapping "
+                                 f"(first on line {first_line[key.value]}); expected each once"))
+            else: first_line[key.value] = _line(key)
+    return [message for _, message in sorted(problems)]
+
+def read_yaml(path, max_nodes: int = 100_000, max_depth: int = 50) -> object:
+    "The YAML file at `path`, read safely (YAML 1.2 floats, text keys, bounded size and depth), or a `ConfigError` naming the problem."
+    path = Path(path)
+    try: data = path.read_bytes()
+    except FileNotFoundError: raise ConfigError(f"{path}: no such config file") from None
+    except OSError as e: raise ConfigError(f"{path}: cannot be read ({e.strerror or type(e).__name__}); expected a YAML file") from None
+    if len(data) > MAX_CONFIG_BYTES: raise ConfigError(f"{path} is {len(data):,} bytes; expected a config file of at most {MAX_CONFIG_BYTES:,}")
+    try: text = data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); expected a YAML file") from None
+    if '\x00' in text: raise ConfigError(f"{path} is a binary file (it holds NUL bytes); expected a YAML file")
+    loader = None
+    try:
+        if problem := _shape_problem(text, max_nodes, max_depth): raise ConfigError(f"{path}: {problem}")
+        loader = _ConfigLoader(text)
+        node = loader.get_single_node()
+        if node is None: raise ConfigError(f"{path} is empty; expected a YAML mapping of settings")
+        if problems := _key_problems(node): raise ConfigError(f"{path} has {len(problems)} problem(s):\n  " + '\n  '.join(problems))
+        return loader.construct_document(node)
+    except yaml.YAMLError as e: raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except RecursionError: raise ConfigError(f"{path}: nested too deeply to read; expected at most {max_depth} levels") from None
+    finally:
+        if loader is not None: loader.dispose()
+
 # %% ../nbs/11_experiments.ipynb #cca7a0c8
-def _id_part(key: str, value) -> str:
+_UNSAFE = re.compile(r'[^A-Za-z0-9.+=,-]+')
+MAX_ID_LENGTH = 150
+
+def _digest(value) -> str: return hashlib.sha256(repr(value).encode()).hexdigest()[:8]
+
+def _id_part(key, value) -> str:
     text = ','.join(f'{k}={v}' for k, v in value.items()) if isinstance(value, dict) else str(value)
-    return f"{key}-{re.sub(r'[^A-Za-z0-9.+=,-]+', '_', text).strip('_')}"
+    key_text, clean = _UNSAFE.sub('_', str(key)).strip('_'), _UNSAFE.sub('_', text).strip('_')
+    lossless = key_text == key and clean == text   # else two values could read the same: add a digest of the value
+    return f"{key_text}-{clean}" if lossless else f"{key_text}-{clean}-{_digest(value)}"
+
+def _unique_ids(ids: list[str], swept: list[dict]) -> list[str]:
+    ids = [i if len(i) <= MAX_ID_LENGTH else f"{i[:MAX_ID_LENGTH - 9]}-{_digest(s)}" for i, s in zip(ids, swept)]
+    counts = Counter(ids)
+    ids = [f"{i}-{_digest(s)}" if counts[i] > 1 else i for i, s in zip(ids, swept)]   # e.g. True and 'True'
+    taken, unique = set(), []
+    for i in ids:   # the same settings listed twice: number the copies
+        name, n = i, 1
+        while name in taken: n += 1; name = f"{i}-{n}"
+        taken.add(name); unique.append(name)
+    return unique
 
 def expand_grid(session: dict) -> list[tuple[str, dict]]:
     "The experiments of a session: `(id, config)` pairs, one per combination of the values of keys ending in `_`."
     grid = {k[:-1]: v for k, v in session.items() if k.endswith('_')}
     fixed = {k: v for k, v in session.items() if not k.endswith('_')}
     if not grid: return [('default', dict(fixed))]
-    experiments = []
-    for values in itertools.product(*grid.values()):
-        swept = dict(zip(grid, values))
-        experiments.append(('_'.join(_id_part(k, v) for k, v in swept.items()), {**fixed, **swept}))
-    return experiments
+    swept = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    ids = _unique_ids(['_'.join(_id_part(k, v) for k, v in s.items()) for s in swept], swept)
+    return [(i, {**fixed, **s}) for i, s in zip(ids, swept)]
 
 # %% ../nbs/11_experiments.ipynb #ac2eaa5b
+MAX_COUNT = 2**31 - 1
+MAX_SEED = 2**32 - 1
+
+def _is_int(value) -> bool: return isinstance(value, int) and not isinstance(value, bool)
+def _is_number(value) -> bool: return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 def _type_name(t) -> str:
     names = [x.__name__ for x in (t if isinstance(t, tuple) else (t,))]
     return ' or '.join('null' if n == 'NoneType' else n for n in names)
@@ -111,12 +237,144 @@ def _check_value(key, value, expected) -> bool:
     if isinstance(value, bool) and expected is not bool and not (isinstance(expected, tuple) and bool in expected): return False
     return isinstance(value, expected)
 
-def check_config(config: dict) -> list[str]:
-    "Every problem of one experiment's config, as messages (empty when it is fine)."
+def device_problem(name) -> str | None:
+    "Why `name` is not a device to train on here (unknown to torch, or not on this machine), or None when it is (None: the best available)."
+    if name is None: return None
+    if not isinstance(name, (str, torch.device)): return f"expected a device name such as 'cpu' or 'cuda', got {name!r}"
+    try: device = torch.device(name)
+    except (RuntimeError, ValueError): return f"{name!r} is not a device torch knows; expected cpu, cuda, cuda:N, mps, or null for the best available"
+    if device.type == 'cpu': return None
+    if device.type == 'meta': return f"{name!r} holds no data (it is for shapes only); expected cpu, cuda or mps"
+    backend = torch.backends.mps if device.type == 'mps' else getattr(torch, device.type, None)
+    if backend is None or not hasattr(backend, 'is_available'): return f"{name!r}: nntrain cannot tell whether {device.type} is available; expected cpu, cuda or mps"
+    if not backend.is_available(): return f"{name!r} is not available on this machine (torch.{'backends.' * (device.type == 'mps')}{device.type}.is_available() is False)"
+    count = backend.device_count() if hasattr(backend, 'device_count') else 1
+    if device.index is not None and device.index >= count:
+        return f"{name!r} is not on this machine, which has {count} {device.type} device(s) ({', '.join(f'{device.type}:{i}' for i in range(count))})"
+    return None
+
+def _signature(factory) -> inspect.Signature | None:
+    for eval_str in (True, False):
+        try: return inspect.signature(factory, eval_str=eval_str)
+        except Exception: continue
+    return None
+
+def _fits(annotation, value) -> bool | None:
+    "Whether `value` fits `annotation`; None when the annotation is not one a YAML value can be checked against."
+    if annotation is inspect.Parameter.empty or annotation is typing.Any or isinstance(annotation, str): return None
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        answers = [_fits(a, value) for a in typing.get_args(annotation)]
+        return True if True in answers else None if None in answers else False
+    if annotation is None or annotation is type(None): return value is None
+    cls = typing.get_origin(annotation) or annotation
+    if cls is float: return _is_number(value)
+    if cls is int: return _is_int(value)
+    if cls in (list, tuple): return isinstance(value, (list, tuple))
+    if cls in (bool, str, dict): return isinstance(value, cls)
+    return None
+
+def _fits_default(default, value) -> bool | None:
+    "Whether `value` has the kind of the parameter's default (numbers for numbers, lists for tuples); None when unknown."
+    if isinstance(default, bool): return isinstance(value, bool)
+    if _is_number(default): return _is_number(value)
+    if isinstance(default, (list, tuple)): return isinstance(value, (list, tuple))
+    if isinstance(default, (str, dict)): return isinstance(value, type(default))
+    return None
+
+def _takes(factory, argument: str) -> bool:
+    "Whether `factory` takes `argument` by keyword (True when its signature cannot be read)."
+    signature = _signature(factory)
+    return signature is None or any(p.kind == p.VAR_KEYWORD or (p.name == argument and p.kind != p.POSITIONAL_ONLY)
+                                    for p in signature.parameters.values())
+
+def _model_args_problems(name: str, factory, args: dict) -> list[str]:
+    "Keyword arguments `args` that the model `factory` does not take, lacks, or takes of another type."
+    signature = _signature(factory)
+    if signature is None: return []
+    params = {p.name: p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    problems = []
+    for key, value in args.items():
+        if key not in params:
+            if _takes(factory, key): continue   # it takes **kwargs
+            close = difflib.get_close_matches(key, list(params), n=1)
+            problems.append(f"model_args: {name} takes no argument {key!r}" + (f"; did you mean {close[0]!r}?" if close else '')
+                            + f" (arguments: {', '.join(params) or 'none'})")
+            continue
+        p = params[key]
+        fits = _fits(p.annotation, value) if p.annotation is not p.empty else _fits_default(p.default, value)
+        if fits is False:
+            expected = inspect.formatannotation(p.annotation) if p.annotation is not p.empty else f"a value like its default {p.default!r}"
+            problems.append(f"model_args.{key}: {name} expects {expected}, got {value!r}")
+    if missing := [p.name for p in params.values() if p.default is p.empty and p.name not in args]:
+        problems.append(f"model_args: {name} needs {', '.join(map(repr, missing))} (no default)")
+    return problems
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(': ')
+
+def _try_model(factory, args: dict, shape, device: str):
+    "Build the model on `device` and, given a sample `shape`, run a batch of two through it: (failed step, error, outputs per sample)."
+    with torch.device(device), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try: model = factory(**args)
+        except Exception as e: return 'build', e, None
+        if shape is None or not isinstance(model, nn.Module): return None, None, None
+        try:
+            with torch.no_grad(): out = model.eval()(torch.zeros(2, *shape))
+        except Exception as e: return 'forward', e, None
+    return None, None, out.shape[1] if isinstance(out, torch.Tensor) and out.ndim == 2 else None
+
+_PROBES = {}
+
+def _probe_model(factory, args: dict, shape):
+    "`_try_model` on the meta device (no memory, no time); only if that fails, again on the CPU, for models meta cannot build."
+    key = (id(factory), repr(args), shape)   # the factory is kept with its result, so its id stays its own
+    if key not in _PROBES:
+        if len(_PROBES) > 1000: _PROBES.clear()
+        result = _try_model(factory, args, shape, 'meta')
+        _PROBES[key] = factory, result if result[0] is None else _try_model(factory, args, shape, 'cpu')
+    return _PROBES[key][1]
+
+def _model_problems(config: dict, setting) -> list[str]:
+    "Build the model on the meta device and run a fake batch of the dataset through it; check `loss_weights` against its outputs."
+    model, args, dataset, weights = setting('model'), setting('model_args'), setting('dataset'), setting('loss_weights')
+    info = DATASETS.info.get(dataset, {}) if isinstance(dataset, str) else {}
+    classes = info.get('classes')
+    problems, outputs = [], None
+    if isinstance(model, str) and model in MODELS and isinstance(args, dict) and all(isinstance(k, str) for k in args):
+        factory = MODELS[model]
+        problems += _model_args_problems(model, factory, args)
+        flatten = setting('flatten') is not False
+        shape = info.get('shape')
+        shape = None if shape is None else (math.prod(shape),) if flatten else tuple(shape)
+        call = f"{model}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+        if not problems:
+            step, error, outputs = _probe_model(factory, args, shape)
+            if step == 'build': problems.append(f"{'model_args' if args else 'model'}: {call} failed: {_first_line(error)}")
+            if step == 'forward':
+                takes_images = flatten and len(info['shape']) > 1 and _probe_model(factory, args, tuple(info['shape']))[0] is None
+                hint = "; it takes images: set flatten: false" if takes_images else ''
+                problems.append(f"model: {call} cannot take a batch of {dataset} samples of shape {[2, *shape]} "
+                                f"(flatten: {str(flatten).lower()}{hint}): {_first_line(error)}")
+            if outputs is not None and classes is not None and outputs < classes:
+                problems.append(f"model: {call} outputs {outputs} classes per sample, but dataset {dataset} has {classes}; expected at least {classes}")
+    if isinstance(weights, list):
+        bad = [w for w in weights if not (_is_number(w) and math.isfinite(w) and w >= 0)]
+        if bad: problems.append(f"loss_weights: expected finite numbers >= 0, got {bad[0]!r}")
+        elif weights and not any(weights): problems.append("loss_weights: all weights are 0, so nothing would be learned; expected at least one > 0")
+        expected = outputs if outputs is not None else classes   # the model's outputs, else the dataset's classes
+        if expected is not None and len(weights) != expected:
+            problems.append(f"loss_weights: expected {expected} weights (one per class), got {len(weights)}")
+        elif not weights: problems.append("loss_weights: expected one weight per class, got an empty list (null means no weights)")
+    return problems
+
+def check_config(config: dict, on_this_machine: bool = True) -> list[str]:
+    "Every problem of one experiment's config, as messages (empty when it is fine); `on_this_machine` also checks the device is here."
     problems = []
     for key, value in config.items():
         if key not in SETTINGS:
-            close = difflib.get_close_matches(key, list(SETTINGS), n=1)
+            close = difflib.get_close_matches(key, list(SETTINGS), n=1) if isinstance(key, str) else []
             problems.append(f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ''))
             continue
         expected = SETTINGS[key][0]
@@ -128,44 +386,77 @@ def check_config(config: dict) -> list[str]:
     if len(given) != 1: problems.append(f"give exactly one of num_epochs and num_iterations, got {given or 'neither'}")
     for key in ('num_epochs', 'num_iterations', 'valid_every', 'checkpoint_every', 'log_every', 'bs'):
         value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1: problems.append(f"{key}: expected >= 1, got {value}")
-    if isinstance(config.get('lr'), (int, float)) and not config['lr'] > 0: problems.append(f"lr: expected > 0, got {config['lr']}")
+        if _is_int(value) and value < 1: problems.append(f"{key}: expected >= 1, got {value}")
+        if _is_int(value) and value > MAX_COUNT: problems.append(f"{key}: expected at most {MAX_COUNT:,}, got {value:,}")
+    lr, decay, seed = config.get('lr'), config.get('weight_decay'), config.get('seed')
+    if _is_number(lr) and not (math.isfinite(lr) and lr > 0): problems.append(f"lr: expected a finite number > 0, got {lr}")
+    if _is_number(decay) and not (math.isfinite(decay) and decay >= 0): problems.append(f"weight_decay: expected a finite number >= 0, got {decay}")
+    if _is_int(seed) and not 0 <= seed <= MAX_SEED: problems.append(f"seed: expected an int in [0, {MAX_SEED}], got {seed}")
+    if on_this_machine and isinstance(config.get('device'), str) and (problem := device_problem(config['device'])):
+        problems.append(f"device: {problem}")
     if config.get('augment') is True and config.get('flatten', SETTINGS['flatten'][1]) is not False:
         problems.append("augment: shifting and erasing need images, set flatten: false")
+    optimizer = config.get('optimizer', SETTINGS['optimizer'][1])
+    if isinstance(optimizer, str) and optimizer in OPTIMIZERS and not _takes(OPTIMIZERS[optimizer], 'weight_decay'):
+        problems.append(f"optimizer: {optimizer} takes no weight_decay argument, which every experiment passes; expected a factory that takes it")
+    problems += _model_problems(config, lambda k: config.get(k, SETTINGS[k][1]))
     return problems
 
-def check_session(session: dict, name: str = 'session') -> list[tuple[str, dict]]:
-    "Expand `session` and check every experiment; raise one `ConfigError` listing all problems, else return them with defaults."
+def _grid_problems(session: dict) -> list[str]:
+    problems = []
+    for key, value in session.items():
+        if not isinstance(key, str): problems.append(f"key {key!r}: expected text (keys are names)"); continue
+        if not key.endswith('_'): continue
+        if not (isinstance(value, list) and value):
+            problems.append(f"{key}: a key ending in '_' holds the values to try, expected a non-empty list, got {value!r}"); continue
+        twice = [v for v, n in Counter(repr(v) for v in value).items() if n > 1]
+        if twice: problems.append(f"{key}: lists {', '.join(twice)} more than once; expected each value once (each is one experiment)")
+        if key[:-1] in session: problems.append(f"{key[:-1]} and {key} are both given; expected one (a fixed value or the values to try)")
+    return problems
+
+def _problems_message(name: str, problems: list[str]) -> str:
+    unique = list(dict.fromkeys(problems))
+    return f"{name} has {len(unique)} problem(s):\n  " + '\n  '.join(unique)
+
+def check_session(session: dict, name: str = 'session', max_experiments: int = 10_000) -> list[tuple[str, dict]]:
+    "Expand `session` (at most `max_experiments`) and check every experiment; raise one `ConfigError` listing all problems, else return them with defaults."
+    if not _is_int(max_experiments) or max_experiments < 1: raise ValueError(f"expected max_experiments to be an int >= 1, got {max_experiments!r}")
     if not isinstance(session, dict): raise ConfigError(f"{name}: expected a mapping of settings, got {type(session).__name__}")
-    problems = [f"{key}: a key ending in '_' holds the values to try, expected a non-empty list, got {value!r}"
-                for key, value in session.items() if key.endswith('_') and not (isinstance(value, list) and value)]
-    if problems: raise ConfigError(f"{name} has {len(problems)} problem(s):\n  " + '\n  '.join(problems))
+    if problems := _grid_problems(session): raise ConfigError(_problems_message(name, problems))
+    lengths = {k: len(v) for k, v in session.items() if k.endswith('_')}
+    if (count := math.prod(lengths.values())) > max_experiments:
+        raise ConfigError(f"{name}: the grid has {count:,} experiments ({' x '.join(f'{n} {k}' for k, n in lengths.items())}), "
+                          f"more than max_experiments={max_experiments:,}; expected a smaller grid (or a larger max_experiments)")
     experiments = expand_grid(session)
-    for experiment_id, config in experiments:
-        problems += [f"[{experiment_id}] {p}" if len(experiments) > 1 else p for p in check_config(config)]
-    if problems:
-        unique = list(dict.fromkeys(problems))
-        raise ConfigError(f"{name} has {len(unique)} problem(s):\n  " + '\n  '.join(unique))
+    found = [(i, check_config(c)) for i, c in experiments]
+    everywhere = Counter(p for _, ps in found for p in set(ps))   # a problem of every experiment is listed once, unprefixed
+    problems = [p if len(found) == 1 or everywhere[p] == len(found) else f"[{i}] {p}" for i, ps in found for p in ps]
+    if problems: raise ConfigError(_problems_message(name, problems))
     return [(i, {**{k: v[1] for k, v in SETTINGS.items()}, **c}) for i, c in experiments]
 
-def load_session(path, session: str) -> list[tuple[str, dict]]:
-    "Read the YAML file at `path` (safely), pick `session`, and return its checked experiments."
+def load_session(path, session: str, max_experiments: int = 10_000) -> list[tuple[str, dict]]:
+    "Read the YAML file at `path` with `read_yaml`, pick `session`, and return its checked experiments."
     path = Path(path)
-    try: sessions = yaml.safe_load(path.read_text())
-    except FileNotFoundError: raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as e: raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(sessions, dict) or session not in sessions:
-        known = list(sessions) if isinstance(sessions, dict) else []
-        close = difflib.get_close_matches(session, known, n=1)
+    sessions = read_yaml(path)
+    if not isinstance(sessions, dict): raise ConfigError(f"{path}: expected a mapping of session names to settings, got {type(sessions).__name__}")
+    if session not in sessions:
+        close = difflib.get_close_matches(session, list(sessions), n=1)
         raise ConfigError(f"{path} has no session {session!r}" + (f"; did you mean {close[0]!r}?" if close else '')
-                          + f" (sessions: {', '.join(known) or 'none'})")
-    return check_session(sessions[session], f"{path}:{session}")
+                          + f" (sessions: {', '.join(sessions) or 'none'})")
+    return check_session(sessions[session], f"{path}:{session}", max_experiments)
 
 # %% ../nbs/11_experiments.ipynb #f425f0ec
 class IterationLoader:
     "The batches of `dl`, epoch after epoch, handed out in blocks of `every` batches (the last block of `total` may be shorter)."
     def __init__(self, dl, every: int, total: int | None = None, seed: int | None = None):
-        if not isinstance(every, int) or every < 1: raise ValueError(f"expected every to be an int >= 1, got {every!r}")
+        if not _is_int(every) or every < 1: raise ValueError(f"expected every to be an int >= 1, got {every!r}")
+        if isinstance(dl, collections.abc.Iterator):
+            raise TypeError(f"expected a training loader that can be iterated again for every epoch of the data (a DataLoader, "
+                            f"a list of batches), got a {type(dl).__name__}, which runs only once")
+        try: empty = len(dl) == 0
+        except TypeError: empty = False   # no length (an iterable dataset): checked when it gives no batch
+        if empty:
+            raise ValueError(f"expected a training loader with at least one batch, got an empty {type(dl).__name__}")
         self.dl, self.every, self.total, self.seed = dl, every, total, seed
         self.served, self.block_start, self.data_epoch, self.batches = 0, 0, -1, None
 
@@ -189,7 +480,9 @@ class IterationLoader:
         try: return next(self.batches)
         except StopIteration:
             self._new_data_epoch()   # a new epoch of the data: a new order
-            return next(self.batches)
+            try: return next(self.batches)
+            except StopIteration: raise ValueError(f"the training loader gave no batches in epoch {self.data_epoch} of the data; "
+                                                   "expected at least one") from None
 
     def __iter__(self):
         self.block_start = self.served
@@ -219,8 +512,11 @@ class IterationStateS(Subscriber):
 def fit_iterations(learn: Learner, num_iterations: int, valid_every: int | None = None, seed: int | None = None,
                    subs=(), **fit_kwargs):
     "Fit `learn` for `num_iterations` training batches, validating every `valid_every` (default: once, at the end)."
-    if not isinstance(num_iterations, int) or num_iterations < 1:
+    if not _is_int(num_iterations) or num_iterations < 1:
         raise ValueError(f"expected num_iterations to be an int >= 1, got {num_iterations!r}")
+    if valid_every is not None and (not _is_int(valid_every) or valid_every < 1):
+        raise ValueError(f"expected valid_every to be an int >= 1 (or None: validate once, at the end), got {valid_every!r}")
+    if seed is not None and not _is_int(seed): raise ValueError(f"expected seed to be an int or None, got {seed!r}")
     every = valid_every or num_iterations
     original = learn.dls.train
     learn.dls.train = IterationLoader(original, every, num_iterations, seed)
