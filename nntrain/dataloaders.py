@@ -8,9 +8,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import numbers
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
@@ -53,6 +54,28 @@ def load_mnist(folder: str | Path | None = None) -> DatasetDict:
     sums = _read_sums(folder)
     return DatasetDict({split: Dataset(_verified_table(folder/f'{split}.parquet', sums)) for split in MNIST_SPLITS})
 
+# %% ../nbs/01_dataloaders.ipynb #6dccc499
+def _describe(value) -> str:
+    "Name `value` for an error message: short values by their repr, classes and functions by name, others by type."
+    if value is None or isinstance(value, (numbers.Number, str, bytes)):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + '...'
+    if isinstance(value, type): return f"the class {value.__qualname__}"
+    if isinstance(value, functools.partial): return f"a partial of {_describe(value.func)}"
+    if callable(value) and hasattr(value, '__qualname__'): return f"the function {value.__qualname__}"
+    return f"a {type(value).__name__}"
+
+def _check_int(value, name: str, who: str, minimum: int = 1, optional: bool = False) -> int | None:
+    "`value` as an int when it is an integer (not a bool) >= `minimum` (or None when `optional`); else a ValueError."
+    if optional and value is None: return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= minimum: return int(value)
+    raise ValueError(f"{who} expected {name} to be an int >= {minimum} (not a bool){' or None' if optional else ''}, got {_describe(value)}")
+
+def _check_flag(value, name: str, who: str) -> bool:
+    "`value` when it is True or False; else a ValueError."
+    if isinstance(value, (bool, np.bool_)): return bool(value)
+    raise ValueError(f"{who} expected {name} to be True or False, got {_describe(value)}")
+
 # %% ../nbs/01_dataloaders.ipynb #e89ab00a
 def _images_to_tensor(images: list, flatten: bool) -> torch.Tensor:
     arrays = [np.asarray(im) for im in images]
@@ -64,6 +87,10 @@ def _images_to_tensor(images: list, flatten: bool) -> torch.Tensor:
 
 def hf_ds_collate_fn(data: list, flatten: bool = True) -> list:
     "Collate rows of a Hugging Face dataset into `[x, y, ...]`: images to float32 in [0, 1], numbers to tensors."
+    if isinstance(data, (Mapping, str)) or not isinstance(data, Sequence):
+        raise TypeError(f"hf_ds_collate_fn expected a list of rows (dicts), got {_describe(data)}"
+                        + (" (one row, or a slice such as ds[:8], which holds columns; pass [ds[i] for i in ...])" if isinstance(data, Mapping) else ''))
+    _check_flag(flatten, 'flatten', 'hf_ds_collate_fn')
     if not data: raise ValueError("hf_ds_collate_fn expected a non-empty list of rows, got an empty one")
     if not isinstance(data[0], Mapping):
         raise TypeError(f"hf_ds_collate_fn expected rows as dicts (rows of a Hugging Face Dataset), got {type(data[0]).__name__}")
@@ -104,6 +131,10 @@ def _image_column(cells: list, name: str, max_bytes: int) -> torch.Tensor:
 
 def dataset_to_tensors(ds: Dataset, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     "Decode every column of `ds` once: images to `uint8 [N, C, H, W]`, labels and ints to int64, floats to float32."
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"dataset_to_tensors expected a Hugging Face Dataset (one split), got {_describe(ds)}"
+                        + (" (pick a split: dd['train'])" if isinstance(ds, Mapping) else ''))
+    _check_int(max_bytes, 'max_bytes', 'dataset_to_tensors')
     table = ds.with_format('arrow')[:]
     columns = {}
     for name, feature in ds.features.items():
@@ -121,17 +152,31 @@ def _to_float_images(x: torch.Tensor, flatten: bool) -> torch.Tensor:
     x = torch.div(x, 255)  # uint8 / int gives float32, computed in one pass
     return x.flatten(1) if flatten else x
 
+def _rows(columns) -> int:
+    "The number of rows of `columns`, a non-empty dict of tensors of equal, non-zero length; else a clear error."
+    if not isinstance(columns, Mapping): raise TypeError(f"TensorLoader expected columns as a dict of column name to tensor, got {_describe(columns)}")
+    if not columns: raise ValueError("TensorLoader expected at least one column (a dict of column name to tensor), got an empty mapping")
+    for name, col in columns.items():
+        if not isinstance(col, torch.Tensor) or col.ndim == 0:
+            got = 'a 0-d tensor' if isinstance(col, torch.Tensor) else _describe(col)
+            raise TypeError(f"TensorLoader expected column {name!r} to be a tensor with one row per sample, got {got}")
+    lengths = {name: len(col) for name, col in columns.items()}
+    if len(set(lengths.values())) != 1: raise ValueError(f"TensorLoader expected columns of equal length, got {lengths}")
+    n = next(iter(lengths.values()))
+    if n == 0: raise ValueError(f"TensorLoader expected at least one row, got columns of length 0: {lengths}")
+    return n
+
 class TensorLoader:
     "Batches of in-memory `columns` (a dict of tensors of equal length): gathered by index, images made float per batch."
     device_max_bytes = 2**30
 
     def __init__(self, columns: dict, batch_size: int, shuffle: bool = False, drop_last: bool = False,
                  flatten: bool = True, seed: int | None = None, dataset=None):
-        lengths = {name: len(col) for name, col in columns.items()}
-        if len(set(lengths.values())) != 1: raise ValueError(f"TensorLoader expected columns of equal length, got {lengths}")
-        if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"expected batch_size to be a positive int, got {batch_size!r}")
+        self.n = _rows(columns)
+        batch_size = _check_int(batch_size, 'batch_size', 'TensorLoader')
+        shuffle, drop_last = _check_flag(shuffle, 'shuffle', 'TensorLoader'), _check_flag(drop_last, 'drop_last', 'TensorLoader')
+        flatten, seed = _check_flag(flatten, 'flatten', 'TensorLoader'), _check_int(seed, 'seed', 'TensorLoader', minimum=0, optional=True)
         self.columns, self.batch_size, self.shuffle, self.drop_last = dict(columns), batch_size, shuffle, drop_last
-        self.n = next(iter(lengths.values()))
         self.convert = [functools.partial(_to_float_images, flatten=flatten) if col.dtype == torch.uint8 and col.ndim == 4 else None
                         for col in self.columns.values()]
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
@@ -191,7 +236,17 @@ def _pick_splits(dd) -> tuple[str, str]:
     valid = next((name for name in VALID_SPLIT_NAMES if name in dd), None)
     if 'train' not in dd or valid is None:
         raise ValueError(f"from_hf_dd expected a 'train' split and one of {VALID_SPLIT_NAMES}, got splits {list(dd)}")
+    for name in ('train', valid):
+        if len(dd[name]) == 0: raise ValueError(f"from_hf_dd expected the {name!r} split to hold at least one row, got an empty one")
     return 'train', valid
+
+_SET_BY_FROM_HF_DD = ('shuffle', 'generator', 'dataset')  # keyword arguments of DataLoader that from_hf_dd sets itself
+
+def _iterable_or_none(value, name: str):
+    "`value` when it is None or can be iterated over; else a TypeError naming `name`."
+    if value is not None and not (hasattr(type(value), '__iter__') or hasattr(type(value), '__getitem__')):
+        raise TypeError(f"DataLoaders expected {name} to be an iterable of batches (or None), got {_describe(value)}")
+    return value
 
 def _default_collation(collate_fn) -> dict | None:
     "The keyword arguments of `hf_ds_collate_fn` if `collate_fn` is it (or a partial of it), else None."
@@ -201,7 +256,7 @@ def _default_collation(collate_fn) -> dict | None:
 
 class DataLoaders:
     "A training and a validation iterable of batches, as `.train` and `.valid`."
-    def __init__(self, train, valid): self.train, self.valid = train, valid
+    def __init__(self, train, valid): self.train, self.valid = _iterable_or_none(train, 'train'), _iterable_or_none(valid, 'valid')
 
     def __repr__(self): return f'{type(self).__name__}(train={self.train!r}, valid={self.valid!r})'
 
@@ -231,9 +286,14 @@ class DataLoaders:
     def from_hf_dd(cls, dd, batch_size: int, collate_fn=hf_ds_collate_fn, drop_last: bool = False, seed: int | None = None,
                    max_bytes: int = DEFAULT_MAX_BYTES, **kwargs):
         "Loaders over a `DatasetDict`: shuffled training batches of `batch_size`, ordered validation batches of twice that."
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"from_hf_dd expected batch_size to be a positive int, got {batch_size!r}")
         train, valid = _pick_splits(dd)
+        batch_size, drop_last = _check_int(batch_size, 'batch_size', 'from_hf_dd'), _check_flag(drop_last, 'drop_last', 'from_hf_dd')
+        seed, max_bytes = _check_int(seed, 'seed', 'from_hf_dd', minimum=0, optional=True), _check_int(max_bytes, 'max_bytes', 'from_hf_dd')
+        if not callable(collate_fn) or isinstance(collate_fn, type):
+            raise TypeError(f"from_hf_dd expected collate_fn to be a function of a list of rows, got {_describe(collate_fn)}")
+        if taken := [k for k in _SET_BY_FROM_HF_DD if k in kwargs]:
+            raise TypeError(f"from_hf_dd sets {', '.join(taken)} itself (training batches of batch_size, shuffled; validation of "
+                            f"twice that, in order; seed= seeds the shuffling), got {', '.join(f'{k}={_describe(kwargs[k])}' for k in taken)}")
         collation = _default_collation(collate_fn)
         if collation is not None and set(collation) <= {'flatten'} and not kwargs:
             try:

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import numbers
 import time
 from collections.abc import Iterable
 
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from fastprogress import fastprogress
 from torch import nn
 
-from .dataloaders import DataLoaders
+from .dataloaders import DataLoaders, _check_flag, _check_int, _describe
 
 # %% auto #0
 __all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelStepException', 'PublishEvents',
@@ -79,18 +81,80 @@ def _add_note(exc: BaseException, note: str):
     if hasattr(exc, 'add_note'): exc.add_note(note)  # Python >= 3.11 prints notes under the traceback
     else: exc.__notes__ = [*getattr(exc, '__notes__', []), note]
 
+# %% ../nbs/02_learner.ipynb #c1a55e7a
+_CROSS_ENTROPY_FUNCTIONS, _CROSS_ENTROPY_MODULES = (F.cross_entropy, F.nll_loss), (nn.CrossEntropyLoss, nn.NLLLoss)
+
+def _cross_entropy_like(loss_fn) -> bool:
+    "Whether `loss_fn` takes class indices as targets: `F.cross_entropy`, `F.nll_loss`, their modules, or a partial of them."
+    fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
+    return any(fn is f for f in _CROSS_ENTROPY_FUNCTIONS) or isinstance(fn, _CROSS_ENTROPY_MODULES)
+
+def _explicit_ignore_index(loss_fn) -> int | None:
+    "The `ignore_index` the user gave `loss_fn` (a partial's keyword, or a loss module's value other than the default -100), else None."
+    if isinstance(loss_fn, functools.partial):
+        if 'ignore_index' in loss_fn.keywords: return loss_fn.keywords['ignore_index']
+        loss_fn = loss_fn.func
+    index = getattr(loss_fn, 'ignore_index', -100) if isinstance(loss_fn, nn.Module) else -100
+    return None if index == -100 else index
+
+def _check_class_targets(preds, targets, loss_fn, who: str):
+    "Refuse integer `targets` outside [0, C) for `(N, C)` `preds`, but for an `ignore_index` set on `loss_fn`; one host read."
+    if not (isinstance(preds, torch.Tensor) and isinstance(targets, torch.Tensor)): return
+    if preds.ndim != 2 or targets.ndim != 1 or len(targets) != len(preds): return
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool: return
+    n_classes, ignore = preds.shape[1], _explicit_ignore_index(loss_fn)
+    outside = (targets < 0) | (targets >= n_classes)
+    if ignore is not None: outside &= targets != ignore
+    if not outside.any(): return
+    values = targets[outside].unique().tolist()
+    listed = ', '.join(map(str, values[:5])) + (', ...' if len(values) > 5 else '')
+    hint = ("to leave a label out of the loss, set ignore_index explicitly, e.g. loss_fn=partial(F.cross_entropy, ignore_index=-100)"
+            if values[0] < 0 else f"the model's output has {n_classes} columns, one per class")
+    raise ValueError(f"{who} expected class targets in [0, {n_classes}) for predictions of shape {tuple(preds.shape)}, got {listed} "
+                     f"({int(outside.sum())} of {len(targets)} targets in the pass's first batch); {hint}")
+
 # %% ../nbs/02_learner.ipynb #653639a5
-def _check_lr(lr):
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or not math.isfinite(lr):
-        raise ValueError(f"expected lr to be a finite number > 0, got {lr!r}")
+_LR_MAX = float(torch.finfo(torch.float32).max)  # about 3.4e38: a larger lr overflows float32 parameter updates
+
+def _check_lr(lr, who: str = 'Learner'):
+    "`lr` when it is a finite number > 0 and at most `_LR_MAX`; else a ValueError naming `who`."
+    try: fits = isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < float(lr) <= _LR_MAX
+    except OverflowError: fits = False  # an int too large for a float
+    if not fits: raise ValueError(f"{who} expected lr to be a finite number > 0 and at most {_LR_MAX:.3g} (the largest float32), got {_describe(lr)}")
     return lr
+
+def _check_subs(subs, who: str) -> list:
+    "`subs` as a list when it is an iterable of subscriber instances (objects with a numeric `order`); else a TypeError."
+    if hasattr(subs, 'order') or not isinstance(subs, Iterable) or isinstance(subs, (str, bytes)):
+        hint = ' (wrap a single subscriber in a list: [sub])' if hasattr(subs, 'order') and not isinstance(subs, type) else ''
+        raise TypeError(f"{who} expected subs to be a list of subscribers, got {_describe(subs)}{hint}")
+    subs = list(subs)
+    for sub in subs:
+        if isinstance(sub, type) or not isinstance(getattr(sub, 'order', None), numbers.Real):
+            hint = f' (make one: {sub.__qualname__}())' if isinstance(sub, type) else ''
+            raise TypeError(f"{who} expected each subscriber to be an instance with a numeric order (a Subscriber), got {_describe(sub)}{hint}")
+    return subs
+
+def _check_parts(model, dls, loss_fn, optim_class):
+    "Refuse a `Learner`'s parts when they are not what it trains with, naming what was given (swapped arguments included)."
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Learner expected model to be an nn.Module (its .parameters() are trained), got {_describe(model)}")
+    if not (hasattr(dls, 'train') and hasattr(dls, 'valid')):
+        raise TypeError(f"Learner expected dls to be a DataLoaders (or any object with .train and .valid loaders), got {_describe(dls)}")
+    if loss_fn is not None and (isinstance(loss_fn, type) or not callable(loss_fn)):
+        raise TypeError(f"Learner expected loss_fn to be a function of (preds, targets), a loss module instance, or None, got {_describe(loss_fn)}")
+    if isinstance(optim_class, torch.optim.Optimizer) or not callable(optim_class):
+        made = ' (an optimizer already made; pass its class, e.g. torch.optim.SGD)' if isinstance(optim_class, torch.optim.Optimizer) else ''
+        raise TypeError(f"Learner expected optim_class to be called as optim_class(params, lr), e.g. torch.optim.SGD, got {_describe(optim_class)}{made}")
 
 class Learner:
     "Train `model` on `dls` with `loss_fn` and `optim_class(params, lr)`, publishing events to `subs`."
     def __init__(self, model: nn.Module, dls, loss_fn=F.cross_entropy, optim_class=torch.optim.SGD,
                  lr: float = 0.1, subs: Iterable[Subscriber] = ()):
+        _check_parts(model, dls, loss_fn, optim_class)
         self.model, self.dls, self.loss_fn, self.optim_class, self.lr = model, dls, loss_fn, optim_class, _check_lr(lr)
-        self.subs = list(subs)
+        self.subs = _check_subs(subs, 'Learner')
+        self._passes_to_check, self._targets_unchecked = set(), False  # see `_check_targets`
         self.subscribers_changed()
 
     def subscribers_changed(self):
@@ -108,10 +172,10 @@ class Learner:
 
     def fit(self, epochs: int = 1, train: bool = True, valid: bool = True, subs: Iterable[Subscriber] = (), lr: float | None = None):
         "Train for `epochs` with a new optimizer; `subs` join for this fit only; `lr` overrides `self.lr` for it."
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-            raise ValueError(f"expected epochs to be an int >= 0, got {epochs!r}")
-        lr = self.lr if lr is None else _check_lr(lr)
-        fit_subs = list(subs)
+        epochs, train, valid = _check_int(epochs, 'epochs', 'fit', minimum=0), _check_flag(train, 'train', 'fit'), _check_flag(valid, 'valid', 'fit')
+        lr = self.lr if lr is None else _check_lr(lr, 'fit')
+        fit_subs = _check_subs(subs, 'fit')
+        self._passes_to_check = {True, False}  # the first batch of the first training and validation pass
         self.subs += fit_subs
         self.subscribers_changed()
         try:
@@ -137,6 +201,11 @@ class Learner:
         self.training = training
         self.model.train(training)
         self.dl = self.dls.train if training else self.dls.valid
+        if self.dl is None:
+            raise ValueError(f"the {'training' if training else 'validation'} loader is None; expected an iterable of batches "
+                             f"(or fit(..., {'train' if training else 'valid'}=False))")
+        self._targets_unchecked = training in self._passes_to_check
+        self._passes_to_check.discard(training)
         self._one_epoch()
 
     @PublishEvents('epoch')
@@ -172,8 +241,14 @@ class Learner:
 
     def get_loss(self):
         "Set `self.loss` from `preds` and the batch's targets `batch[1]`; with no `loss_fn`, start it at zero."
+        if self._targets_unchecked: self._check_targets()
         if self.loss_fn is None: self.loss = torch.zeros((), device=self.preds.device)
         else: self.loss = self.loss_fn(self.preds, self.batch[1])
+
+    def _check_targets(self):
+        "Refuse class targets outside [0, C) before a cross-entropy-like `loss_fn` drops them or fails on them."
+        self._targets_unchecked = False
+        if _cross_entropy_like(self.loss_fn): _check_class_targets(self.preds, self.batch[1], self.loss_fn, 'Learner')
 
     def backward(self):
         "Backpropagate the loss."
@@ -197,24 +272,47 @@ def _as_number(value):
 def _model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device('cpu'))
 
+_METRIC_METHODS = ('update', 'compute', 'reset', 'to')
+_LOG_KEYS = ('epoch', 'mode', 'loss')
+
+def _check_metrics(metrics: dict):
+    "Refuse metrics that are not torcheval metric instances, and names the log uses itself."
+    for name, metric in metrics.items():
+        if name in _LOG_KEYS: raise ValueError(f"MetricsS expected metric names other than {', '.join(_LOG_KEYS)} (the log's own entries), got {name!r}")
+        if isinstance(metric, type) or not all(callable(getattr(metric, m, None)) for m in _METRIC_METHODS):
+            hint = f' (make one: {metric.__qualname__}())' if isinstance(metric, type) else ''
+            raise TypeError(f"MetricsS expected each metric to be a torcheval metric instance (with {', '.join(_METRIC_METHODS)}), "
+                            f"got {name}={_describe(metric)}{hint}")
+
+def _needs_classes(metric) -> bool: return type(metric).__name__.startswith('Multiclass')  # torcheval's Multiclass* metrics
+
 class MetricsS(Subscriber):
     "Track torcheval `metrics` by name and the size-weighted mean loss; at each pass's end, `output` the log."
     flush_elements = 2**20  # buffered prediction elements that trigger an update of the metrics
 
     def __init__(self, **metrics):
+        _check_metrics(metrics)
         self.metrics, self.history = metrics, []
+        self._passes_to_check, self._targets_unchecked = set(), False
         self.loss_sum, self.count, self.preds, self.targets, self.buffered = torch.zeros(()), 0, [], [], 0
 
-    def before_fit(self, learn): learn.metrics = self
+    def before_fit(self, learn):
+        learn.metrics = self
+        self._passes_to_check = {True, False} if any(map(_needs_classes, self.metrics.values())) else set()
 
     def before_epoch(self, learn):
         device = _model_device(learn.model)
         for metric in self.metrics.values(): metric.to(device).reset()
         self.loss_sum, self.count = torch.zeros((), device=device), 0
         self.preds, self.targets, self.buffered = [], [], 0
+        self._targets_unchecked = learn.training in self._passes_to_check
+        self._passes_to_check.discard(learn.training)
 
     def after_batch(self, learn):
         preds, targets = learn.preds.detach(), learn.batch[1]
+        if self._targets_unchecked:
+            self._targets_unchecked = False
+            _check_class_targets(preds, targets, getattr(learn, 'loss_fn', None), 'MetricsS')
         n = len(targets)
         self.loss_sum.add_(learn.loss.detach(), alpha=n)
         self.count += n
@@ -271,11 +369,32 @@ def to_device(x, device: torch.device, non_blocking: bool = False):
     if isinstance(x, (list, tuple)): return type(x)(to_device(v, device, non_blocking) for v in x)
     return x
 
+def _accelerator_available(kind: str) -> bool | None:
+    "Whether this machine has an accelerator of `kind` ('cuda', 'mps', 'xpu'); None for kinds this cannot tell."
+    if kind == 'cuda': return torch.cuda.is_available()
+    if kind == 'mps': return getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
+    if kind == 'xpu': return hasattr(torch, 'xpu') and torch.xpu.is_available()
+    return None
+
+def _check_device(device) -> torch.device:
+    "`device` as a `torch.device` this machine has; else an error naming it."
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(f"DeviceS expected a device name such as 'cpu', 'cuda', 'cuda:1' or 'mps', a torch.device, or None, got {_describe(device)}")
+    try: parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"DeviceS expected a device such as 'cpu', 'cuda', 'cuda:1' or 'mps' (None: the best available), got {device!r}") from None
+    if _accelerator_available(parsed.type) is False:
+        raise ValueError(f"DeviceS expected a device this machine has, got {str(parsed)!r}: {parsed.type} is not available here; "
+                         "use DeviceS() for the best available device, or 'cpu'")
+    if parsed.type == 'cuda' and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"DeviceS expected a device this machine has, got {str(parsed)!r}: there are {torch.cuda.device_count()} CUDA devices, from cuda:0")
+    return parsed
+
 class DeviceS(Subscriber):
     "Move the model to `device` at the start of the fit and every batch to it before use."
     order = -1
     def __init__(self, device: str | torch.device | None = None):
-        self.device = default_device() if device is None else torch.device(device)
+        self.device = default_device() if device is None else _check_device(device)
         self.non_blocking = self.device.type == 'cuda'
 
     def before_fit(self, learn):
@@ -289,7 +408,8 @@ class LRFindS(Subscriber):
     "Learning-rate range test: grow the lr by `mult` per training batch until the loss exceeds 3x its minimum."
     in_evaluation = False
     def __init__(self, mult: float = 1.25):
-        if not mult > 1: raise ValueError(f"expected mult > 1 so that the learning rate grows, got {mult!r}")
+        if isinstance(mult, bool) or not isinstance(mult, numbers.Real) or not 1 < mult < math.inf:
+            raise ValueError(f"LRFindS expected mult to be a finite number > 1 so that the learning rate grows, got {_describe(mult)}")
         self.mult, self.lrs, self.losses = mult, [], []
 
     def before_fit(self, learn):
@@ -331,7 +451,8 @@ class MomentumLearner(Learner):
     "A `Learner` whose gradients decay by `mom` instead of being zeroed: SGD with momentum, without a buffer."
     def __init__(self, model: nn.Module, dls, loss_fn=F.cross_entropy, optim_class=torch.optim.SGD,
                  lr: float = 0.1, subs: Iterable[Subscriber] = (), mom: float = 0.85):
-        if not 0 <= mom < 1: raise ValueError(f"expected mom in [0, 1), got {mom!r}")
+        if isinstance(mom, bool) or not isinstance(mom, numbers.Real) or not 0 <= mom < 1:
+            raise ValueError(f"MomentumLearner expected mom to be a number in [0, 1), got {_describe(mom)}")
         self.mom = mom
         super().__init__(model, dls, loss_fn, optim_class, lr, subs)
 
@@ -348,7 +469,7 @@ class ProgressS(Subscriber):
     refresh_seconds = 0.25
     in_evaluation = False
 
-    def __init__(self, plot: bool = False): self.plot, self.bars_open = plot, False
+    def __init__(self, plot: bool = False): self.plot, self.bars_open = _check_flag(plot, 'plot', 'ProgressS'), False
 
     def before_fit(self, learn):
         learn.epochs = self.master = fastprogress.master_bar(learn.epochs)
