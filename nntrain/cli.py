@@ -7,26 +7,28 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shlex
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from pathlib import Path
-
 from .benchmark import RUNNERS, WORKLOADS, format_table, plot_rows, run_benchmark, save_json
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import CheckpointError, checkpoints, load_checkpoint
 from .dataloaders import DataLoaders, load_mnist
-from .experiments import ConfigError
+from .experiments import MODELS, SETTINGS, ConfigError, check_config, read_yaml
 from .export import export_onnx
 from .search import run_search, search_report
-from .sessions import run_session
+from .sessions import confined, run_session
 from .learner import DeviceS, Learner, MetricsS, ProgressS
 
 # %% auto #0
-__all__ = ['CommandError', 'default_model', 'parse_device', 'fit_mnist', 'export_default_model', 'build_parser', 'bench', 'main']
+__all__ = ['CommandError', 'default_model', 'parse_device', 'output_path', 'fit_mnist', 'model_of_checkpoint',
+           'export_default_model', 'build_parser', 'bench', 'main']
 
 # %% ../nbs/99_cli.ipynb #339b96a6
 class CommandError(Exception):
@@ -51,9 +53,19 @@ def parse_device(name: str) -> torch.device:
     return device
 
 # %% ../nbs/99_cli.ipynb #65f7c4ff
+def output_path(path, option: str) -> Path:
+    "`path` if a file can be written there (its folder exists and is writable, it is not a folder); else a `CommandError`."
+    path = Path(path)
+    if path.is_dir(): raise CommandError(f"{option} {path}: is a folder; expected the path of a file to write")
+    folder = path.parent
+    if not folder.is_dir(): raise CommandError(f"{option} {path}: the folder {str(folder)!r} does not exist; expected an existing folder")
+    if not os.access(folder, os.W_OK): raise CommandError(f"{option} {path}: the folder {str(folder)!r} is not writable")
+    return path
+
 def fit_mnist(epochs: int = 3, bs: int = 128, lr: float = 3e-3, device: str | torch.device | None = None,
               seed: int = 0, progress: bool = True, save=None) -> dict:
     "Train `default_model` on the bundled MNIST with AdamW (saving the learner to `save`); return the last validation metrics."
+    if save is not None: save = output_path(save, '--save')   # before training, not after
     torch.manual_seed(seed)
     dls = DataLoaders.from_hf_dd(load_mnist(), batch_size=bs)
     metrics = MetricsS(accuracy=MulticlassAccuracy())
@@ -63,13 +75,36 @@ def fit_mnist(epochs: int = 3, bs: int = 128, lr: float = 3e-3, device: str | to
     if save is not None: learn.save(save)
     return metrics.history[-1]
 
+def _newest(path: Path) -> Path:
+    "A checkpoint file: `path` itself, or the newest in it, in its `checkpoints/` folder (an experiment's folder)."
+    if not path.is_dir(): return path
+    found = checkpoints(path) or checkpoints(path/'checkpoints')
+    if not found: raise CommandError(f"--checkpoint {path}: no checkpoint-*.pt in this folder or its checkpoints/ folder")
+    return found[-1]
+
+def model_of_checkpoint(checkpoint) -> tuple[nn.Module, torch.Tensor]:
+    "The model whose weights `checkpoint` holds, and an example input: a session experiment's (from the `config.yaml` above it), else `default_model`."
+    checkpoint = Path(checkpoint)
+    config_file = next((f/'config.yaml' for f in (checkpoint.parent, checkpoint.parent.parent) if (f/'config.yaml').is_file()), None)
+    if config_file is None: return default_model(), torch.zeros(2, 784)
+    config = read_yaml(config_file)
+    config = {**{k: v[1] for k, v in SETTINGS.items()}, **config} if isinstance(config, dict) else config
+    if not isinstance(config, dict) or (problems := check_config(config, on_this_machine=False)):
+        raise CommandError(f"{config_file} is not a valid experiment config: {'; '.join(problems) if isinstance(config, dict) else type(config).__name__}")
+    model = MODELS.get_factory(config['model'])(**config['model_args'])
+    return model, torch.zeros(2, 784) if config['flatten'] else torch.zeros(2, 1, 28, 28)
+
 def export_default_model(checkpoint, out) -> Path:
-    "Load `default_model`'s weights from a checkpoint written by `nntrain fit --save` and export it to ONNX at `out`."
-    model = default_model()
-    try: model.load_state_dict(load_checkpoint(checkpoint)['model'])
+    "Export the model of any checkpoint nntrain writes (`nntrain fit --save`, a session's experiment or its checkpoints) to ONNX at `out`."
+    out = output_path(out, '--out')
+    checkpoint = _newest(Path(checkpoint))
+    state = load_checkpoint(checkpoint)
+    model, example = model_of_checkpoint(checkpoint)
+    try: model.load_state_dict(state['model'])
     except RuntimeError as e:
-        raise CommandError(f"{checkpoint} does not hold the weights of nntrain fit's model ({str(e).splitlines()[0]})") from None
-    return export_onnx(model, out, example=torch.zeros(2, 784))
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
+        raise CommandError(f"{checkpoint} does not hold the weights of the model it was expected to ({detail})") from None
+    return export_onnx(model, out, example=example)
 
 # %% ../nbs/99_cli.ipynb #e232d113
 class _Parser(argparse.ArgumentParser):
@@ -92,16 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
                               description='Train a 784-128-10 perceptron on the bundled MNIST digits (8,000 training '
                               'and 2,000 validation images) with AdamW, showing progress and a metrics table, '
                               'then print the final validation accuracy.')
-    fit.add_argument('--epochs', type=_positive(int, '--epochs'), default=3, help='number of epochs, at least 1 (default: 3)')
-    fit.add_argument('--bs', type=_positive(int, '--bs'), default=128, help='training batch size; validation uses twice this (default: 128)')
-    fit.add_argument('--lr', type=_positive(float, '--lr'), default=3e-3, help='learning rate of AdamW, > 0 (default: 0.003)')
+    fit.add_argument('--epochs', type=_positive(int, '--epochs'), default=None, help='number of epochs, at least 1 (default: 3)')
+    fit.add_argument('--bs', type=_positive(int, '--bs'), default=None, help='training batch size; validation uses twice this (default: 128)')
+    fit.add_argument('--lr', type=_positive(float, '--lr'), default=None, help='learning rate of AdamW, > 0 (default: 0.003)')
     fit.add_argument('--device', type=parse_device, default=None,
                      help='cpu, cuda, cuda:N or mps (default: cuda if available, then mps, else cpu)')
-    fit.add_argument('--seed', type=int, default=0, help='random seed for weights and shuffling (default: 0)')
+    fit.add_argument('--seed', type=int, default=None, help='random seed for weights and shuffling (default: 0)')
     fit.add_argument('--save', metavar='PATH', help='save the trained learner (a safe checkpoint) to PATH')
-    fit.add_argument('--cfg', metavar='FILE', help='a YAML file of sessions: run every experiment of --session instead')
+    fit.add_argument('--cfg', metavar='FILE', help='a YAML file of sessions: run every experiment of --session instead '
+                     '(the session sets everything: --epochs, --bs, --lr, --device, --seed and --save are refused with it)')
     fit.add_argument('--session', metavar='NAME', help='the session of --cfg to run')
-    fit.add_argument('--results', metavar='DIR', default='results', help='where session results go: DIR/SESSION/EXPERIMENT (default: results)')
+    fit.add_argument('--results', metavar='DIR', default=None, help='where session results go: DIR/SESSION/EXPERIMENT (default: results)')
+    fit.add_argument('--rerun-changed', action='store_true', help='with --cfg: rerun experiments whose settings changed since they ran '
+                     '(their old folders are kept as EXPERIMENT.replaced-N); without it such a session is refused')
     search = commands.add_parser('search', help='search hyper-parameters of a session with Optuna',
                                  description="Run the `search` of a session in --cfg (ranges declared in the YAML) with Optuna, "
                                  "storing trials in RESULTS/SESSION/search.db so a search resumes, then write its report.")
@@ -138,9 +176,41 @@ def bench(args) -> str:
     return format_table(rows)
 
 # %% ../nbs/99_cli.ipynb #ada74f91
+_FIT_DEFAULTS = {'epochs': 3, 'bs': 128, 'lr': 3e-3, 'device': None, 'seed': 0, 'save': None}
+
+def _check_fit_options(args):
+    "Refuse the options a session would ignore; fill in the defaults of the others."
+    if args.cfg is not None or args.session is not None:
+        if args.cfg is None or args.session is None: raise CommandError("--cfg and --session go together: give both")
+        given = [f'--{name}' for name in _FIT_DEFAULTS if getattr(args, name) is not None]
+        if given: raise CommandError(f"{', '.join(given)}: not used with --cfg, whose session sets every setting; expected "
+                                     "them in the YAML (num_epochs, bs, lr, device, seed), or a run without --cfg")
+        if args.results is None: args.results = 'results'
+    else:
+        for name in ('results', 'rerun_changed'):
+            if getattr(args, name) not in (None, False): raise CommandError(f"--{name.replace('_', '-')}: only used with --cfg and --session")
+        for name, value in _FIT_DEFAULTS.items():
+            if getattr(args, name) is None: setattr(args, name, value)
+
+def _interrupted(args, argv) -> str:
+    "The line printed on Ctrl-C: what was kept, and the command that carries on."
+    again = shlex.join(['nntrain', *argv])
+    if args.command == 'fit' and args.cfg is not None:
+        try: base = confined(args.results, args.session)
+        except ConfigError: return 'nntrain: interrupted'
+        folders = [f for f in base.iterdir() if f.is_dir() and not f.name.startswith('.')] if base.is_dir() else []
+        finished = sum((f/'result.json').is_file() for f in folders)
+        resumable = sum(bool(checkpoints(f/'checkpoints')) and not (f/'result.json').is_file() for f in folders)
+        return (f"nntrain: interrupted; {base} keeps {finished} finished experiment(s) and {resumable} with checkpoints to "
+                f"resume from; carry on with: {again}")
+    if args.command == 'search':
+        return f"nntrain: interrupted; finished trials are kept in {Path(args.results)/args.session/'search.db'}; carry on with: {again}"
+    return 'nntrain: interrupted; nothing was saved' + (f' (--save {args.save} is written when training ends)' if getattr(args, 'save', None) else '')
+
 def main(argv: list[str] | None = None) -> int:
     "Run the `nntrain` command with `argv` (default: `sys.argv[1:]`); return the exit status."
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, args = build_parser(), None
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -156,11 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == 'export':
             print(f"wrote {export_default_model(args.checkpoint, args.out)}")
             return 0
-        if args.cfg is not None or args.session is not None:
-            if args.cfg is None or args.session is None: raise CommandError("--cfg and --session go together: give both")
-            run_session(args.cfg, args.session, args.results)
+        _check_fit_options(args)
+        if args.cfg is not None:
+            run_session(args.cfg, args.session, args.results, rerun_changed=args.rerun_changed)
             return 0
         result = fit_mnist(args.epochs, args.bs, args.lr, args.device, args.seed, save=args.save)
+    except KeyboardInterrupt:
+        print('\n' + (_interrupted(args, argv) if args is not None else 'nntrain: interrupted'), file=sys.stderr)
+        return 130
     except ConfigError as e:
         print(f"nntrain: error: {e}", file=sys.stderr)   # every problem of the config, one per line
         return 2

@@ -280,6 +280,12 @@ class MisclassifiedS(Subscriber):
         self.passes.append(torch.cat(self.pending).cpu())
         self.pending = []
 
+    def state_dict(self) -> dict:
+        "The passes recorded so far, so that a resumed fit goes on recording where it stopped."
+        return {'passes': list(self.passes)}
+
+    def load_state_dict(self, state: dict): self.passes = list(state['passes'])
+
     def matrix(self) -> torch.Tensor:
         "A bool tensor [samples, epochs]: True where a sample was misclassified at that epoch's validation pass."
         if not self.passes: raise ValueError("MisclassifiedS has recorded no validation pass yet; it records during fits that train")

@@ -8,22 +8,25 @@ from __future__ import annotations
 import copy
 import csv
 import difflib
+import inspect
 import io
 import json
 from pathlib import Path
 
+import filelock
 import matplotlib.pyplot as plt
+import numpy as np
 import optuna
 import yaml
 
 from .checkpoints import write_atomically
-from .experiments import SETTINGS, ConfigError, check_config
+from .experiments import SETTINGS, ConfigError, check_config, read_yaml
 from .experiments import fit_iterations
 from .learner import Subscriber
-from .sessions import _write_text, build_learner, training_plan
+from .sessions import METRICS, _write_text, build_learner, confined, training_plan
 
 # %% auto #0
-__all__ = ['SPACE_KINDS', 'load_search', 'ReportToTrialS', 'run_search', 'importances', 'search_report']
+__all__ = ['SPACE_KINDS', 'load_search', 'ReportToTrialS', 'PerTrialSeedSampler', 'run_search', 'importances', 'search_report']
 
 # %% ../nbs/13_search.ipynb #d929d229
 SPACE_KINDS = ('float', 'int', 'choice')
@@ -64,24 +67,31 @@ def _apply(config: dict, name: str, value) -> dict:
 
 def _lowest(spec): return spec['choice'][0] if 'choice' in spec else (spec.get('float') or spec.get('int'))[0]
 
+def _candidates(spec: dict) -> list:
+    "The values of a range worth checking before any trial: every choice, or both ends."
+    return list(spec['choice']) if 'choice' in spec else list(spec.get('float') or spec.get('int'))
+
 def load_search(path, session: str) -> tuple[dict, dict, str]:
     "The fixed settings (defaults filled in), the search space and the objective of `session` in the YAML at `path`."
     path = Path(path)
-    try: sessions = yaml.safe_load(path.read_text())
-    except FileNotFoundError: raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as e: raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    sessions = read_yaml(path)
     if not isinstance(sessions, dict) or not isinstance(sessions.get(session), dict):
-        raise ConfigError(f"{path} has no session {session!r} (sessions: {', '.join(sessions) if isinstance(sessions, dict) else 'none'})")
+        raise ConfigError(f"{path} has no session {session!r} (sessions: {', '.join(map(str, sessions)) if isinstance(sessions, dict) else 'none'})")
     settings = dict(sessions[session])
     space, objective = settings.pop('search', None), settings.pop('objective', 'accuracy')
     problems = _check_space(space)
-    if not isinstance(objective, str): problems.append(f"objective: expected the name of a metric, got {objective!r}")
-    if any(k.endswith('_') for k in settings): problems.append("a search session takes ranges under `search`, not grid keys ending in '_'")
+    reported = ('loss', *METRICS)
+    if objective not in reported: problems.append(f"objective: expected one of {', '.join(reported)} (what every trial reports), got {objective!r}")
+    if any(str(k).endswith('_') for k in settings): problems.append("a search session takes ranges under `search`, not grid keys ending in '_'")
     base = {**{k: v[1] for k, v in SETTINGS.items()}, **settings}
     sample = base
     if not problems:
         for name, spec in space.items(): sample = _apply(sample, name, _lowest(spec))
-    problems += check_config({k: v for k, v in sample.items() if k in settings or k in {n.partition('.')[0] for n in (space or {})} or k in SETTINGS})
+    problems += check_config(sample)
+    if not problems:   # every choice and both ends of every range, each with the other settings at their lowest
+        for name, spec in space.items():
+            for value in _candidates(spec):
+                problems += [f"search.{name}={value!r}: {p}" for p in check_config(_apply(sample, name, value))]
     if problems: raise ConfigError(f"{path}:{session} has {len(problems)} problem(s):\n  " + '\n  '.join(dict.fromkeys(problems)))
     return base, space, objective
 
@@ -105,17 +115,42 @@ def _suggest(trial, name: str, spec: dict):
 
 def _direction(objective: str) -> str: return 'minimize' if 'loss' in objective else 'maximize'
 
-def run_search(cfg, session: str, trials: int, results='results', sampler: str = 'tpe', seed: int = 0, pruner=None) -> optuna.Study:
-    "Run `session`'s search until the study in `results/session/search.db` holds `trials` finished trials; return the study."
+class PerTrialSeedSampler(optuna.samplers.BaseSampler):
+    "Draw each trial with a fresh `make(seed=...)` sampler seeded by `seed` and the trial's number: reproducible, and different in every process sharing a study."
+    def __init__(self, make, seed: int = 0): self.make, self.seed, self.sampler = make, seed, make(seed=seed)
+    def before_trial(self, study, trial):
+        self.sampler = self.make(seed=int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0]))
+        self.sampler.before_trial(study, trial)
+    def infer_relative_search_space(self, study, trial): return self.sampler.infer_relative_search_space(study, trial)
+    def sample_relative(self, study, trial, search_space): return self.sampler.sample_relative(study, trial, search_space)
+    def sample_independent(self, study, trial, name, distribution): return self.sampler.sample_independent(study, trial, name, distribution)
+    def after_trial(self, study, trial, state, values): self.sampler.after_trial(study, trial, state, values)
+    def reseed_rng(self): self.sampler.reseed_rng()
+
+_COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+def _storage(db: Path, heartbeat: int) -> optuna.storages.RDBStorage:
+    "The study's SQLite storage: waits for other processes' writes; a trial whose process stopped beating is failed and retried."
+    retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+    stale = ('heartbeat_stale_trial_callback' if 'heartbeat_stale_trial_callback' in inspect.signature(optuna.storages.RDBStorage).parameters
+             else 'failed_trial_callback')
+    return optuna.storages.RDBStorage(f"sqlite:///{db}", engine_kwargs={'connect_args': {'timeout': 60}},
+                                      heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **{stale: retry})
+
+def run_search(cfg, session: str, trials: int, results='results', sampler: str = 'tpe', seed: int = 0, pruner=None,
+               heartbeat: int = 10) -> optuna.Study:
+    "Run `session`'s search until the study in `results/session/search.db` holds `trials` finished (complete or pruned) trials."
     base, space, objective = load_search(cfg, session)
-    if not isinstance(trials, int) or trials < 1: raise ValueError(f"expected trials to be an int >= 1, got {trials!r}")
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1: raise ValueError(f"expected trials to be an int >= 1, got {trials!r}")
     if sampler not in ('tpe', 'random'): raise ValueError(f"expected sampler 'tpe' or 'random', got {sampler!r}")
-    folder = Path(results)/session
+    if not isinstance(heartbeat, int) or isinstance(heartbeat, bool) or heartbeat < 1: raise ValueError(f"expected heartbeat to be an int >= 1 (seconds), got {heartbeat!r}")
+    folder = confined(results, session)
     folder.mkdir(parents=True, exist_ok=True)
     samplers = {'tpe': optuna.samplers.TPESampler, 'random': optuna.samplers.RandomSampler}
-    study = optuna.create_study(study_name=session, storage=f"sqlite:///{folder/'search.db'}", load_if_exists=True,
-                                direction=_direction(objective), sampler=samplers[sampler](seed=seed),
-                                pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    with filelock.FileLock(folder/'.search.lock'):   # two processes creating the tables at once would collide
+        study = optuna.create_study(study_name=session, storage=_storage(folder/'search.db', heartbeat), load_if_exists=True,
+                                    direction=_direction(objective), sampler=PerTrialSeedSampler(samplers[sampler], seed),
+                                    pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     def run_trial(trial):
         config = base
         for name, spec in space.items(): config = _apply(config, name, _suggest(trial, name, spec))
@@ -123,8 +158,9 @@ def run_search(cfg, session: str, trials: int, results='results', sampler: str =
         total, valid_every, _ = training_plan(config, len(learn.dls.train))
         fit_iterations(learn, total, valid_every, seed=config['seed'], subs=[ReportToTrialS(trial, objective)])
         return learn.metrics.history[-1][objective]
-    done = [t for t in study.trials if t.state.is_finished()]
-    if len(done) < trials: study.optimize(run_trial, n_trials=trials - len(done), catch=())
+    done = len(study.get_trials(deepcopy=False, states=_COUNTED))
+    if done < trials:   # other processes on the same study count too: stop once the study holds enough
+        study.optimize(run_trial, n_trials=trials - done, catch=(), callbacks=[optuna.study.MaxTrialsCallback(trials, states=_COUNTED)])
     return study
 
 # %% ../nbs/13_search.ipynb #f3d81272
@@ -138,7 +174,7 @@ def importances(study: optuna.Study) -> dict:
 def search_report(study: optuna.Study, cfg, session: str, results='results') -> dict:
     "Write the trial table, the best config and the importances (with a chart) next to the study; return them."
     base, space, objective = load_search(cfg, session)
-    folder = Path(results)/session
+    folder = confined(results, session)
     rows = [{'trial': t.number, 'state': t.state.name, objective: t.value, **t.params} for t in study.trials]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO(); writer = csv.DictWriter(buffer, columns); writer.writeheader(); writer.writerows(rows)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
+import shutil
 import subprocess
 from functools import partial
 from pathlib import Path
 
+import filelock
 import torch
 import torch.nn.functional as F
 import yaml
@@ -21,15 +24,16 @@ from torcheval.metrics import MulticlassAccuracy
 import nntrain
 from .acceleration import AugmentS, RandomCrop, RandomErase, SchedulerS
 from .activations import set_seed
-from .checkpoints import CheckpointS, checkpoints, write_atomically
+from .checkpoints import CheckpointError, CheckpointS, checkpoints, load_checkpoint, remove_temporaries, write_atomically
 from .dataloaders import DataLoaders, hf_ds_collate_fn
-from .experiments import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, SETTINGS, fit_iterations, load_session
+from .experiments import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, SETTINGS, ConfigError, fit_iterations, load_session
 from .learner import DeviceS, Learner, MetricsS, ProgressS
 from .logging import ConsoleLogS, CSVLoggerS, TensorBoardS
 from .reports import MisclassifiedS, ReportS
 
 # %% auto #0
-__all__ = ['environment', 'WeightedCrossEntropy', 'build_learner', 'schedule', 'training_plan', 'run_experiment', 'run_session']
+__all__ = ['METRICS', 'environment', 'WeightedCrossEntropy', 'build_learner', 'schedule', 'training_plan', 'confined',
+           'config_changes', 'experiment_lock', 'run_experiment', 'run_session']
 
 # %% ../nbs/12_sessions.ipynb #16c3844c
 def _write_text(path: Path, text: str):
@@ -46,6 +50,8 @@ def environment(config: dict) -> dict:
         info['git_commit'] = git.stdout.strip() if git.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): info['git_commit'] = None
     return info
+
+METRICS = {'accuracy': MulticlassAccuracy}   # what every experiment reports besides its loss
 
 class WeightedCrossEntropy:
     "Cross entropy with per-class `weights`, moved to the predictions' device on first use."
@@ -64,7 +70,7 @@ def build_learner(config: dict) -> tuple[Learner, list | None]:
     model = MODELS.get_factory(config['model'])(**config['model_args'])
     optimizer = partial(OPTIMIZERS.get_factory(config['optimizer']), weight_decay=config['weight_decay'])
     loss_fn = WeightedCrossEntropy(config['loss_weights']) if config['loss_weights'] else F.cross_entropy
-    subs = [MetricsS(accuracy=MulticlassAccuracy()), DeviceS(config['device']), ProgressS()]
+    subs = [MetricsS(**{name: make() for name, make in METRICS.items()}), DeviceS(config['device']), ProgressS()]
     if config['augment']: subs.append(AugmentS(RandomCrop(2), RandomErase(p=0.3)))
     return Learner(model, dls, loss_fn, optimizer, config['lr'], subs), class_names
 
@@ -85,48 +91,146 @@ def training_plan(config: dict, batches_per_epoch: int) -> tuple[int, int, int |
     valid_every = config['valid_every'] * unit if config['valid_every'] else (batches_per_epoch if config['num_epochs'] else total)
     return total, valid_every, (config['checkpoint_every'] * unit if config['checkpoint_every'] else None)
 
-def run_experiment(config: dict, folder) -> dict:
+def confined(root, *names: str) -> Path:
+    "`root/names...` when every name is a plain folder name and the path stays inside `root`; else a `ConfigError`."
+    root = Path(root)
+    if root.exists() and not root.is_dir(): raise ConfigError(f"expected the results folder {str(root)!r} to be a folder, got a file")
+    path = root
+    for name in names:
+        if (not isinstance(name, str) or not name or name.startswith('.') or any(c in name for c in '/\\')
+                or not name.isprintable() or len(name.encode()) > 200):
+            raise ConfigError(f"expected a plain folder name (no '/' or '\\', not starting with '.', printable, at most 200 "
+                              f"bytes) for a session or experiment, got {name!r}")
+        path = path/name
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ConfigError(f"{path} leads outside the results folder {str(root)!r} (through a link); expected a folder inside it")
+    return path
+
+_UNSET = '(unset)'
+
+def config_changes(config: dict, folder) -> list[str]:
+    "How `config` differs from the one stored in `folder/config.yaml`, as 'key: old -> new' lines (empty if equal or none stored)."
+    path = Path(folder)/'config.yaml'
+    if not path.is_file(): return []
+    try: old = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except (yaml.YAMLError, UnicodeDecodeError) as e: return [f"config.yaml cannot be read ({type(e).__name__})"]
+    if not isinstance(old, dict): return [f"config.yaml holds {type(old).__name__}, not a config"]
+    new = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))   # compare as stored: tuples as lists, and so on
+    return [f"{key}: {old.get(key, _UNSET)!r} -> {new.get(key, _UNSET)!r}"
+            for key in dict.fromkeys([*new, *old]) if old.get(key, _UNSET) != new.get(key, _UNSET)]
+
+def _set_aside(folder: Path) -> Path:
+    "Rename `folder` to a free `<name>.replaced-N` beside it (nothing is deleted); return the new name."
+    n = 1
+    while (aside := folder.with_name(f'{folder.name}.replaced-{n}')).exists(): n += 1
+    folder.rename(aside)
+    return aside
+
+def _resume_point(folder: Path) -> Path | None:
+    "The newest checkpoint in `folder` that loads; damaged ones are renamed `*.damaged` (kept, never resumed), with a note."
+    for path in reversed(checkpoints(folder)):
+        try:
+            load_checkpoint(path)
+            return path
+        except CheckpointError as e:
+            path.rename(path.with_name(path.name + '.damaged'))
+            print(f"nntrain: {e}; kept it as {path.name}.damaged and resumed from the previous checkpoint, if any", flush=True)
+    return None
+
+def _start_afresh(folder: Path, config: dict):
+    "Clear what an interrupted first attempt left (logs, reports), then write the config and environment."
+    for name in ('metrics.csv', 'tensorboard', 'reports'):
+        path = folder/name
+        if path.is_dir() and not path.is_symlink(): shutil.rmtree(path)
+        elif path.exists() or path.is_symlink(): path.unlink()
+    _write_text(folder/'config.yaml', yaml.safe_dump(config, sort_keys=False))
+    _write_text(folder/'environment.json', json.dumps(environment(config), indent=1))
+
+def _finished(folder: Path) -> dict | None:
+    "The stored result of a finished experiment, or None (also when `result.json` is not a result)."
+    try: result = json.loads((folder/'result.json').read_text(encoding='utf-8'))
+    except (OSError, ValueError): return None
+    return result if isinstance(result, dict) else None
+
+def experiment_lock(folder, timeout: float = -1) -> filelock.BaseFileLock:
+    "The lock that gives one process at a time an experiment `folder` (kept beside it, in `.locks/`); released if its owner dies."
+    folder = Path(folder)
+    locks = folder.parent/'.locks'
+    locks.mkdir(parents=True, exist_ok=True)
+    path = locks/f'{folder.name}.lock'
+    if path.is_symlink(): raise OSError(f"{path} is a symbolic link; expected a lock file nntrain made (remove the link)")
+    return filelock.FileLock(path, timeout=timeout)
+
+def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
     "Train the experiment `config` in `folder` (skip it if finished, resume it if interrupted); return its result."
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder/'result.json').exists(): return {**json.loads((folder/'result.json').read_text()), 'status': 'skipped'}
-    resume = folder/'checkpoints' if checkpoints(folder/'checkpoints') else None
-    if resume is None:
-        _write_text(folder/'config.yaml', yaml.safe_dump(config, sort_keys=False))
-        _write_text(folder/'environment.json', json.dumps(environment(config), indent=1))
-    learn, class_names = build_learner(config)
-    total, valid_every, checkpoint_every = training_plan(config, len(learn.dls.train))
-    subs = [CheckpointS(folder/'checkpoints', every_batches=checkpoint_every, every_epochs=1, keep=2),
-            CSVLoggerS(folder/'metrics.csv'), TensorBoardS(folder/'tensorboard', log_every=config['log_every']),
-            ConsoleLogS(folder/'console.log'), MisclassifiedS(), ReportS(folder/'reports', class_names=class_names)]
-    if (scheduler := schedule(config, total)) is not None: subs.append(scheduler)
-    fit_iterations(learn, total, valid_every, seed=config['seed'], subs=subs, resume=resume)
-    final = {k: v for k, v in learn.metrics.history[-1].items() if k not in ('epoch', 'mode')}
-    result = {'experiment': folder.name, 'iterations': total, **final}
-    _write_text(folder/'result.json', json.dumps(result))
-    return {**result, 'status': 'resumed' if resume else 'trained'}
+    with experiment_lock(folder, timeout):   # filelock.Timeout if another process holds it for longer than `timeout`
+        if changes := config_changes(config, folder):
+            raise ConfigError(f"{folder} holds a run of another config ({'; '.join(changes)}); expected the same config")
+        if (result := _finished(folder)) is not None: return {**result, 'status': 'skipped'}
+        for sub in ('', 'checkpoints', 'reports'): remove_temporaries(folder/sub)   # left by writes that a crash cut short
+        resume = _resume_point(folder/'checkpoints')
+        if resume is None: _start_afresh(folder, config)
+        learn, class_names = build_learner(config)
+        total, valid_every, checkpoint_every = training_plan(config, len(learn.dls.train))
+        subs = [CheckpointS(folder/'checkpoints', every_batches=checkpoint_every, every_epochs=1, keep=2),
+                CSVLoggerS(folder/'metrics.csv'), TensorBoardS(folder/'tensorboard', log_every=config['log_every']),
+                ConsoleLogS(folder/'console.log'), MisclassifiedS(), ReportS(folder/'reports', class_names=class_names)]
+        if (scheduler := schedule(config, total)) is not None: subs.append(scheduler)
+        fit_iterations(learn, total, valid_every, seed=config['seed'], subs=subs, resume=resume)
+        final = {k: v for k, v in learn.metrics.history[-1].items() if k not in ('epoch', 'mode')}
+        result = {'experiment': folder.name, 'iterations': total, **final}
+        _write_text(folder/'result.json', json.dumps(result))
+        return {**result, 'status': 'resumed' if resume else 'trained'}
+
+def _cell(value) -> str:
+    "A summary cell: floats to four significant digits (1e-05 stays readable), anything else as `str`."
+    return f'{value:.4g}' if isinstance(value, float) else str(value)
 
 def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    cell = lambda v: f'{v:.4f}' if isinstance(v, float) else str(v)
-    return columns, [[cell(row.get(c, '')) for c in columns] for row in rows]
+    return columns, [[_cell(row.get(c, '')) for c in columns] for row in rows]
 
-def run_session(cfg, session: str, results='results') -> list[dict]:
+def _check_unchanged(experiments, folders: dict, rerun_changed: bool):
+    "Refuse (listing every changed key) or set aside the folders of experiments whose stored config differs."
+    changed = {i: c for i, config in experiments if (c := config_changes(config, folders[i]))}
+    if not changed: return
+    if not rerun_changed:
+        raise ConfigError(f"{len(changed)} experiment(s) ran before with other settings; their results do not belong to this "
+                          "config:\n  " + '\n  '.join(f"{i}: {'; '.join(c)}" for i, c in changed.items())
+                          + "\nexpected the same settings: rerun them with --rerun-changed (the old folders are kept as "
+                          "<experiment>.replaced-N), or choose another results folder")
+    for i in changed:
+        with experiment_lock(folders[i]):
+            if config_changes(dict(experiments)[i], folders[i]): print(f"== set aside the old run as {_set_aside(folders[i]).name}")
+
+def run_session(cfg, session: str, results='results', rerun_changed: bool = False) -> list[dict]:
     "Run every experiment of `session` in `cfg` (checked first: nothing runs if any is wrong); write and print a summary."
     experiments = load_session(cfg, session)
+    base = confined(results, session)
+    folders = {i: confined(results, session, i) for i, _ in experiments}
+    _check_unchanged(experiments, folders, rerun_changed)
     varying = [k for k in SETTINGS if len({repr(c[k]) for _, c in experiments}) > 1]
-    base = Path(results)/session
-    rows = []
-    for experiment_id, config in experiments:
-        print(f'== {session}/{experiment_id}', flush=True)
-        result = run_experiment(config, base/experiment_id)
-        rows.append({'experiment': experiment_id, **{k: config[k] for k in varying},
-                     **{k: v for k, v in result.items() if k != 'experiment'}})
+    results_of, waiting, timeout = {}, list(experiments), 0
+    while waiting:   # first pass: skip experiments another process holds; then wait for them
+        held = []
+        for experiment_id, config in waiting:
+            print(f'== {session}/{experiment_id}', flush=True)
+            try: results_of[experiment_id] = run_experiment(config, folders[experiment_id], timeout)
+            except filelock.Timeout:
+                print(f'== {session}/{experiment_id}: another process is running it; coming back to it', flush=True)
+                held.append((experiment_id, config))
+        waiting, timeout = held, -1
+    rows = [{'experiment': i, **{k: c[k] for k in varying}, **{k: v for k, v in results_of[i].items() if k != 'experiment'}}
+            for i, c in experiments]
     columns, cells = _table(rows)
     buffer = io.StringIO(); csv.writer(buffer).writerows([columns, *cells])
-    _write_text(base/'summary.csv', buffer.getvalue())
     markdown = '\n'.join('| ' + ' | '.join(r) + ' |' for r in [columns, ['---'] * len(columns), *cells])
-    _write_text(base/'summary.md', markdown + '\n')
+    with filelock.FileLock(base/'.locks'/'summary.lock'):
+        remove_temporaries(base)
+        _write_text(base/'summary.csv', buffer.getvalue())
+        _write_text(base/'summary.md', markdown + '\n')
     widths = [max(len(r[i]) for r in [columns, *cells]) for i in range(len(columns))]
     print('\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)) for r in [columns, *cells]))
     return rows
