@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .learner import CancelEpochException, CancelFitException, Learner, MetricsS, Subscriber
+from .learner import CancelEpochException, CancelFitException, Learner, MetricsS, Subscriber, _check_subs
 
 # %% auto #0
 __all__ = ['FORMAT', 'rng_state', 'set_rng_state', 'CheckpointError', 'learner_state_dict', 'learner_load_state_dict',
@@ -496,6 +496,7 @@ def fit(self: Learner, epochs: int = 1, train: bool = True, valid: bool = True, 
         resume_fallback: bool = False):
     "`Learner.fit`, keeping `learn.position` current; with `resume`, continue from a checkpoint file or a folder's newest valid one."
     if not isinstance(resume_fallback, bool): raise ValueError(f"expected resume_fallback to be True or False, got {resume_fallback!r}")
+    subs = _check_subs(subs, 'fit')   # before the subscribers this fit adds hide what was given
     if resume is None: return _fit_without_resume(self, epochs, train, valid, [*subs, _Position()], lr)
     path, state = _resume_from(resume, resume_fallback)
     if state.get('position') is None: raise CheckpointError(f"{path} records no position to resume from (it was saved outside a fit)")

@@ -205,9 +205,9 @@ def _check_unchanged(experiments, folders: dict, rerun_changed: bool):
         with experiment_lock(folders[i]):
             if config_changes(dict(experiments)[i], folders[i]): print(f"== set aside the old run as {_set_aside(folders[i]).name}")
 
-def run_session(cfg, session: str, results='results', rerun_changed: bool = False) -> list[dict]:
+def run_session(cfg, session: str, results='results', rerun_changed: bool = False, max_experiments: int = 10_000) -> list[dict]:
     "Run every experiment of `session` in `cfg` (checked first: nothing runs if any is wrong); write and print a summary."
-    experiments = load_session(cfg, session)
+    experiments = load_session(cfg, session, max_experiments=max_experiments)
     base = confined(results, session)
     folders = {i: confined(results, session, i) for i, _ in experiments}
     _check_unchanged(experiments, folders, rerun_changed)

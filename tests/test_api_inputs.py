@@ -347,3 +347,11 @@ def test_metrics(metrics, exc, message):
 
 def test_progress_plot_flag():
     with raises(ValueError, "ProgressS expected plot to be True or False, got 'yes'"): ProgressS(plot='yes')
+
+
+def test_fit_with_a_single_subscriber_not_in_a_list_says_so():
+    "Chapter 05's fit adds its own subscribers to `subs`; the message must still name what the user gave."
+    import nntrain.checkpoints  # noqa: F401  (its fit is the one users call)
+    learn = Learner(nn.Linear(2, 2), DataLoaders([], []))
+    with pytest.raises(TypeError, match=r"fit expected subs to be a list of subscribers, got a MetricsS \(wrap a single subscriber in a list: \[sub\]\)"):
+        learn.fit(1, subs=MetricsS())
