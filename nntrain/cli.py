@@ -55,8 +55,8 @@ def parse_device(name: str) -> torch.device:
 # %% ../nbs/99_cli.ipynb #65f7c4ff
 def output_path(path, option: str) -> Path:
     "`path` if a file can be written there (its folder exists and is writable, it is not a folder); else a `CommandError`."
-    path = Path(path)
-    if path.is_dir(): raise CommandError(f"{option} {path}: is a folder; expected the path of a file to write")
+    text, path = str(path), Path(path)
+    if path.is_dir() or text.endswith(('/', os.sep)): raise CommandError(f"{option} {text}: is a folder; expected the path of a file to write")
     folder = path.parent
     if not folder.is_dir(): raise CommandError(f"{option} {path}: the folder {str(folder)!r} does not exist; expected an existing folder")
     if not os.access(folder, os.W_OK): raise CommandError(f"{option} {path}: the folder {str(folder)!r} is not writable")
@@ -103,7 +103,11 @@ def export_default_model(checkpoint, out) -> Path:
     try: model.load_state_dict(state['model'])
     except RuntimeError as e:
         detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
-        raise CommandError(f"{checkpoint} does not hold the weights of the model it was expected to ({detail})") from None
+        if any((f/'config.yaml').is_file() for f in (checkpoint.parent, checkpoint.parent.parent)):
+            raise CommandError(f"{checkpoint} does not hold the weights of the model its experiment's config.yaml describes ({detail})") from None
+        raise CommandError(f"{checkpoint} does not hold the weights of nntrain fit's 784-128-10 model ({detail}); it has no config.yaml "
+                           "beside it or above it, so it was taken for nntrain fit's model (export a session's checkpoint from its "
+                           "experiment folder)") from None
     return export_onnx(model, out, example=example)
 
 # %% ../nbs/99_cli.ipynb #e232d113

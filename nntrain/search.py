@@ -11,6 +11,10 @@ import difflib
 import inspect
 import io
 import json
+import logging
+import os
+import socket
+import warnings
 from pathlib import Path
 
 import filelock
@@ -26,7 +30,8 @@ from .learner import Subscriber
 from .sessions import METRICS, _write_text, build_learner, confined, training_plan
 
 # %% auto #0
-__all__ = ['SPACE_KINDS', 'load_search', 'ReportToTrialS', 'PerTrialSeedSampler', 'run_search', 'importances', 'search_report']
+__all__ = ['SPACE_KINDS', 'MAX_RETRIES', 'load_search', 'ReportToTrialS', 'PerTrialSeedSampler', 'run_search', 'importances',
+           'search_report']
 
 # %% ../nbs/13_search.ipynb #d929d229
 SPACE_KINDS = ('float', 'int', 'choice')
@@ -84,14 +89,16 @@ def load_search(path, session: str) -> tuple[dict, dict, str]:
     if objective not in reported: problems.append(f"objective: expected one of {', '.join(reported)} (what every trial reports), got {objective!r}")
     if any(str(k).endswith('_') for k in settings): problems.append("a search session takes ranges under `search`, not grid keys ending in '_'")
     base = {**{k: v[1] for k, v in SETTINGS.items()}, **settings}
+    # the ranges that are well formed are checked now too, so that one run lists every problem
+    ranges = {name: spec for name, spec in (space.items() if isinstance(space, dict) else ())
+              if not any(p.startswith(f'search.{name}:') for p in problems)}
     sample = base
-    if not problems:
-        for name, spec in space.items(): sample = _apply(sample, name, _lowest(spec))
-    problems += check_config(sample)
-    if not problems:   # every choice and both ends of every range, each with the other settings at their lowest
-        for name, spec in space.items():
-            for value in _candidates(spec):
-                problems += [f"search.{name}={value!r}: {p}" for p in check_config(_apply(sample, name, value))]
+    for name, spec in ranges.items(): sample = _apply(sample, name, _lowest(spec))
+    lowest = check_config(sample)
+    problems += lowest
+    for name, spec in ranges.items():   # every choice and both ends of every range, the other settings at their lowest
+        for value in _candidates(spec):
+            problems += [f"search.{name}={value!r}: {p}" for p in check_config(_apply(sample, name, value)) if p not in lowest]
     if problems: raise ConfigError(f"{path}:{session} has {len(problems)} problem(s):\n  " + '\n  '.join(dict.fromkeys(problems)))
     return base, space, objective
 
@@ -128,14 +135,42 @@ class PerTrialSeedSampler(optuna.samplers.BaseSampler):
     def reseed_rng(self): self.sampler.reseed_rng()
 
 _COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+MAX_RETRIES = 3
+
+def _retry(study, trial):
+    "Queue `trial`'s parameters again (its process died or was interrupted), at most `MAX_RETRIES` times in a row."
+    retries = trial.user_attrs.get('retries', 0)
+    if trial.params and retries < MAX_RETRIES:
+        study.enqueue_trial(trial.params, user_attrs={'retry_of': trial.number, 'retries': retries + 1})
 
 def _storage(db: Path, heartbeat: int) -> optuna.storages.RDBStorage:
     "The study's SQLite storage: waits for other processes' writes; a trial whose process stopped beating is failed and retried."
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
     stale = ('heartbeat_stale_trial_callback' if 'heartbeat_stale_trial_callback' in inspect.signature(optuna.storages.RDBStorage).parameters
              else 'failed_trial_callback')
-    return optuna.storages.RDBStorage(f"sqlite:///{db}", engine_kwargs={'connect_args': {'timeout': 60}},
-                                      heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **{stale: retry})
+    with warnings.catch_warnings():   # heartbeats are "experimental" in Optuna, and have been for years
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(f"sqlite:///{db}", engine_kwargs={'connect_args': {'timeout': 60}},
+                                          heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **{stale: _retry})
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    return True
+
+def _fail_dead_trials(study, storage):
+    "Fail and queue again, at once, the running trials whose process on this machine is gone (elsewhere the heartbeat does it)."
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        host, _, pid = str(trial.user_attrs.get('process', '')).rpartition(':')
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            try: storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError: continue   # another process got there first
+            _retry(study, trial)
+
+class _QuietAfterInterrupt(logging.Filter):
+    "Drop Optuna's warnings about a trial that Ctrl-C stopped: the command says so in one line."
+    def __init__(self): super().__init__(); self.interrupted = False
+    def filter(self, record): return not self.interrupted
 
 def run_search(cfg, session: str, trials: int, results='results', sampler: str = 'tpe', seed: int = 0, pruner=None,
                heartbeat: int = 10) -> optuna.Study:
@@ -148,19 +183,32 @@ def run_search(cfg, session: str, trials: int, results='results', sampler: str =
     folder.mkdir(parents=True, exist_ok=True)
     samplers = {'tpe': optuna.samplers.TPESampler, 'random': optuna.samplers.RandomSampler}
     with filelock.FileLock(folder/'.search.lock'):   # two processes creating the tables at once would collide
-        study = optuna.create_study(study_name=session, storage=_storage(folder/'search.db', heartbeat), load_if_exists=True,
+        storage = _storage(folder/'search.db', heartbeat)
+        study = optuna.create_study(study_name=session, storage=storage, load_if_exists=True,
                                     direction=_direction(objective), sampler=PerTrialSeedSampler(samplers[sampler], seed),
                                     pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+        _fail_dead_trials(study, storage)
+    quiet = _QuietAfterInterrupt()
     def run_trial(trial):
+        trial.set_user_attr('process', f'{socket.gethostname()}:{os.getpid()}')
         config = base
         for name, spec in space.items(): config = _apply(config, name, _suggest(trial, name, spec))
-        learn, _ = build_learner(config)
-        total, valid_every, _ = training_plan(config, len(learn.dls.train))
-        fit_iterations(learn, total, valid_every, seed=config['seed'], subs=[ReportToTrialS(trial, objective)])
+        try:
+            learn, _ = build_learner(config)
+            total, valid_every, _ = training_plan(config, len(learn.dls.train))
+            fit_iterations(learn, total, valid_every, seed=config['seed'], subs=[ReportToTrialS(trial, objective)])
+        except KeyboardInterrupt:
+            quiet.interrupted = True
+            _retry(study, trial)   # Optuna marks it failed; the next run tries the same parameters again
+            raise
         return learn.metrics.history[-1][objective]
     done = len(study.get_trials(deepcopy=False, states=_COUNTED))
     if done < trials:   # other processes on the same study count too: stop once the study holds enough
-        study.optimize(run_trial, n_trials=trials - done, catch=(), callbacks=[optuna.study.MaxTrialsCallback(trials, states=_COUNTED)])
+        handlers = logging.getLogger('optuna').handlers
+        for handler in handlers: handler.addFilter(quiet)
+        try: study.optimize(run_trial, n_trials=trials - done, catch=(), callbacks=[optuna.study.MaxTrialsCallback(trials, states=_COUNTED)])
+        finally:
+            for handler in handlers: handler.removeFilter(quiet)
     return study
 
 # %% ../nbs/13_search.ipynb #f3d81272

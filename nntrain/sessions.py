@@ -33,7 +33,7 @@ from .reports import MisclassifiedS, ReportS
 
 # %% auto #0
 __all__ = ['METRICS', 'environment', 'WeightedCrossEntropy', 'build_learner', 'schedule', 'training_plan', 'confined',
-           'config_changes', 'experiment_lock', 'run_experiment', 'run_session']
+           'config_changes', 'refuse_links', 'experiment_lock', 'run_experiment', 'run_session']
 
 # %% ../nbs/12_sessions.ipynb #16c3844c
 def _write_text(path: Path, text: str):
@@ -152,14 +152,22 @@ def _finished(folder: Path) -> dict | None:
     except (OSError, ValueError): return None
     return result if isinstance(result, dict) else None
 
+def refuse_links(folder):
+    "A `ConfigError` naming the first symbolic link in `folder` or below: nntrain writes there, and a link could lead it anywhere."
+    for top, dirs, files in os.walk(folder):   # does not follow links to folders
+        for name in dirs + files:
+            if os.path.islink(path := os.path.join(top, name)):
+                raise ConfigError(f"{path} is a symbolic link; expected only real files and folders inside the results "
+                                  "folder, where nntrain writes (remove the link)")
+
 def experiment_lock(folder, timeout: float = -1) -> filelock.BaseFileLock:
     "The lock that gives one process at a time an experiment `folder` (kept beside it, in `.locks/`); released if its owner dies."
     folder = Path(folder)
     locks = folder.parent/'.locks'
+    if locks.is_symlink(): refuse_links(folder.parent)
     locks.mkdir(parents=True, exist_ok=True)
-    path = locks/f'{folder.name}.lock'
-    if path.is_symlink(): raise OSError(f"{path} is a symbolic link; expected a lock file nntrain made (remove the link)")
-    return filelock.FileLock(path, timeout=timeout)
+    refuse_links(locks)
+    return filelock.FileLock(locks/f'{folder.name}.lock', timeout=timeout)
 
 def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
     "Train the experiment `config` in `folder` (skip it if finished, resume it if interrupted); return its result."
@@ -169,7 +177,8 @@ def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
         if changes := config_changes(config, folder):
             raise ConfigError(f"{folder} holds a run of another config ({'; '.join(changes)}); expected the same config")
         if (result := _finished(folder)) is not None: return {**result, 'status': 'skipped'}
-        for sub in ('', 'checkpoints', 'reports'): remove_temporaries(folder/sub)   # left by writes that a crash cut short
+        refuse_links(folder)   # a planted link (to checkpoints/, console.log...) would carry the writes outside
+        remove_temporaries(folder, recursive=True)   # left by writes that a crash cut short
         resume = _resume_point(folder/'checkpoints')
         if resume is None: _start_afresh(folder, config)
         learn, class_names = build_learner(config)
@@ -227,7 +236,7 @@ def run_session(cfg, session: str, results='results', rerun_changed: bool = Fals
     columns, cells = _table(rows)
     buffer = io.StringIO(); csv.writer(buffer).writerows([columns, *cells])
     markdown = '\n'.join('| ' + ' | '.join(r) + ' |' for r in [columns, ['---'] * len(columns), *cells])
-    with filelock.FileLock(base/'.locks'/'summary.lock'):
+    with experiment_lock(base/'summary'):
         remove_temporaries(base)
         _write_text(base/'summary.csv', buffer.getvalue())
         _write_text(base/'summary.md', markdown + '\n')

@@ -256,6 +256,8 @@ SEARCHER = textwrap.dedent('''
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import nntrain.search as search
     cfg, results, trials, stall = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    if 'elsewhere' in sys.argv:   # as if on another machine: only the heartbeat can tell that a trial's process died
+        import socket; socket.gethostname = lambda: 'elsewhere'
     if stall >= 0:   # stop for ever inside trial number `stall`, after writing a marker
         real = search.ReportToTrialS.after_epoch
         def after_epoch(self, learn):
@@ -288,11 +290,7 @@ def test_two_search_processes_draw_different_parameters(setup):
     assert len(set(drawn)) == len(drawn), drawn   # no parameter set tried twice
 
 
-def test_a_killed_trial_is_marked_failed_and_retried(setup):
-    (setup/'search.yaml').write_text(SEARCH)
-    (setup/'searcher.py').write_text(SEARCHER)
-    results, marker = setup/'search-killed', setup/'search-marker'
-    marker.unlink(missing_ok=True)
+def _kill_during_trial_1(setup, results, marker):
     child = subprocess.Popen([sys.executable, str(setup/'searcher.py'), str(setup/'search.yaml'), str(results), '3', '1', str(marker)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -302,12 +300,51 @@ def test_a_killed_trial_is_marked_failed_and_retried(setup):
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     assert [t.state.name for t in _study(results).trials][1:] == ['RUNNING'], [t.state.name for t in _study(results).trials]
-    time.sleep(3)   # past the grace period of two missed heartbeats
-    again = subprocess.run([sys.executable, str(setup/'searcher.py'), str(setup/'search.yaml'), str(results), '3', '-1'],
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def _check_failed_and_retried(results):
     trials = _study(results).trials
     states = [t.state.name for t in trials]
     assert states[1] == 'FAIL' and 'RUNNING' not in states and states.count('COMPLETE') + states.count('PRUNED') == 3, states
     retried = [t for t in trials[2:] if t.params == trials[1].params]
-    assert retried and retried[0].state.name in ('COMPLETE', 'PRUNED'), [(t.number, t.state.name, t.params) for t in trials]
+    assert retried and retried[0].state.name in ('COMPLETE', 'PRUNED') and retried[0].user_attrs['retry_of'] == 1, \
+        [(t.number, t.state.name, t.params) for t in trials]
+
+
+@pytest.mark.parametrize('where', ['here', 'elsewhere'])
+def test_a_killed_trial_is_marked_failed_and_retried(setup, where):
+    "On this machine the dead process is seen at once; from another machine, once its heartbeat is two beats late."
+    (setup/'search.yaml').write_text(SEARCH)
+    (setup/'searcher.py').write_text(SEARCHER)
+    results, marker = setup/f'search-killed-{where}', setup/f'search-marker-{where}'
+    marker.unlink(missing_ok=True)
+    _kill_during_trial_1(setup, results, marker)
+    if where == 'elsewhere': time.sleep(3)   # past the grace period of two missed heartbeats
+    again = subprocess.run([sys.executable, str(setup/'searcher.py'), str(setup/'search.yaml'), str(results), '3', '-1', where],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _check_failed_and_retried(results)
+
+
+def test_ctrl_c_in_a_search_prints_one_line_and_the_trial_is_tried_again(setup):
+    (setup/'slow.yaml').write_text(SEARCH.replace('num_iterations: 6', 'num_iterations: 3000').replace('valid_every: 3', 'valid_every: 1000'))
+    results = setup/'search-interrupted'
+    command = [sys.executable, '-c', 'import sys; from nntrain.cli import main; sys.exit(main(sys.argv[1:]))', 'search', '--cfg',
+               str(setup/'slow.yaml'), '--session', 'find', '--trials', '1', '--sampler', 'random', '--results', str(results)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    def started():
+        try: return bool(_study(results).trials)
+        except Exception: return False   # the study is still being created
+    while not started():
+        assert time.monotonic() < deadline and child.poll() is None
+        time.sleep(0.05)
+    time.sleep(1)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith('[I ')]   # Optuna's own progress lines
+    assert len(lines) == 1 and lines[0].startswith('nntrain: interrupted; finished trials are kept in') and 'Traceback' not in err, err
+    trials = _study(results).trials
+    assert [t.state.name for t in trials] == ['FAIL', 'WAITING'], [t.state.name for t in trials]
+    assert trials[1].system_attrs['fixed_params'] == trials[0].params and trials[1].user_attrs['retry_of'] == 0, trials[1]

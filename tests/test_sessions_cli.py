@@ -210,3 +210,59 @@ def test_every_search_choice_is_checked_before_the_first_trial(tmp_path):
 def test_results_is_ignored_by_git():
     from conftest import ROOT
     assert 'results/' in (ROOT/'.gitignore').read_text().split()
+
+
+@pytest.mark.parametrize('where', ['.locks', 'default/checkpoints', 'default/console.log', 'default/metrics.csv',
+                                   'default/reports', 'default/tensorboard'])
+def test_a_link_planted_inside_the_results_folder_is_refused_and_nothing_is_written_outside(tmp_path, where):
+    (tmp_path/'s.yaml').write_text(f'one:\n  {SMALL}  checkpoint_every: 2\n')
+    outside = tmp_path/'outside'; outside.mkdir()
+    target = outside/'target'
+    if where.endswith(('.log', '.csv')): target.write_text('ORIGINAL')
+    else: target.mkdir()
+    link = tmp_path/'r'/'one'/where
+    link.parent.mkdir(parents=True)
+    link.symlink_to(target)
+    status, _, err = run_main('fit', '--cfg', tmp_path/'s.yaml', '--session', 'one', '--results', tmp_path/'r')
+    assert status == 2 and f'{link} is a symbolic link; expected only real files and folders' in err, err
+    assert (target.read_text() == 'ORIGINAL') if target.is_file() else list(target.iterdir()) == []
+
+
+def test_save_with_a_trailing_slash_names_a_folder(tmp_path):
+    status, out, err = run_main('fit', '--save', f'{tmp_path}/nodir/')
+    assert status == 2 and 'is a folder' in err and out == '', err
+
+
+def test_export_of_a_session_checkpoint_without_its_config_says_what_it_assumed(tmp_path):
+    (tmp_path/'s.yaml').write_text(f'digits:\n  {SMALL}  checkpoint_every: 2\n')
+    assert run_main('fit', '--cfg', tmp_path/'s.yaml', '--session', 'digits', '--results', tmp_path/'r')[0] == 0
+    from nntrain.checkpoints import checkpoints
+    import shutil
+    shutil.copy(checkpoints(tmp_path/'r'/'digits'/'default'/'checkpoints')[-1], tmp_path/'lone.pt')
+    status, _, err = run_main('export', '--checkpoint', tmp_path/'lone.pt', '--out', tmp_path/'x.onnx')
+    assert status == 2 and "no config.yaml beside it or above it, so it was taken for nntrain fit's model" in err, err
+
+
+def test_a_search_with_many_problems_lists_them_all_in_one_run(tmp_path):
+    (tmp_path/'s.yaml').write_text(textwrap.dedent('''
+        srch:
+          bs: 512
+          num_iterations: 6
+          objective: acuracy
+          search:
+            lr: {float: [1.0e-4, -1]}
+            model_args.hiden: {int: [1, 8]}
+            optimizer: {choice: [adam, sgdd]}
+            bs: {choice: []}
+            seed: {float: [1, 2], int: [1,2]}
+            device: {choice: [cpu, cuda]}
+            weight_decay: {float: [0, .inf]}
+    '''))
+    status, _, err = run_main('search', '--cfg', tmp_path/'s.yaml', '--session', 'srch', '--trials', 1, '--results', tmp_path/'r')
+    assert status == 2, err
+    for expected in ('search.lr: expected low < high', 'search.bs: choice expects a non-empty list', 'search.seed: expected exactly one of',
+                     "objective: expected one of loss, accuracy", "model_args: mlp takes no argument 'hiden'",
+                     "search.optimizer='sgdd'", "search.weight_decay=inf"):
+        assert expected in err, (expected, err)
+    if not __import__('torch').cuda.is_available(): assert "search.device='cuda'" in err, err
+    assert not (tmp_path/'r').exists()
