@@ -10,17 +10,21 @@ import errno
 import hashlib
 import io
 import math
+import numbers
 import os
 import pickle
 import random
 import re
 import secrets
+import stat
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .dataloaders import _check_flag, _check_int, _describe
 from .learner import CancelEpochException, CancelFitException, Learner, MetricsS, Subscriber, _check_subs
 
 # %% auto #0
@@ -104,6 +108,25 @@ def _position_problem(position) -> str | None:
     if not isinstance(position.get('pass_done', False), bool): return f"'position'['pass_done'] should be True or False, got {position['pass_done']!r}"
     return _rng_problem(start['rng'], "'position'['epoch_start']['rng']")
 
+_HYPER_PARAMETERS = {'lr', 'initial_lr', 'max_lr', 'min_lr', 'weight_decay', 'momentum', 'dampening', 'base_momentum', 'max_momentum',
+                     'betas', 'eps', 'alpha', 'rho', 'lr_decay', 'initial_accumulator_value', 'lambd', 't0', 'etas', 'step_sizes', 'momentum_decay'}
+_PAIRS = {'betas', 'etas', 'step_sizes'}  # hyper-parameters that are a tuple of numbers
+
+def _finite_number(value) -> bool:
+    if isinstance(value, torch.Tensor): return value.numel() == 1 and value.dtype != torch.bool and bool(torch.isfinite(value).all())
+    try: return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError: return False  # an int too large for a float
+
+def _param_group_problem(groups: list) -> str | None:
+    "Why a hyper-parameter of the optimizer's `groups` is not a finite number (or the lr is negative), or None."
+    for i, group in enumerate(groups):
+        for key, value in group.items():
+            if key not in _HYPER_PARAMETERS and not (isinstance(value, numbers.Real) and not isinstance(value, bool)): continue
+            values = value if key in _PAIRS and isinstance(value, (tuple, list)) else (value,)
+            if not all(map(_finite_number, values)) or (key == 'lr' and float(value) < 0):
+                expected = 'a finite number >= 0' if key == 'lr' else 'a tuple of finite numbers' if key in _PAIRS else 'a finite number'
+                return f"'opt' param group {i} has {key}={_describe(value)}; expected {expected}"
+
 def _structure_problem(state: dict) -> str | None:
     "Why a dict of a known format does not have the structure `learner_state_dict` gives, or None."
     missing = [k for k in ('model', 'opt', 'subs', 'rng') if k not in state]
@@ -115,6 +138,7 @@ def _structure_problem(state: dict) -> str | None:
     if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get('state'), dict) and isinstance(opt.get('param_groups'), list)
                                 and all(isinstance(g, dict) for g in opt['param_groups'])):
         return f"'opt' should be None or an optimizer's state dict (a dict with 'state' and a list of 'param_groups'), got {_kind(opt)}"
+    if opt is not None and (problem := _param_group_problem(opt['param_groups'])): return problem
     if not isinstance(subs, dict) or not all(isinstance(k, str) for k in subs):
         return f"'subs' should be a dict of subscriber states by name, got {_kind(subs)}"
     if problem := _rng_problem(state['rng'], "'rng'"): return problem
@@ -133,25 +157,73 @@ def _first_mismatch(e: RuntimeError) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return next((line for line in lines if not line.startswith('Error(s) in loading')), lines[0] if lines else type(e).__name__)
 
-def learner_load_state_dict(self: Learner, state: dict, rng: bool = True):
-    "Restore what `state_dict` returned (the optimizer's state only when a fit has made an optimizer)."
-    if problem := _format_problem(state) or _structure_problem(state):
-        raise CheckpointError(f"expected a learner state dict of format {FORMAT!r}: {problem}")
-    try: self.model.load_state_dict(state['model'])
+def _weights_mismatch(model, weights: dict) -> str | None:
+    "The first way `weights` do not fit `model` (missing or unexpected names, then shapes), worded as `load_state_dict` words it, or None."
+    expected = model.state_dict()
+    quoted = lambda keys: ', '.join(f'"{k}"' for k in keys)
+    if missing := [k for k in expected if k not in weights]: return f"Missing key(s) in state_dict: {quoted(missing)}."
+    if unexpected := [k for k in weights if k not in expected]: return f"Unexpected key(s) in state_dict: {quoted(unexpected)}."
+    for key, current in expected.items():
+        given = weights[key]
+        if not (isinstance(current, torch.Tensor) and isinstance(given, torch.Tensor)) or torch.nn.parameter.is_lazy(current): continue
+        if given.shape != current.shape and not (current.ndim == 0 and given.shape == (1,)):  # torch accepts a 1-element 1-d tensor for a 0-d one
+            return (f"size mismatch for {key}: copying a param with shape {given.shape} from checkpoint, "
+                    f"the shape in current model is {current.shape}.")
+
+def _missing_hyper_parameters(opt, opt_state: dict) -> str | None:
+    "A hyper-parameter `opt` steps with that a param group of `opt_state` lacks, or None."
+    for i, (group, saved) in enumerate(zip(opt.param_groups, opt_state['param_groups'])):
+        if missing := sorted(k for k in group if k in _HYPER_PARAMETERS and k not in saved):
+            return f"its param group {i} lacks {missing}, which this {type(opt).__name__} steps with"
+
+def _snapshot(learn: Learner, opt, subs: dict) -> dict:
+    "Copies of what loading a state changes: the weights, the optimizer's state, the given subscribers' states, the random state."
+    weights = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in learn.model.state_dict().items()}
+    return {'model': weights, 'opt': copy.deepcopy(opt.state_dict()) if opt is not None else None,
+            'subs': {key: copy.deepcopy(sub.state_dict()) for key, sub in subs.items()}, 'rng': rng_state()}
+
+def _restore(learn: Learner, opt, subs: dict, saved: dict):
+    "Put back what `_snapshot` copied."
+    learn.model.load_state_dict(saved['model'])
+    if opt is not None: opt.load_state_dict(saved['opt'])
+    for key, sub_state in saved['subs'].items(): subs[key].load_state_dict(sub_state)
+    set_rng_state(saved['rng'])
+
+def _load_parts(learn: Learner, state: dict, opt, subs: dict, rng: bool):
+    "Load each part of `state` in turn; a part that does not fit raises `CheckpointError`."
+    try: learn.model.load_state_dict(state['model'])
     except RuntimeError as e:
-        raise CheckpointError(f"the checkpoint's weights do not fit this {type(self.model).__name__}: {_first_mismatch(e)}") from None
-    if state['opt'] is not None and getattr(self, 'opt', None) is not None:
-        try: self.opt.load_state_dict(state['opt'])
+        raise CheckpointError(f"the checkpoint's weights do not fit this {type(learn.model).__name__}: {_first_mismatch(e)}") from None
+    if opt is not None:
+        try: opt.load_state_dict(state['opt'])
         except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-            raise CheckpointError(f"the checkpoint's optimizer state does not fit this {type(self.opt).__name__} "
-                                  f"({type(e).__name__}: {e})") from None
-    subs = _stateful(self.subs)
-    for key, sub_state in state['subs'].items():
-        if key not in subs: continue
-        try: subs[key].load_state_dict(sub_state)
+            raise CheckpointError(f"the checkpoint's optimizer state does not fit this {type(opt).__name__} ({type(e).__name__}: {e})") from None
+    for key, sub in subs.items():
+        try: sub.load_state_dict(state['subs'][key])
         except Exception as e:
             raise CheckpointError(f"the checkpoint's state of subscriber {key} does not fit it ({type(e).__name__}: {e})") from None
     if rng: set_rng_state(state['rng'])
+
+def learner_load_state_dict(self: Learner, state: dict, rng: bool = True, source=None):
+    "Restore what `state_dict` returned, all or nothing (the optimizer's state only when a fit has made one); `source` names the file in errors."
+    where = '' if source is None else f"{source}: "
+    if problem := _format_problem(state) or _structure_problem(state):
+        raise CheckpointError(f"{where}expected a learner state dict of format {FORMAT!r}: {problem}")
+    if problem := _weights_mismatch(self.model, state['model']):
+        raise CheckpointError(f"{where}the checkpoint's weights do not fit this {type(self.model).__name__}: {problem}")
+    opt = getattr(self, 'opt', None) if state['opt'] is not None else None
+    if opt is not None and (problem := _missing_hyper_parameters(opt, state['opt'])):
+        raise CheckpointError(f"{where}the checkpoint's optimizer state does not fit this {type(opt).__name__}: {problem}")
+    stateful = _stateful(self.subs)
+    subs = {key: sub for key, sub in stateful.items() if key in state['subs']}
+    saved = _snapshot(self, opt, subs)
+    try: _load_parts(self, state, opt, subs, rng)
+    except BaseException as e:
+        _restore(self, opt, subs, saved)
+        if isinstance(e, CheckpointError): raise CheckpointError(f"{where}{e}") from None
+        raise
+    for key in [key for key in stateful if key not in state['subs']]:
+        warnings.warn(f"{source if source is not None else 'the learner state'} holds no state for the subscriber {key}; it starts afresh", stacklevel=3)
 
 Learner.state_dict, Learner.load_state_dict = learner_state_dict, learner_load_state_dict
 
@@ -235,8 +307,31 @@ _MAGIC = f'{FORMAT}\n'.encode()
 _SUM = b'sha256 '
 _HEADER = len(_MAGIC) + len(_SUM) + 64 + 1  # the magic line, then 'sha256 <64 hex digits>\n', then the torch.save bytes
 
+_PLAIN = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device)
+_CONTAINERS = (list, tuple, dict, OrderedDict, torch.Size)
+
+def _unloadable(value, where: str) -> str | None:
+    "The key path of the first value in `value` that `load_checkpoint` could not read back (not a tensor, plain value or container of them), or None."
+    kind = type(value)
+    if kind in _PLAIN or isinstance(value, torch.Tensor): return None
+    if kind not in _CONTAINERS: return f"{where} is of type {kind.__qualname__}"
+    if kind in (dict, OrderedDict):
+        for key, item in value.items():
+            if type(key) not in _PLAIN: return f"{where} has a key of type {type(key).__qualname__}"
+            if (found := _unloadable(item, f"{where}[{key!r}]")) is not None: return found
+        return None
+    return next((found for i, item in enumerate(value) if (found := _unloadable(item, f"{where}[{i}]")) is not None), None)
+
 def save_checkpoint(state: dict, path) -> Path:
     "Write `state` to `path` atomically, under a header with the sha256 of its bytes; a crash leaves the old file intact."
+    if not isinstance(state, dict): raise TypeError(f"save_checkpoint expected state to be a dict (a learner state dict), got {_describe(state)}")
+    if (found := _unloadable(state, 'state')) is not None:
+        raise TypeError(f"save_checkpoint expected a state of tensors, numbers, str, bool, None and lists, tuples and dicts of them "
+                        f"(what load_checkpoint can read back), but {found}")
+    return _write_checkpoint(state, path)
+
+def _write_checkpoint(state, path) -> Path:
+    "`save_checkpoint` without its checks of `state`: tests use it to write hostile files under a correct header."
     def write(f):
         f.write(_MAGIC + _SUM + b'0' * 64 + b'\n')
         payload = _HashingWriter(f)
@@ -266,10 +361,18 @@ def _torch_load(path: Path, data: bytes):
     except Exception as e:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({type(e).__name__}: {_reason(e)})") from None
 
+_FILE_KINDS = ((stat.S_ISFIFO, 'a named pipe (FIFO)'), (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a character device'),
+               (stat.S_ISBLK, 'a block device'))
+
+def _file_kind(mode: int) -> str: return next((kind for test, kind in _FILE_KINDS if test(mode)), 'not a regular file')
+
 def _read_checkpoint(path: Path):
     "What the checkpoint file at `path` holds, its checksum verified; `CheckpointError` for a file that is not one."
-    if path.is_dir(): raise CheckpointError(f"{path} is a folder, not a checkpoint file")
-    if not path.exists(): raise CheckpointError(f"{path}: no such checkpoint file")
+    try: mode = path.stat().st_mode  # never open what is not a regular file: a named pipe would block the read forever
+    except FileNotFoundError: raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except OSError as e: raise CheckpointError(f"{path} cannot be read: {e.strerror}") from None
+    if stat.S_ISDIR(mode): raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not stat.S_ISREG(mode): raise CheckpointError(f"{path} is {_file_kind(mode)}, not a regular file; only regular files are checkpoints")
     try: data = path.read_bytes()
     except OSError as e: raise CheckpointError(f"{path} cannot be read: {e.strerror}") from None
     if not data: raise CheckpointError(f"{path} is empty (0 bytes): its writing was cut short, or it was emptied")
@@ -309,8 +412,7 @@ def learner_save(self: Learner, path) -> Path:
 def learner_load(self: Learner, path, rng: bool = True):
     "Load a checkpoint written by `save` or `CheckpointS` into this learner."
     state = load_checkpoint(path)
-    try: self.load_state_dict(state, rng=rng)
-    except CheckpointError as e: raise CheckpointError(f"{path}: {e}") from None
+    self.load_state_dict(state, rng=rng, source=path)
     return self
 
 Learner.save, Learner.load = learner_save, learner_load
@@ -320,6 +422,20 @@ _NAME = re.compile(r'checkpoint-e(\d+)-b(\d+)\.pt$')
 
 def _loader_generator(learn):
     return getattr(learn.dls.train, 'generator', None)
+
+def _check_choices(owner: str, monitor, mode, monitor_optional: bool):
+    "Refuse a `monitor` that is not a name (or None, when optional) and a `mode` other than None, 'min' and 'max'."
+    if not (isinstance(monitor, str) or (monitor_optional and monitor is None)):
+        raise TypeError(f"{owner} expected monitor to be the name of a value MetricsS reports, such as 'loss' or 'accuracy'"
+                        f"{' (or None)' if monitor_optional else ''}, got {_describe(monitor)}")
+    if not (mode is None or (isinstance(mode, str) and mode in ('min', 'max'))): raise ValueError(f"expected mode to be 'min' or 'max', got {mode!r}")
+
+def _check_folder(owner: str, folder) -> Path:
+    "`folder` as a Path when it names a folder or nothing yet; refused when it is a file."
+    if not isinstance(folder, (str, os.PathLike)): raise TypeError(f"{owner} expected folder to be a path (a str or a Path), got {_describe(folder)}")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir(): raise NotADirectoryError(errno.ENOTDIR, f"{owner} expected a folder, got a file: {folder}")
+    return folder
 
 def _check_monitor(owner: str, monitor: str, metrics: MetricsS):
     "Refuse a `monitor` that `metrics` will not report, naming those it will."
@@ -333,10 +449,11 @@ class CheckpointS(Subscriber):
     def __init__(self, folder, every_batches: int | None = None, every_epochs: int | None = 1, keep: int = 2,
                  monitor: str | None = None, mode: str | None = None):
         for name, value in (('every_batches', every_batches), ('every_epochs', every_epochs)):
-            if value is not None and (not isinstance(value, int) or value < 1): raise ValueError(f"expected {name} to be None or an int >= 1, got {value!r}")
-        if not isinstance(keep, int) or keep < 1: raise ValueError(f"expected keep to be an int >= 1, got {keep!r}")
-        if mode not in (None, 'min', 'max'): raise ValueError(f"expected mode to be 'min' or 'max', got {mode!r}")
-        self.folder, self.every_batches, self.every_epochs, self.keep, self.monitor = Path(folder), every_batches, every_epochs, keep, monitor
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"expected {name} to be None or an int >= 1, got {value!r}")
+        keep = _check_int(keep, 'keep', 'CheckpointS')
+        _check_choices('CheckpointS', monitor, mode, monitor_optional=True)
+        self.folder, self.every_batches, self.every_epochs, self.keep, self.monitor = _check_folder('CheckpointS', folder), every_batches, every_epochs, keep, monitor
         self.mode = mode or ('min' if monitor and 'loss' in monitor else 'max')
         self.batches, self.best = 0, None
 
@@ -388,8 +505,8 @@ class CheckpointS(Subscriber):
     def load_state_dict(self, state: dict): self.batches, self.best = state['batches'], state['best']
 
 def checkpoints(folder) -> list[Path]:
-    "The checkpoints `CheckpointS` wrote in `folder`, oldest first (temporary files of interrupted writes are ignored)."
-    found = [(int(m[1]), int(m[2]), p) for p in Path(folder).glob('checkpoint-*.pt') if (m := _NAME.search(p.name))]
+    "The checkpoints `CheckpointS` wrote in `folder`, oldest first (only regular files: temporary files, pipes and folders are ignored)."
+    found = [(int(m[1]), int(m[2]), p) for p in Path(folder).glob('checkpoint-*.pt') if (m := _NAME.search(p.name)) and p.is_file()]
     return [p for *_, p in sorted(found)]
 
 def _latest(folder, fallback: bool) -> tuple[Path, dict]:
@@ -421,9 +538,9 @@ def latest_checkpoint(folder, fallback: bool = False) -> Path:
 
 # %% ../nbs/05_checkpoints.ipynb #9d2d9aad
 class FastForward:
-    "Iterate `dl` from batch `skip` on; after the loader drew its order, set the random state to `rng`."
-    def __init__(self, dl, skip: int, rng: dict):
-        self.dl, self.skip, self.rng = dl, skip, rng
+    "Iterate `dl` from batch `skip` on; after the loader drew its order, set the random state to `rng`; `source` names the checkpoint in errors."
+    def __init__(self, dl, skip: int, rng: dict, source=None):
+        self.dl, self.skip, self.rng, self.source = dl, skip, rng, source
 
     def __len__(self): return len(self.dl)
 
@@ -432,7 +549,8 @@ class FastForward:
         for done in range(self.skip):
             if next(batches, end) is end:
                 raise CheckpointError(f"the checkpoint is at batch {self.skip} of its epoch, but the training loader has only "
-                                      f"{done} batches; expected the loader of the run that wrote it")
+                                      f"{done} batches; expected the loader of the run that wrote it"
+                                      + (f" ({self.source})" if self.source is not None else ''))
         set_rng_state(self.rng)
         yield from batches
 
@@ -466,13 +584,12 @@ class _ResumeState(Subscriber):
         if self.done or not learn.training: return
         self.done = True
         position = self.state['position']
-        try: learn.load_state_dict(self.state, rng=False)
-        except CheckpointError as e: raise CheckpointError(f"{self.path}: {e}") from None
+        learn.load_state_dict(self.state, rng=False, source=self.path)
         learn.position = copy.deepcopy(position)
         set_rng_state(position['epoch_start']['rng'])
         self._set_loader_state(learn, position['epoch_start']['loader'])
         learn.first_iter = position['next_iter']
-        learn.dl = FastForward(learn.dl, position['next_iter'], self.state['rng'])
+        learn.dl = FastForward(learn.dl, position['next_iter'], self.state['rng'], source=self.path)
         if position.get('pass_done'):  # written after the pass had ended: move the loader past it, then go on with what came next
             for _ in learn.dl: pass
             del learn.first_iter
@@ -498,6 +615,8 @@ def fit(self: Learner, epochs: int = 1, train: bool = True, valid: bool = True, 
     if not isinstance(resume_fallback, bool): raise ValueError(f"expected resume_fallback to be True or False, got {resume_fallback!r}")
     subs = _check_subs(subs, 'fit')   # before the subscribers this fit adds hide what was given
     if resume is None: return _fit_without_resume(self, epochs, train, valid, [*subs, _Position()], lr)
+    if not isinstance(resume, (str, os.PathLike)):
+        raise TypeError(f"fit expected resume to be a checkpoint file or a folder of them (a str or a Path), or None, got {_describe(resume)}")
     path, state = _resume_from(resume, resume_fallback)
     if state.get('position') is None: raise CheckpointError(f"{path} records no position to resume from (it was saved outside a fit)")
     start = state['position']['epoch']
@@ -513,8 +632,11 @@ class EarlyStoppingS(Subscriber):
     "Stop when `monitor` (a MetricsS value) has not improved by `min_delta` for `patience` validation passes."
     order, in_evaluation = MetricsS.order + 1, False
     def __init__(self, monitor: str = 'loss', patience: int = 3, min_delta: float = 0., mode: str | None = None, restore_best: bool = True):
-        if not isinstance(patience, int) or patience < 1: raise ValueError(f"expected patience to be an int >= 1, got {patience!r}")
-        if mode not in (None, 'min', 'max'): raise ValueError(f"expected mode to be 'min' or 'max', got {mode!r}")
+        patience = _check_int(patience, 'patience', 'EarlyStoppingS')
+        _check_choices('EarlyStoppingS', monitor, mode, monitor_optional=False)
+        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or not 0 <= min_delta < math.inf:
+            raise ValueError(f"EarlyStoppingS expected min_delta to be a finite number >= 0 (the least change that counts as an improvement), got {_describe(min_delta)}")
+        restore_best = _check_flag(restore_best, 'restore_best', 'EarlyStoppingS')
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, min_delta, restore_best
         self.mode = mode or ('min' if 'loss' in monitor else 'max')
 

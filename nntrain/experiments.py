@@ -24,8 +24,8 @@ from torch import nn
 
 from .acceleration import SGD, Adam, Momentum, RMSProp, resnet
 from .activations import cnn_layers
-from .dataloaders import load_mnist
-from .learner import Learner, Subscriber
+from .dataloaders import _check_int, _describe, load_mnist
+from .learner import Learner, Subscriber, _check_subs
 
 # %% auto #0
 __all__ = ['MODELS', 'OPTIMIZERS', 'SCHEDULERS', 'DATASETS', 'SETTINGS', 'MAX_CONFIG_BYTES', 'MAX_ID_LENGTH', 'MAX_COUNT',
@@ -60,6 +60,7 @@ class Registry(dict):
 
 def mlp(hidden: int = 128, n_in: int = 784, n_out: int = 10) -> nn.Module:
     "A one-hidden-layer perceptron for flattened images."
+    for name, value in (('hidden', hidden), ('n_in', n_in), ('n_out', n_out)): _check_int(value, name, 'mlp')
     return nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
 
 MODELS = Registry('model', {'mlp': mlp, 'resnet': resnet, 'cnn': cnn_layers})
@@ -422,7 +423,10 @@ def check_session(session: dict, name: str = 'session', max_experiments: int = 1
     "Expand `session` (at most `max_experiments`) and check every experiment; raise one `ConfigError` listing all problems, else return them with defaults."
     if not _is_int(max_experiments) or max_experiments < 1: raise ValueError(f"expected max_experiments to be an int >= 1, got {max_experiments!r}")
     if not isinstance(session, dict): raise ConfigError(f"{name}: expected a mapping of settings, got {type(session).__name__}")
-    if problems := _grid_problems(session): raise ConfigError(_problems_message(name, problems))
+    if problems := _grid_problems(session):   # list the settings' own problems too, with each grid at its first value
+        sample = {k[:-1]: v[0] for k, v in session.items() if k.endswith('_') and isinstance(v, list) and v}
+        sample.update({k: v for k, v in session.items() if not k.endswith('_')})
+        raise ConfigError(_problems_message(name, problems + check_config(sample)))
     lengths = {k: len(v) for k, v in session.items() if k.endswith('_')}
     if (count := math.prod(lengths.values())) > max_experiments:
         raise ConfigError(f"{name}: the grid has {count:,} experiments ({' x '.join(f'{n} {k}' for k, n in lengths.items())}), "
@@ -512,6 +516,8 @@ class IterationStateS(Subscriber):
 def fit_iterations(learn: Learner, num_iterations: int, valid_every: int | None = None, seed: int | None = None,
                    subs=(), **fit_kwargs):
     "Fit `learn` for `num_iterations` training batches, validating every `valid_every` (default: once, at the end)."
+    if not isinstance(learn, Learner): raise TypeError(f"fit_iterations expected learn to be a Learner, got {_describe(learn)}")
+    subs = _check_subs(subs, 'fit_iterations')
     if not _is_int(num_iterations) or num_iterations < 1:
         raise ValueError(f"expected num_iterations to be an int >= 1, got {num_iterations!r}")
     if valid_every is not None and (not _is_int(valid_every) or valid_every < 1):

@@ -10,7 +10,7 @@ import functools
 import math
 import numbers
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import matplotlib.pyplot as plt
 import torch
@@ -213,8 +213,15 @@ class Learner:
         first = self.__dict__.pop('first_iter', 0)  # set by a subscriber that resumes a pass part-way
         self.iter = first - 1
         for self.iter, self.batch in enumerate(self.dl, first): self._one_batch()
-        if self.iter < first and first == 0:
-            raise ValueError(f"the {'training' if self.training else 'validation'} loader produced no batches; expected at least one")
+        if self.iter < first and first == 0: raise ValueError(self._no_batches_message())
+
+    def _no_batches_message(self) -> str:
+        "Why a pass saw no batches; an iterator (a generator, say) is named as such: it yields its batches only once."
+        loader = self.dls.train if self.training else self.dls.valid
+        message = f"the {'training' if self.training else 'validation'} loader produced no batches; expected at least one"
+        if not isinstance(loader, Iterator): return message
+        return (f"{message}: it is {_describe(loader)}, an iterator, which yields its batches only once (an earlier pass used them up, "
+                "or it was empty); give a loader that can be iterated again for every pass: a list, a TensorLoader or a DataLoader")
 
     @PublishEvents('batch')
     def _one_batch(self):
@@ -350,10 +357,30 @@ class MetricsS(Subscriber):
                 'metrics': {name: m.state_dict() for name, m in self.metrics.items()}}
 
     def load_state_dict(self, state: dict):
-        "Restore what `state_dict` returned."
-        self.loss_sum, self.count, self.history = state['loss_sum'].clone(), state['count'], [dict(h) for h in state['history']]
+        "Restore what `state_dict` returned; a state of another shape is refused, naming the entry, before anything changes."
+        _check_metrics_state(state, self.metrics)
         for name, m in self.metrics.items(): m.load_state_dict(state['metrics'][name])
+        self.loss_sum, self.count, self.history = state['loss_sum'].clone(), state['count'], [dict(h) for h in state['history']]
         self.preds, self.targets, self.buffered = [], [], 0
+
+_STATE_KEYS = ('loss_sum', 'count', 'history', 'metrics')
+
+def _check_metrics_state(state, metrics: dict):
+    "Refuse a `MetricsS` state that its `state_dict` could not have given for `metrics`, naming the entry that is wrong."
+    who = 'MetricsS.load_state_dict'
+    if not isinstance(state, dict): raise TypeError(f"{who} expected a dict with {', '.join(_STATE_KEYS)}, got {_describe(state)}")
+    if missing := [k for k in _STATE_KEYS if k not in state]: raise KeyError(f"{who} expected the keys {list(_STATE_KEYS)}, got no {missing}")
+    _check_int(state['count'], 'count', who, minimum=0)
+    if not isinstance(state['loss_sum'], torch.Tensor) or state['loss_sum'].numel() != 1:
+        raise TypeError(f"{who} expected loss_sum to be a one-element tensor, got {_describe(state['loss_sum'])}")
+    history = state['history']
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise TypeError(f"{who} expected history to be a list of dicts (one per pass), got {_describe(history)}"
+                        + (f" whose entry {next(i for i, h in enumerate(history) if not isinstance(h, dict))} is not a dict" if isinstance(history, list) else ''))
+    states = state['metrics']
+    if not isinstance(states, dict) or (missing := [name for name in metrics if not isinstance(states.get(name), dict)]):
+        raise ValueError(f"{who} expected metrics to be a dict with a state dict for each of its metrics {list(metrics)}, got "
+                         + (f"none for {missing}" if isinstance(states, dict) else _describe(states)))
 
 # %% ../nbs/02_learner.ipynb #1beb983b
 def default_device() -> torch.device:
@@ -383,6 +410,9 @@ def _check_device(device) -> torch.device:
     try: parsed = torch.device(device)
     except RuntimeError:
         raise ValueError(f"DeviceS expected a device such as 'cpu', 'cuda', 'cuda:1' or 'mps' (None: the best available), got {device!r}") from None
+    if parsed.type == 'meta':
+        raise ValueError("DeviceS expected a device a fit can train on, got 'meta': meta tensors have shapes but no values, "
+                         "so no loss or metric can be computed there; use 'cpu' or an accelerator")
     if _accelerator_available(parsed.type) is False:
         raise ValueError(f"DeviceS expected a device this machine has, got {str(parsed)!r}: {parsed.type} is not available here; "
                          "use DeviceS() for the best available device, or 'cpu'")
@@ -404,12 +434,17 @@ class DeviceS(Subscriber):
     def before_batch(self, learn): learn.batch = to_device(learn.batch, self.device, self.non_blocking)
 
 # %% ../nbs/02_learner.ipynb #82785fff
+_MULT_MAX = 100
+
 class LRFindS(Subscriber):
     "Learning-rate range test: grow the lr by `mult` per training batch until the loss exceeds 3x its minimum."
     in_evaluation = False
     def __init__(self, mult: float = 1.25):
         if isinstance(mult, bool) or not isinstance(mult, numbers.Real) or not 1 < mult < math.inf:
             raise ValueError(f"LRFindS expected mult to be a finite number > 1 so that the learning rate grows, got {_describe(mult)}")
+        if mult > _MULT_MAX:
+            raise ValueError(f"LRFindS expected mult to be at most {_MULT_MAX} (the rate is multiplied by it at every batch, so a larger "
+                             f"one overflows within a few batches), got {_describe(mult)}")
         self.mult, self.lrs, self.losses = mult, [], []
 
     def before_fit(self, learn):

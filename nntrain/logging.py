@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from .checkpoints import _FULL
 from .learner import Learner, MetricsS, Subscriber
 
 # %% auto #0
@@ -44,6 +46,11 @@ def _complete_lines(path: Path) -> tuple[bytes, int]:
     data = path.read_bytes()
     return data[:data.rfind(b'\n') + 1], len(data)
 
+def _csv_write_error(e: OSError, path: Path) -> OSError:
+    "`e`, raised while writing the CSV log `path`, as an error that names `path` (and says so when the disk is full)."
+    why = f"disk full ({e.strerror})" if e.errno in _FULL else (e.strerror or str(e))
+    return OSError(e.errno, f"CSVLoggerS cannot write {path}: {why}")
+
 class CSVLoggerS(Subscriber):
     "Write a row per validation pass to the CSV file `path`: epoch, iteration, lr, and the train and valid metrics."
     in_evaluation = False
@@ -70,15 +77,19 @@ class CSVLoggerS(Subscriber):
         self.metrics, self.iteration, self.train_values = metrics, 0, None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if len(data) < size: os.truncate(self.path, len(data))  # a run killed while writing a line left part of it
-        self.file = open(self.path, 'a', newline='', encoding='utf-8')
+        self.file = open(self.path, 'ab', buffering=0)  # unbuffered: each row reaches the file, or fails, in `_write`
         self.size, self.rows, self.written = len(data), max(0, data.count(b'\n') - 1), hashlib.sha256(data)
         if not data: self._write(self.header, row=False)
 
     def _write(self, values: list, row: bool = True):
-        line = _csv_line(values)
-        self.file.write(line)
-        self.file.flush()
-        encoded = line.encode('utf-8')
+        encoded = _csv_line(values).encode('utf-8')
+        try:
+            rest = memoryview(encoded)
+            while rest:
+                written = self.file.write(rest)
+                if not written: raise OSError(errno.EIO, 'the write made no progress')
+                rest = rest[written:]
+        except OSError as e: raise _csv_write_error(e, self.path) from None
         self.written.update(encoded)
         self.size, self.rows = self.size + len(encoded), self.rows + row
 

@@ -323,7 +323,7 @@ def test_cuda_index_beyond_the_devices():
     with raises(ValueError, f"DeviceS expected a device this machine has, got 'cuda:{n}': there are {n} CUDA devices, from cuda:0"): DeviceS(f'cuda:{n}')
 
 def test_known_devices_are_accepted():
-    assert DeviceS('cpu').device == torch.device('cpu') and DeviceS('meta').device.type == 'meta'
+    assert DeviceS('cpu').device == torch.device('cpu')
     assert DeviceS(torch.device('cpu')).device.type == 'cpu' and DeviceS().device is not None
 
 @pytest.mark.parametrize('mult, got', [(1, '1'), (math.inf, 'inf'), (math.nan, 'nan'), ('2', "'2'"), (True, 'True')])

@@ -10,7 +10,7 @@ from torcheval.metrics import MulticlassAccuracy
 
 from nntrain.dataloaders import DataLoaders, load_mnist
 from nntrain.learner import Learner, MetricsS, Subscriber, CancelFitException
-from nntrain.checkpoints import (FORMAT, CheckpointError, CheckpointS, EarlyStoppingS, checkpoints, latest_checkpoint,
+from nntrain.checkpoints import (FORMAT, _write_checkpoint, CheckpointError, CheckpointS, EarlyStoppingS, checkpoints, latest_checkpoint,
                                  load_checkpoint, remove_temporaries, save_checkpoint, write_atomically)
 from nntrain.logging import CSVLoggerS
 
@@ -247,7 +247,7 @@ def test_damaged_format_1_archive(tmp_path):
 def test_foreign_torch_files(tmp_path, value, expected):
     torch.save(value, tmp_path/'f.pt')
     assert error_of(lambda: load_checkpoint(tmp_path/'f.pt')) == f"{tmp_path/'f.pt'} is not an nntrain checkpoint: {expected}"
-    save_checkpoint(value, tmp_path/'g.pt')   # the same inside a correct header
+    _write_checkpoint(value, tmp_path/'g.pt')   # the same inside a correct header (save_checkpoint refuses to write it)
     assert error_of(lambda: load_checkpoint(tmp_path/'g.pt')) == f"{tmp_path/'g.pt'} is not an nntrain checkpoint: {expected}"
 
 def test_directory_and_missing(tmp_path):
@@ -264,7 +264,7 @@ def test_code_executing_pickles_are_refused(tmp_path):
     marker = tmp_path/'pwned'
     evil = {'format': 'nntrain-checkpoint-1', 'model': {}, 'x': CreatesMarker(str(marker))}
     torch.save(evil, tmp_path/'evil-1.pt')
-    save_checkpoint(evil, tmp_path/'evil-2.pt')      # a correct checksum does not make it safe
+    _write_checkpoint(evil, tmp_path/'evil-2.pt')   # a correct checksum does not make it safe
     (tmp_path/'evil.pkl').write_bytes(pickle.dumps(evil))
     for name in ('evil-1.pt', 'evil-2.pt'):
         message = error_of(lambda: load_checkpoint(tmp_path/name))

@@ -473,3 +473,19 @@ def test_every_problem_of_every_experiment_in_one_error(tmp_path):
 def test_the_example_sessions_still_pass():
     assert len(load_session(ROOT/'examples'/'sessions.yaml', 'digits')) == 4
     assert len(load_session(ROOT/'examples'/'sessions.yaml', 'digits_resnet')) == 1
+
+
+def test_grid_shape_problems_do_not_hide_the_other_problems(tmp_path):
+    (tmp_path/'g.yaml').write_text('ids:\n  model_args: {hidden: 8}\n  bs: 512\n  num_iterations: 2\n  lr_: [1e-3, 1.0e-3]\n'
+                                   '  optimizer: nope\n  bs_: [1, 2]\n  seed: -1\n')
+    with pytest.raises(ConfigError) as e: load_session(tmp_path/'g.yaml', 'ids')
+    message = str(e.value)
+    for expected in ('has 4 problem(s)', 'lr_: lists 0.001 more than once', 'bs and bs_ are both given',
+                     "optimizer: unknown optimizer 'nope'", 'seed: expected an int in [0, 4294967295], got -1'):
+        assert expected in message, (expected, message)
+
+
+def test_an_mlp_without_hidden_units_is_refused(tmp_path):
+    (tmp_path/'z.yaml').write_text('z:\n  model_args: {hidden: 0}\n  num_iterations: 2\n')
+    with pytest.raises(ConfigError, match=r"model_args: mlp\(hidden=0\) failed: ValueError: mlp expected hidden to be an int >= 1"):
+        load_session(tmp_path/'z.yaml', 'z')
