@@ -424,8 +424,9 @@ def check_session(session: dict, name: str = 'session', max_experiments: int = 1
     if not _is_int(max_experiments) or max_experiments < 1: raise ValueError(f"expected max_experiments to be an int >= 1, got {max_experiments!r}")
     if not isinstance(session, dict): raise ConfigError(f"{name}: expected a mapping of settings, got {type(session).__name__}")
     if problems := _grid_problems(session):   # list the settings' own problems too, with each grid at its first value
-        sample = {k[:-1]: v[0] for k, v in session.items() if k.endswith('_') and isinstance(v, list) and v}
-        sample.update({k: v for k, v in session.items() if not k.endswith('_')})
+        names = [k for k in session if isinstance(k, str)]   # keys of other types are problems already
+        sample = {k[:-1]: session[k][0] for k in names if k.endswith('_') and isinstance(session[k], list) and session[k]}
+        sample.update({k: session[k] for k in names if not k.endswith('_')})
         raise ConfigError(_problems_message(name, problems + check_config(sample)))
     lengths = {k: len(v) for k, v in session.items() if k.endswith('_')}
     if (count := math.prod(lengths.values())) > max_experiments:

@@ -224,7 +224,7 @@ def test_max_experiments_must_be_a_positive_int(bad):
     ({'model_args': {'hidden': 'big'}}, "model_args.hidden: mlp expects int, got 'big'"),
     ({'model_args': {'hidden': 1.5}}, "model_args.hidden: mlp expects int, got 1.5"),
     ({'model_args': {'hidden': True}}, "model_args.hidden: mlp expects int, got True"),
-    ({'model_args': {'hidden': -3}}, "model_args: mlp(hidden=-3) failed: RuntimeError: Trying to create tensor with negative dimension -3: [-3, 784]"),
+    ({'model_args': {'hidden': -3}}, "model_args: mlp(hidden=-3) failed: ValueError: mlp expected hidden to be an int >= 1 (not a bool), got -3"),
     ({'model_args': {'n_in': 100}}, "model: mlp(n_in=100) cannot take a batch of mnist samples of shape [2, 784] (flatten: true): "
                                     "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x784 and 100x128)"),
     ({'model_args': {'n_out': 5}}, "model: mlp(n_out=5) outputs 5 classes per sample, but dataset mnist has 10; expected at least 10"),
@@ -462,9 +462,9 @@ def test_every_problem_of_every_experiment_in_one_error(tmp_path):
         "  seed: expected an int in [0, 4294967295], got -4",
         "  loss_weights: expected 10 weights (one per class), got 2",
         "  [model_args-hidden=16_lr-nan] lr: expected a finite number > 0, got nan",
-        "  [model_args-hidden=-2_lr-0.001] model_args: mlp(hidden=-2) failed: RuntimeError: Trying to create tensor with negative dimension -2: [-2, 784]",
+        "  [model_args-hidden=-2_lr-0.001] model_args: mlp(hidden=-2) failed: ValueError: mlp expected hidden to be an int >= 1 (not a bool), got -2",
         "  [model_args-hidden=-2_lr-nan] lr: expected a finite number > 0, got nan",
-        "  [model_args-hidden=-2_lr-nan] model_args: mlp(hidden=-2) failed: RuntimeError: Trying to create tensor with negative dimension -2: [-2, 784]",
+        "  [model_args-hidden=-2_lr-nan] model_args: mlp(hidden=-2) failed: ValueError: mlp expected hidden to be an int >= 1 (not a bool), got -2",
         "  [model_args-hiden=3_lr-0.001] model_args: mlp takes no argument 'hiden'; did you mean 'hidden'? (arguments: hidden, n_in, n_out)",
         "  [model_args-hiden=3_lr-nan] lr: expected a finite number > 0, got nan",
         "  [model_args-hiden=3_lr-nan] model_args: mlp takes no argument 'hiden'; did you mean 'hidden'? (arguments: hidden, n_in, n_out)"]
