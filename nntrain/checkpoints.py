@@ -249,6 +249,14 @@ def _write_error(e: OSError, path: Path) -> OSError:
     if e.errno in _NOT_WRITABLE: return OSError(e.errno, f"cannot write {path}: the folder {path.parent} is not writable ({e.strerror})")
     return e
 
+def _still_ours(name: Path, ours: os.stat_result, path: Path):
+    "Raise if `name` is no longer the file we wrote (`ours`); a link renamed to the final name is removed, never followed."
+    now = os.lstat(name)
+    if (now.st_ino, now.st_dev) != (ours.st_ino, ours.st_dev) or not stat.S_ISREG(now.st_mode):
+        if name == path: name.unlink()
+        raise OSError(errno.EEXIST, f"cannot write {path}: its temporary file was replaced while it was written "
+                      f"(by another process that writes in {path.parent}?); nothing was written")
+
 def write_atomically(path, write) -> Path:
     "Call `write(file)` on a new temporary binary file next to `path`, flush and fsync it, then rename it to `path`."
     path = Path(path)
@@ -263,8 +271,11 @@ def write_atomically(path, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+            ours = os.fstat(f.fileno())
+        _still_ours(tmp, ours, path)   # someone with write access to the folder may have swapped the name for a link
         os.replace(tmp, path)  # replaces a link at `path` itself, never what it points to
         tmp = None
+        _still_ours(path, ours, path)
     except OSError as e:
         error = _write_error(e, path)
         if error is e: raise

@@ -376,7 +376,9 @@ def check_config(config: dict, on_this_machine: bool = True) -> list[str]:
     for key, value in config.items():
         if key not in SETTINGS:
             close = difflib.get_close_matches(key, list(SETTINGS), n=1) if isinstance(key, str) else []
-            problems.append(f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ''))
+            hint = (f"; did you mean {close[0]!r}?" if close else '') + (
+                "; `search` and `objective` belong to a search session: run it with nntrain search" if key in ('search', 'objective') else '')
+            problems.append(f"unknown key {key!r}{hint}")
             continue
         expected = SETTINGS[key][0]
         if not _check_value(key, value, expected): problems.append(f"{key}: expected {_type_name(expected)}, got {value!r}")

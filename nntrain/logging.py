@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import io
 import os
 import sys
@@ -57,7 +56,7 @@ class CSVLoggerS(Subscriber):
     order = MetricsS.order + 1
 
     def __init__(self, path):
-        self.path, self.file, self.iteration, self.rows, self.size, self.written = Path(path), None, 0, 0, None, None
+        self.path, self.file, self.iteration, self.rows, self.text = Path(path), None, 0, 0, ''
 
     def before_fit(self, learn):
         metrics = _current_metrics(learn)
@@ -78,11 +77,16 @@ class CSVLoggerS(Subscriber):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if len(data) < size: os.truncate(self.path, len(data))  # a run killed while writing a line left part of it
         self.file = open(self.path, 'ab', buffering=0)  # unbuffered: each row reaches the file, or fails, in `_write`
-        self.size, self.rows, self.written = len(data), max(0, data.count(b'\n') - 1), hashlib.sha256(data)
+        self.text, self.rows = data.decode('utf-8', 'replace'), max(0, data.count(b'\n') - 1)
         if not data: self._write(self.header, row=False)
 
     def _write(self, values: list, row: bool = True):
-        encoded = _csv_line(values).encode('utf-8')
+        line = _csv_line(values)
+        self._append(line.encode('utf-8'))
+        self.text, self.rows = self.text + line, self.rows + row
+
+    def _append(self, encoded: bytes):
+        "Write `encoded` at the end of the file, all of it or an error that names the file."
         try:
             rest = memoryview(encoded)
             while rest:
@@ -90,8 +94,6 @@ class CSVLoggerS(Subscriber):
                 if not written: raise OSError(errno.EIO, 'the write made no progress')
                 rest = rest[written:]
         except OSError as e: raise _csv_write_error(e, self.path) from None
-        self.written.update(encoded)
-        self.size, self.rows = self.size + len(encoded), self.rows + row
 
     def after_batch(self, learn):
         if learn.training: self.iteration += 1
@@ -111,23 +113,26 @@ class CSVLoggerS(Subscriber):
         self.file = None
 
     def state_dict(self) -> dict:
-        "The count of training batches, the last training pass's values, and the rows, bytes and sha256 of the file so far, for a resumed run."
-        return {'iteration': self.iteration, 'train_values': getattr(self, 'train_values', None), 'rows': self.rows, 'size': self.size,
-                'sha256': self.written.hexdigest() if self.written is not None else None}
+        "The count of training batches, the last training pass's values, and the file's path and text so far, for a resumed run."
+        return {'iteration': self.iteration, 'train_values': getattr(self, 'train_values', None), 'rows': self.rows,
+                'path': str(self.path.resolve()), 'text': self.text}
 
     def load_state_dict(self, state: dict):
-        "Restore the count; during a fit, cut the file back to what it held when `state_dict` was taken."
+        "Restore the count; during a fit, make the file hold exactly what it held when `state_dict` was taken."
         self.iteration, self.train_values = state['iteration'], state.get('train_values')
-        if self.file is None or state.get('size') is None: return  # outside a fit, or a checkpoint of an earlier version
-        self.file.flush()
-        size, data = state['size'], self.path.read_bytes()
-        if len(data) < size: return  # another, shorter file than the one the checkpoint knew: nothing to take back
-        if hashlib.sha256(data[:size]).hexdigest() != state['sha256']:
-            warnings.warn(f"CSVLoggerS: {self.path} does not begin with the {size} bytes the checkpoint recorded; "
-                          "continuing it as it is, so rows written after the checkpoint may appear twice")
+        if self.file is None or state.get('text') is None: return  # outside a fit, or a checkpoint of an earlier version
+        data, saved = self.path.read_bytes(), state['text'].encode('utf-8')
+        if data.startswith(saved): os.truncate(self.path, len(saved))   # rows written after the checkpoint go
+        elif state.get('path') != str(self.path.resolve()):
+            warnings.warn(f"CSVLoggerS: {self.path} does not begin with the {len(saved)} bytes the checkpoint recorded (it "
+                          f"logged to {state.get('path')}); continuing it as it is, so rows may appear twice")
             return
-        os.truncate(self.path, size)
-        self.size, self.rows, self.written = size, state['rows'], hashlib.sha256(data[:size])
+        else:   # our own file, changed by hand or cut short since: the checkpoint holds what it should say
+            warnings.warn(f"CSVLoggerS: {self.path} changed after the checkpoint was written; putting back the "
+                          f"{state['rows']} row(s) the checkpoint holds")
+            os.truncate(self.path, 0)
+            self._append(saved)
+        self.text, self.rows = state['text'], state['rows']
 
 # %% ../nbs/07_logging.ipynb #2ca76e23
 class TensorBoardS(Subscriber):

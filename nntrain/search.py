@@ -172,6 +172,16 @@ class _QuietAfterInterrupt(logging.Filter):
     def __init__(self): super().__init__(); self.interrupted = False
     def filter(self, record): return not self.interrupted
 
+def _same_search(study, base: dict, space: dict, objective: str, db: Path):
+    "Record the search's settings in a new study; refuse a study whose trials were run with other settings, naming them."
+    flat = json.loads(json.dumps({**base, **{f'search.{k}': v for k, v in space.items()}, 'objective': objective}))
+    stored = study.user_attrs.get('settings')
+    if stored is None: return study.set_user_attr('settings', flat)
+    changes = [f"{k}: {stored.get(k, '(unset)')!r} -> {flat.get(k, '(unset)')!r}" for k in dict.fromkeys([*flat, *stored])
+               if stored.get(k, '(unset)') != flat.get(k, '(unset)')]
+    if changes: raise ConfigError(f"{db} holds the trials of a search with other settings ({'; '.join(changes)}); expected the "
+                                  "same settings: give this search another session name or results folder (or move search.db away)")
+
 def run_search(cfg, session: str, trials: int, results='results', sampler: str = 'tpe', seed: int = 0, pruner=None,
                heartbeat: int = 10) -> optuna.Study:
     "Run `session`'s search until the study in `results/session/search.db` holds `trials` finished (complete or pruned) trials."
@@ -187,6 +197,7 @@ def run_search(cfg, session: str, trials: int, results='results', sampler: str =
         study = optuna.create_study(study_name=session, storage=storage, load_if_exists=True,
                                     direction=_direction(objective), sampler=PerTrialSeedSampler(samplers[sampler], seed),
                                     pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+        _same_search(study, base, space, objective, folder/'search.db')
         _fail_dead_trials(study, storage)
     quiet = _QuietAfterInterrupt()
     def run_trial(trial):

@@ -111,7 +111,8 @@ _UNSET = '(unset)'
 def config_changes(config: dict, folder) -> list[str]:
     "How `config` differs from the one stored in `folder/config.yaml`, as 'key: old -> new' lines (empty if equal or none stored)."
     path = Path(folder)/'config.yaml'
-    if not path.is_file(): return []
+    if not path.is_file():   # a finished run without its config cannot show that its result belongs to this one
+        return ['config.yaml is missing, so the finished result cannot be matched to a config'] if (Path(folder)/'result.json').is_file() else []
     try: old = yaml.safe_load(path.read_text(encoding='utf-8'))
     except (yaml.YAMLError, UnicodeDecodeError) as e: return [f"config.yaml cannot be read ({type(e).__name__})"]
     if not isinstance(old, dict): return [f"config.yaml holds {type(old).__name__}, not a config"]
@@ -146,6 +147,13 @@ def _start_afresh(folder: Path, config: dict):
     _write_text(folder/'config.yaml', yaml.safe_dump(config, sort_keys=False))
     _write_text(folder/'environment.json', json.dumps(environment(config), indent=1))
 
+def _repair_records(folder: Path, config: dict):
+    "Before resuming: write `config.yaml` and `environment.json` again if they are missing or unreadable."
+    if not (folder/'config.yaml').is_file(): _write_text(folder/'config.yaml', yaml.safe_dump(config, sort_keys=False))
+    try: environment_ok = isinstance(json.loads((folder/'environment.json').read_text(encoding='utf-8')), dict)
+    except (OSError, ValueError): environment_ok = False
+    if not environment_ok: _write_text(folder/'environment.json', json.dumps(environment(config), indent=1))
+
 def _finished(folder: Path) -> dict | None:
     "The stored result of a finished experiment, or None (also when `result.json` is not a result)."
     try: result = json.loads((folder/'result.json').read_text(encoding='utf-8'))
@@ -174,13 +182,14 @@ def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with experiment_lock(folder, timeout):   # filelock.Timeout if another process holds it for longer than `timeout`
+        refuse_links(folder)   # a planted link (to checkpoints/, console.log...) would carry reads and writes outside
         if changes := config_changes(config, folder):
             raise ConfigError(f"{folder} holds a run of another config ({'; '.join(changes)}); expected the same config")
         if (result := _finished(folder)) is not None: return {**result, 'status': 'skipped'}
-        refuse_links(folder)   # a planted link (to checkpoints/, console.log...) would carry the writes outside
         remove_temporaries(folder, recursive=True)   # left by writes that a crash cut short
         resume = _resume_point(folder/'checkpoints')
         if resume is None: _start_afresh(folder, config)
+        else: _repair_records(folder, config)
         learn, class_names = build_learner(config)
         total, valid_every, checkpoint_every = training_plan(config, len(learn.dls.train))
         subs = [CheckpointS(folder/'checkpoints', every_batches=checkpoint_every, every_epochs=1, keep=2),
@@ -219,6 +228,7 @@ def run_session(cfg, session: str, results='results', rerun_changed: bool = Fals
     experiments = load_session(cfg, session, max_experiments=max_experiments)
     base = confined(results, session)
     folders = {i: confined(results, session, i) for i, _ in experiments}
+    for folder in folders.values(): refuse_links(folder)   # before reading anything in them
     _check_unchanged(experiments, folders, rerun_changed)
     varying = [k for k in SETTINGS if len({repr(c[k]) for _, c in experiments}) > 1]
     results_of, waiting, timeout = {}, list(experiments), 0

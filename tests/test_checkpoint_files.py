@@ -551,3 +551,34 @@ def test_monitor_must_be_reported(tmp_path, mnist, make):
     with pytest.raises(ValueError) as info: learn.fit(1, subs=[sub])
     assert str(info.value) == f"{type(sub).__name__}(monitor='acc'): the MetricsS of this fit reports ['loss', 'accuracy']; expected one of them"
     assert not hasattr(learn, 'iter')   # refused before any batch ran
+
+
+@pytest.mark.parametrize('damage', ['header only', 'emptied', 'a row edited'])
+def test_csv_changed_by_hand_after_a_checkpoint_is_put_back(tmp_path, mnist, damage):
+    "The checkpoint holds the log's text: whatever happened to the file since, a resumed run ends with the uninterrupted file."
+    mnist_learner(mnist, CSVLoggerS(tmp_path/'straight.csv')).fit(3)
+    class Stop(Subscriber):
+        def before_batch(self, learn):
+            if learn.training and learn.epoch == 2 and learn.iter == 3: raise CancelFitException()
+    folder, log = tmp_path/'ck', tmp_path/'run.csv'
+    mnist_learner(mnist, CSVLoggerS(log), CheckpointS(folder)).fit(3, subs=[Stop()])
+    text = log.read_text()
+    log.write_text({'header only': text.splitlines(keepends=True)[0], 'emptied': '', 'a row edited': text.replace('\n0,', '\n7,', 1)}[damage])
+    with pytest.warns(UserWarning, match=r'changed after the checkpoint was written; putting back the 1 row\(s\)'):
+        mnist_learner(mnist, CSVLoggerS(log), CheckpointS(folder), seed=3).fit(3, resume=folder)
+    assert log.read_bytes() == (tmp_path/'straight.csv').read_bytes()
+
+
+def test_a_link_swapped_in_at_the_temporary_name_during_the_write_is_caught(tmp_path):
+    "Another process that writes in the folder replaces our temporary file by a link while we write: refused, nothing lost outside."
+    victim = tmp_path/'victim'; victim.write_text('keep')
+    folder = tmp_path/'run'; folder.mkdir()
+    (folder/'result.json').write_text('old')
+    def write(f):
+        f.write(b'new result')
+        for tmp in folder.glob('.result.json.*.tmp'):
+            tmp.unlink(); tmp.symlink_to(victim)
+    with pytest.raises(OSError, match=r'cannot write .*result.json: its temporary file was replaced while it was written'):
+        write_atomically(folder/'result.json', write)
+    assert victim.read_text() == 'keep'
+    assert [p for p in folder.iterdir() if p.is_symlink()] == []   # neither at the temporary name nor at the final one

@@ -489,3 +489,9 @@ def test_an_mlp_without_hidden_units_is_refused(tmp_path):
     (tmp_path/'z.yaml').write_text('z:\n  model_args: {hidden: 0}\n  num_iterations: 2\n')
     with pytest.raises(ConfigError, match=r"model_args: mlp\(hidden=0\) failed: ValueError: mlp expected hidden to be an int >= 1"):
         load_session(tmp_path/'z.yaml', 'z')
+
+
+def test_a_search_session_run_as_a_grid_points_to_nntrain_search(tmp_path):
+    (tmp_path/'s.yaml').write_text('find:\n  num_iterations: 4\n  objective: accuracy\n  search:\n    lr: {float: [0.001, 0.1]}\n')
+    with pytest.raises(ConfigError, match="unknown key 'search'; `search` and `objective` belong to a search session: run it with nntrain search"):
+        load_session(tmp_path/'s.yaml', 'find')

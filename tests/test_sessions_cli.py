@@ -266,3 +266,38 @@ def test_a_search_with_many_problems_lists_them_all_in_one_run(tmp_path):
         assert expected in err, (expected, err)
     if not __import__('torch').cuda.is_available(): assert "search.device='cuda'" in err, err
     assert not (tmp_path/'r').exists()
+
+
+def test_a_search_whose_settings_changed_is_refused(tmp_path):
+    search = 'find:\n  bs: 512\n  num_iterations: {n}\n  search:\n    lr: {{float: [0.001, 0.1]}}\n'
+    (tmp_path/'s.yaml').write_text(search.format(n=4))
+    assert run_main('search', '--cfg', tmp_path/'s.yaml', '--session', 'find', '--trials', 1, '--sampler', 'random', '--results', tmp_path/'r')[0] == 0
+    (tmp_path/'s.yaml').write_text(search.format(n=6))
+    status, _, err = run_main('search', '--cfg', tmp_path/'s.yaml', '--session', 'find', '--trials', 2, '--sampler', 'random', '--results', tmp_path/'r')
+    assert status == 2 and 'holds the trials of a search with other settings (num_iterations: 4 -> 6)' in err, err
+    import optuna
+    assert len(optuna.load_study(study_name='find', storage=f"sqlite:///{tmp_path/'r'/'find'/'search.db'}").trials) == 1
+    (tmp_path/'s.yaml').write_text(search.format(n=4))   # back to the settings of its trials: it carries on
+    assert run_main('search', '--cfg', tmp_path/'s.yaml', '--session', 'find', '--trials', 2, '--sampler', 'random', '--results', tmp_path/'r')[0] == 0
+
+
+def test_a_finished_experiment_without_its_config_is_not_reported_as_current(tmp_path):
+    cfg = tmp_path/'s.yaml'
+    cfg.write_text(f'digits:\n  {SMALL}')
+    quiet(run_session, cfg, 'digits', tmp_path/'r')
+    (tmp_path/'r'/'digits'/'default'/'config.yaml').unlink()
+    with pytest.raises(ConfigError, match='default: config.yaml is missing, so the finished result cannot be matched to a config'):
+        quiet(run_session, cfg, 'digits', tmp_path/'r')
+    assert [r['status'] for r in quiet(run_session, cfg, 'digits', tmp_path/'r', rerun_changed=True)] == ['trained']
+
+
+def test_resuming_rewrites_a_missing_config_and_a_broken_environment(tmp_path):
+    cfg = tmp_path/'s.yaml'
+    cfg.write_text(f'digits:\n  {SMALL}  checkpoint_every: 2\n')
+    quiet(run_session, cfg, 'digits', tmp_path/'r')
+    folder = tmp_path/'r'/'digits'/'default'
+    for name in ('result.json', 'config.yaml'): (folder/name).unlink()
+    (folder/'environment.json').write_text('{garbage')
+    assert [r['status'] for r in quiet(run_session, cfg, 'digits', tmp_path/'r')] == ['resumed']
+    assert yaml.safe_load((folder/'config.yaml').read_text())['num_iterations'] == 4
+    assert json.loads((folder/'environment.json').read_text())['seed'] == 0
