@@ -123,7 +123,7 @@ class CSVLoggerS(Subscriber):
         if self.file is None or state.get('text') is None: return  # outside a fit, or a checkpoint of an earlier version
         data, saved = self.path.read_bytes(), state['text'].encode('utf-8')
         if data.startswith(saved): os.truncate(self.path, len(saved))   # rows written after the checkpoint go
-        elif state.get('path') != str(self.path.resolve()):
+        elif Path(state.get('path') or '').name != self.path.name:   # another log (the same name in a moved folder is ours)
             warnings.warn(f"CSVLoggerS: {self.path} does not begin with the {len(saved)} bytes the checkpoint recorded (it "
                           f"logged to {state.get('path')}); continuing it as it is, so rows may appear twice")
             return

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -113,18 +114,28 @@ def config_changes(config: dict, folder) -> list[str]:
     path = Path(folder)/'config.yaml'
     if not path.is_file():   # a finished run without its config cannot show that its result belongs to this one
         return ['config.yaml is missing, so the finished result cannot be matched to a config'] if (Path(folder)/'result.json').is_file() else []
-    try: old = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except (yaml.YAMLError, UnicodeDecodeError) as e: return [f"config.yaml cannot be read ({type(e).__name__})"]
-    if not isinstance(old, dict): return [f"config.yaml holds {type(old).__name__}, not a config"]
+    old = _stored_config(path)
+    if isinstance(old, str):   # unreadable: a finished result cannot be matched; an unfinished run gets it rewritten
+        return [old] if (Path(folder)/'result.json').is_file() else []
     new = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))   # compare as stored: tuples as lists, and so on
     return [f"{key}: {old.get(key, _UNSET)!r} -> {new.get(key, _UNSET)!r}"
             for key in dict.fromkeys([*new, *old]) if old.get(key, _UNSET) != new.get(key, _UNSET)]
 
+def _stored_config(path: Path) -> dict | str:
+    "The config stored at `path`, or a message saying why it cannot be read."
+    try: old = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e: return f"config.yaml cannot be read ({type(e).__name__})"
+    return old if isinstance(old, dict) else f"config.yaml holds {type(old).__name__}, not a config"
+
+def _free_name(path: Path, word: str) -> Path:
+    "The first `<name>.<word>-N` beside `path` that does not exist."
+    n = 1
+    while (free := path.with_name(f'{path.name}.{word}-{n}')).exists(): n += 1
+    return free
+
 def _set_aside(folder: Path) -> Path:
     "Rename `folder` to a free `<name>.replaced-N` beside it (nothing is deleted); return the new name."
-    n = 1
-    while (aside := folder.with_name(f'{folder.name}.replaced-{n}')).exists(): n += 1
-    folder.rename(aside)
+    folder.rename(aside := _free_name(folder, 'replaced'))
     return aside
 
 def _resume_point(folder: Path) -> Path | None:
@@ -149,7 +160,10 @@ def _start_afresh(folder: Path, config: dict):
 
 def _repair_records(folder: Path, config: dict):
     "Before resuming: write `config.yaml` and `environment.json` again if they are missing or unreadable."
-    if not (folder/'config.yaml').is_file(): _write_text(folder/'config.yaml', yaml.safe_dump(config, sort_keys=False))
+    if isinstance(_stored_config(folder/'config.yaml'), str): _write_text(folder/'config.yaml', yaml.safe_dump(config, sort_keys=False))
+    log = folder/'metrics.csv'   # the checkpoint holds the log's text: a log damaged beyond reading is set aside, then put back
+    if log.is_dir() or (log.is_file() and not log.read_bytes().startswith(b'epoch,iteration,')):
+        log.rename(_free_name(log, 'damaged'))
     try: environment_ok = isinstance(json.loads((folder/'environment.json').read_text(encoding='utf-8')), dict)
     except (OSError, ValueError): environment_ok = False
     if not environment_ok: _write_text(folder/'environment.json', json.dumps(environment(config), indent=1))
@@ -161,12 +175,16 @@ def _finished(folder: Path) -> dict | None:
     return result if isinstance(result, dict) else None
 
 def refuse_links(folder):
-    "A `ConfigError` naming the first symbolic link in `folder` or below: nntrain writes there, and a link could lead it anywhere."
+    "A `ConfigError` naming the first symbolic link (or pipe, socket, device) in `folder` or below: nntrain writes there."
     for top, dirs, files in os.walk(folder):   # does not follow links to folders
         for name in dirs + files:
-            if os.path.islink(path := os.path.join(top, name)):
+            mode = os.lstat(path := os.path.join(top, name)).st_mode
+            if stat.S_ISLNK(mode):
                 raise ConfigError(f"{path} is a symbolic link; expected only real files and folders inside the results "
                                   "folder, where nntrain writes (remove the link)")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ConfigError(f"{path} is not a regular file or folder (a pipe, socket or device); expected only real "
+                                  "files and folders inside the results folder (remove it)")
 
 def experiment_lock(folder, timeout: float = -1) -> filelock.BaseFileLock:
     "The lock that gives one process at a time an experiment `folder` (kept beside it, in `.locks/`); released if its owner dies."

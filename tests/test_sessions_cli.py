@@ -301,3 +301,53 @@ def test_resuming_rewrites_a_missing_config_and_a_broken_environment(tmp_path):
     assert [r['status'] for r in quiet(run_session, cfg, 'digits', tmp_path/'r')] == ['resumed']
     assert yaml.safe_load((folder/'config.yaml').read_text())['num_iterations'] == 4
     assert json.loads((folder/'environment.json').read_text())['seed'] == 0
+
+
+def _interrupted(tmp_path, name):
+    "A finished experiment made resumable again (its result removed), and the bytes of its uninterrupted metrics.csv."
+    cfg = tmp_path/'s.yaml'
+    cfg.write_text(f'digits:\n  {SMALL}  checkpoint_every: 2\n  valid_every: 2\n')
+    quiet(run_session, cfg, 'digits', tmp_path/name)
+    folder = tmp_path/name/'digits'/'default'
+    (folder/'result.json').unlink()
+    return cfg, folder, (folder/'metrics.csv').read_bytes()
+
+
+@pytest.mark.parametrize('damage', ['a folder', 'random bytes', 'emptied'])
+def test_a_metrics_csv_damaged_beyond_reading_is_put_back_on_resume(tmp_path, damage):
+    cfg, folder, expected = _interrupted(tmp_path, 'r')
+    log = folder/'metrics.csv'
+    log.unlink()
+    if damage == 'a folder': log.mkdir()
+    else: log.write_bytes(os.urandom(300) if damage == 'random bytes' else b'')
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        assert [r['status'] for r in quiet(run_session, cfg, 'digits', tmp_path/'r')] == ['resumed']
+    assert log.read_bytes() == expected
+    assert (folder/'metrics.csv.damaged-1').exists()   # kept, not deleted
+
+
+def test_a_pipe_inside_the_results_folder_is_refused_not_read(tmp_path):
+    cfg, folder, _ = _interrupted(tmp_path, 'r')
+    (folder/'metrics.csv').unlink()
+    os.mkfifo(folder/'metrics.csv')
+    with pytest.raises(ConfigError, match='is not a regular file or folder'): quiet(run_session, cfg, 'digits', tmp_path/'r')
+
+
+def test_a_moved_results_folder_resumes_with_its_own_log(tmp_path):
+    import shutil
+    cfg, folder, expected = _interrupted(tmp_path, 'r')
+    shutil.copytree(tmp_path/'r', tmp_path/'moved', symlinks=True)
+    moved = tmp_path/'moved'/'digits'/'default'/'metrics.csv'
+    moved.unlink()
+    with pytest.warns(UserWarning, match='changed after the checkpoint was written'):
+        assert [r['status'] for r in quiet(run_session, cfg, 'digits', tmp_path/'moved')] == ['resumed']
+    assert moved.read_bytes() == expected
+
+
+def test_an_interrupted_experiment_with_an_emptied_config_gets_it_written_again(tmp_path):
+    cfg, folder, _ = _interrupted(tmp_path, 'r')
+    (folder/'config.yaml').write_text('')
+    assert [r['status'] for r in quiet(run_session, cfg, 'digits', tmp_path/'r')] == ['resumed']
+    assert yaml.safe_load((folder/'config.yaml').read_text())['num_iterations'] == 4
