@@ -8,6 +8,9 @@ import torch
 
 from nntrain.checkpoints import checkpoints, load_checkpoint
 
+# Runs are compared bit for bit, so every run here uses one thread: two threads may sum in another order.
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+
 SESSION = textwrap.dedent('''
     tiny:
       model: mlp
@@ -91,7 +94,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def zygote(setup):
-    process = subprocess.Popen([sys.executable, str(setup/'zygote.py')], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, str(setup/'zygote.py')], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
     yield process
     process.stdin.close()
     process.wait(timeout=30)
@@ -127,7 +130,11 @@ def _forked_run(zygote, tmp, point, results, session='tiny', timeout=240):
 
 def _rerun(cfg, session, results):
     from nntrain.sessions import run_session
-    with contextlib.redirect_stdout(io.StringIO()): return run_session(cfg, session, results)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()): return run_session(cfg, session, results)
+    finally: torch.set_num_threads(threads)
 
 
 def _fingerprint(folder: Path) -> dict:
@@ -176,7 +183,7 @@ def test_killed_at_random_moments_the_rerun_finishes_identically(setup, referenc
     for attempt in range(3):
         results = setup/f'random-{attempt}'
         child = subprocess.Popen([sys.executable, str(setup/'child.py'), '0', str(setup/'never'), str(setup/'sessions.yaml'),
-                                  'tiny', str(results)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  'tiny', str(results)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
         time.sleep(rng.uniform(2.0, 6.0))
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)

@@ -76,6 +76,8 @@ def test_config_changes_lists_each_key(tmp_path):
     assert config_changes({'lr': 0.1, 'bs': 32, 'new': True}, tmp_path) == ["bs: 64 -> 32", "new: '(unset)' -> True", "gone: 1 -> '(unset)'"]
     assert config_changes({'lr': 0.1}, tmp_path/'none') == []
     (tmp_path/'config.yaml').write_bytes(b'\xff\xfe')
+    assert config_changes({'lr': 0.1}, tmp_path) == []   # unfinished: the resume writes it again
+    (tmp_path/'result.json').write_text('{}')
     assert config_changes({'lr': 0.1}, tmp_path) == ['config.yaml cannot be read (UnicodeDecodeError)']
 
 
