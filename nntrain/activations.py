@@ -10,12 +10,16 @@ import os
 import random
 import weakref
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# matplotlib is imported by the plots that use it: importing nntrain stays fast
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 from .learner import DeviceS, Subscriber
 
@@ -165,6 +169,7 @@ class ActivationStatsS(Subscriber):
 
     def plot_stats(self, figsize=(11, 3.5)) -> plt.Figure:
         "Plot the mean and the standard deviation of each layer's output, batch by batch."
+        import matplotlib.pyplot as plt
         stats = self.stats()
         fig, axes = plt.subplots(1, 2, figsize=figsize)
         for name, ax in zip(('mean', 'std'), axes):
@@ -177,6 +182,7 @@ class ActivationStatsS(Subscriber):
 
     def color_dim(self, figsize=None, ncols: int = 4) -> plt.Figure:
         "Per layer, the histogram of |activations| over time (log scale of counts): the 'colorful dimension'."
+        import matplotlib.pyplot as plt
         hist = self.stats()['hist']
         n = len(hist)
         ncols = min(ncols, n); nrows = math.ceil(n / ncols)
@@ -190,6 +196,7 @@ class ActivationStatsS(Subscriber):
 
     def plot_dead(self, figsize=(6, 3.5)) -> plt.Figure:
         "Plot the fraction of dead units of each layer, batch by batch."
+        import matplotlib.pyplot as plt
         dead = self.stats()['dead']
         fig, ax = plt.subplots(figsize=figsize)
         for label, values in zip(self.layer_names, dead): ax.plot(values, label=label)

@@ -6,25 +6,22 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import math
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torcheval.metrics import MulticlassAccuracy
+import nntrain
 
-from .benchmark import RUNNERS, WORKLOADS, format_table, plot_rows, run_benchmark, save_json
-from .checkpoints import CheckpointError, checkpoints, load_checkpoint
-from .dataloaders import DataLoaders, load_mnist
-from .experiments import MODELS, SETTINGS, ConfigError, check_config, read_yaml
-from .export import export_onnx
-from .search import run_search, search_report
-from .sessions import confined, run_session
-from .learner import DeviceS, Learner, MetricsS, ProgressS
+# torch and the chapters are imported by the commands that use them, so `nntrain --help` answers at once
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # %% auto #0
 __all__ = ['CommandError', 'default_model', 'parse_device', 'output_path', 'fit_mnist', 'model_of_checkpoint',
@@ -36,10 +33,12 @@ class CommandError(Exception):
 
 def default_model() -> nn.Module:
     "The model `nntrain fit` trains: a 784-128-10 perceptron with a ReLU."
+    from torch import nn
     return nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
 
 def parse_device(name: str) -> torch.device:
     "The `torch.device` named `name`, if this machine has it; else a `CommandError` saying why."
+    import torch
     try: device = torch.device(name)
     except (RuntimeError, ValueError): device = None
     if device is None or device.type not in ('cpu', 'cuda', 'mps'):
@@ -66,6 +65,10 @@ def fit_mnist(epochs: int = 3, bs: int = 128, lr: float = 3e-3, device: str | to
               seed: int = 0, progress: bool = True, save=None) -> dict:
     "Train `default_model` on the bundled MNIST with AdamW (saving the learner to `save`); return the last validation metrics."
     if save is not None: save = output_path(save, '--save')   # before training, not after
+    import torch, torch.nn.functional as F
+    from torcheval.metrics import MulticlassAccuracy
+    from nntrain.dataloaders import DataLoaders, load_mnist
+    from nntrain.learner import DeviceS, Learner, MetricsS, ProgressS
     torch.manual_seed(seed)
     dls = DataLoaders.from_hf_dd(load_mnist(), batch_size=bs)
     metrics = MetricsS(accuracy=MulticlassAccuracy())
@@ -78,12 +81,15 @@ def fit_mnist(epochs: int = 3, bs: int = 128, lr: float = 3e-3, device: str | to
 def _newest(path: Path) -> Path:
     "A checkpoint file: `path` itself, or the newest in it, in its `checkpoints/` folder (an experiment's folder)."
     if not path.is_dir(): return path
+    from nntrain.checkpoints import checkpoints
     found = checkpoints(path) or checkpoints(path/'checkpoints')
     if not found: raise CommandError(f"--checkpoint {path}: no checkpoint-*.pt in this folder or its checkpoints/ folder")
     return found[-1]
 
 def model_of_checkpoint(checkpoint) -> tuple[nn.Module, torch.Tensor]:
     "The model whose weights `checkpoint` holds, and an example input: a session experiment's (from the `config.yaml` above it), else `default_model`."
+    import torch
+    from nntrain.experiments import MODELS, SETTINGS, check_config, read_yaml
     checkpoint = Path(checkpoint)
     config_file = next((f/'config.yaml' for f in (checkpoint.parent, checkpoint.parent.parent) if (f/'config.yaml').is_file()), None)
     if config_file is None: return default_model(), torch.zeros(2, 784)
@@ -96,6 +102,8 @@ def model_of_checkpoint(checkpoint) -> tuple[nn.Module, torch.Tensor]:
 
 def export_default_model(checkpoint, out) -> Path:
     "Export the model of any checkpoint nntrain writes (`nntrain fit --save`, a session's experiment or its checkpoints) to ONNX at `out`."
+    from nntrain.checkpoints import load_checkpoint
+    from nntrain.export import export_onnx
     out = output_path(out, '--out')
     checkpoint = _newest(Path(checkpoint))
     state = load_checkpoint(checkpoint)
@@ -114,6 +122,14 @@ def export_default_model(checkpoint, out) -> Path:
 class _Parser(argparse.ArgumentParser):
     def error(self, message): raise CommandError(message)
 
+class _NamesIn(Sequence):
+    "The keys of the dict `name` of `module`, read on first use: the choices of an option, without importing `module` for `--help`."
+    def __init__(self, module: str, name: str): self.module, self.name = module, name
+    @functools.cached_property
+    def names(self) -> list: return list(getattr(importlib.import_module(self.module), self.name))
+    def __getitem__(self, i): return self.names[i]
+    def __len__(self): return len(self.names)
+
 def _positive(kind, name):
     expected = f"{name}: expected {'an integer' if kind is int else 'a number'} > 0"
     def parse(text):
@@ -126,6 +142,7 @@ def _positive(kind, name):
 def build_parser() -> argparse.ArgumentParser:
     "The `nntrain` command line, with its subcommands."
     parser = _Parser(prog='nntrain', description='nntrain: a small, fast, notebook-first PyTorch training library.')
+    parser.add_argument('--version', action='version', version=f'nntrain {nntrain.__version__}', help="print nntrain's version and exit")
     commands = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
     fit = commands.add_parser('fit', help='train the default model on the bundled MNIST digits',
                               description='Train a 784-128-10 perceptron on the bundled MNIST digits (8,000 training '
@@ -164,17 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--quick', action='store_true', help='one epoch, one round: a sanity run, too noisy for conclusions')
     bench.add_argument('--epochs', type=_positive(int, '--epochs'), default=None, help="epochs per run (default: each workload's own, 5 or 10)")
     bench.add_argument('--repeats', type=_positive(int, '--repeats'), default=7, help='timed rounds; the table shows medians (default: 7)')
-    bench.add_argument('--device', type=parse_device, default=torch.device('cpu'), help='cpu, cuda, cuda:N or mps (default: cpu)')
-    bench.add_argument('--workloads', nargs='+', choices=list(WORKLOADS), default=list(WORKLOADS), help='which workloads (default: all)')
-    bench.add_argument('--runners', nargs='+', choices=list(RUNNERS), default=None, help='which runners (default: all that are installed)')
+    bench.add_argument('--device', type=parse_device, default='cpu', help='cpu, cuda, cuda:N or mps (default: cpu)')
+    bench.add_argument('--workloads', nargs='+', metavar='NAME', choices=_NamesIn('nntrain.benchmark', 'WORKLOADS'), default=None,
+                       help='which workloads, of %(choices)s (default: all)')
+    bench.add_argument('--runners', nargs='+', metavar='NAME', choices=_NamesIn('nntrain.benchmark', 'RUNNERS'), default=None,
+                       help='which runners, of %(choices)s (default: all that are installed)')
     bench.add_argument('--json', metavar='PATH', help='also write the results as JSON to PATH')
     bench.add_argument('--png', metavar='PATH', help='also draw a bar chart to PATH')
     return parser
 
 def bench(args) -> str:
     "Run `nntrain bench` with parsed `args`; return the table."
+    from nntrain.benchmark import WORKLOADS, format_table, plot_rows, run_benchmark, save_json
     epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats)
-    rows = run_benchmark(args.workloads, args.runners, epochs=epochs, repeats=repeats, device=args.device)
+    rows = run_benchmark(args.workloads or list(WORKLOADS), args.runners, epochs=epochs, repeats=repeats, device=args.device)
     if args.json: save_json(rows, args.json, args.device, epochs=epochs, repeats=repeats, quick=args.quick)
     if args.png: plot_rows(rows, args.png)
     return format_table(rows)
@@ -200,6 +220,9 @@ def _interrupted(args, argv) -> str:
     "The line printed on Ctrl-C: what was kept, and the command that carries on."
     again = shlex.join(['nntrain', *argv])
     if args.command == 'fit' and args.cfg is not None:
+        from nntrain.checkpoints import checkpoints
+        from nntrain.experiments import ConfigError
+        from nntrain.sessions import confined
         try: base = confined(args.results, args.session)
         except ConfigError: return 'nntrain: interrupted'
         folders = [f for f in base.iterdir() if f.is_dir() and not f.name.startswith('.')] if base.is_dir() else []
@@ -210,6 +233,13 @@ def _interrupted(args, argv) -> str:
     if args.command == 'search':
         return f"nntrain: interrupted; finished trials are kept in {Path(args.results)/args.session/'search.db'}; carry on with: {again}"
     return 'nntrain: interrupted; nothing was saved' + (f' (--save {args.save} is written when training ends)' if getattr(args, 'save', None) else '')
+
+def _reported(error: Exception) -> bool:
+    "Whether `main` reports `error` in one line: a bad value, config or checkpoint, a missing package, a file it cannot use."
+    if isinstance(error, (CommandError, ImportError, OSError)): return True
+    from nntrain.checkpoints import CheckpointError   # imported already by the command that raised `error`
+    from nntrain.experiments import ConfigError
+    return isinstance(error, (ConfigError, CheckpointError))
 
 def main(argv: list[str] | None = None) -> int:
     "Run the `nntrain` command with `argv` (default: `sys.argv[1:]`); return the exit status."
@@ -224,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             print(bench(args))
             return 0
         if args.command == 'search':
+            from nntrain.search import run_search, search_report
             study = run_search(args.cfg, args.session, args.trials, args.results, sampler=args.sampler)
             search_report(study, args.cfg, args.session, args.results)
             return 0
@@ -232,17 +263,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         _check_fit_options(args)
         if args.cfg is not None:
+            from nntrain.sessions import run_session
             run_session(args.cfg, args.session, args.results, rerun_changed=args.rerun_changed)
             return 0
         result = fit_mnist(args.epochs, args.bs, args.lr, args.device, args.seed, save=args.save)
     except KeyboardInterrupt:
         print('\n' + (_interrupted(args, argv) if args is not None else 'nntrain: interrupted'), file=sys.stderr)
         return 130
-    except ConfigError as e:
-        print(f"nntrain: error: {e}", file=sys.stderr)   # every problem of the config, one per line
-        return 2
-    except (CommandError, CheckpointError, ImportError, OSError) as e:
-        print(f"nntrain: error: {e}", file=sys.stderr)
+    except Exception as e:
+        if not _reported(e): raise
+        print(f"nntrain: error: {e}", file=sys.stderr)   # a ConfigError lists every problem of the config, one per line
         return 2
     print(f"final validation accuracy: {result['accuracy']:.4f}")
     return 0

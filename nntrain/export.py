@@ -51,7 +51,8 @@ def export_onnx(model_or_learn: nn.Module | Learner, path, example: torch.Tensor
 
 def onnx_predict(path, x) -> np.ndarray:
     "Run the ONNX model at `path` on `x` (a tensor or array) with onnxruntime; returns a NumPy array."
-    import onnxruntime
+    try: import onnxruntime
+    except ImportError: raise ImportError("onnx_predict needs the onnxruntime package: pip install 'nntrain[export]'") from None
     session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
