@@ -9,19 +9,19 @@ import inspect
 import math
 from functools import partial
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
 from .activations import Hooks, conv_block
+from .core import _check_int
 from .learner import CancelStepException, DeviceS, Learner, Subscriber
 
 # %% auto #0
-__all__ = ['ScratchOptimizer', 'SGD', 'Momentum', 'RMSProp', 'Adam', 'optimizer_steps_per_epoch', 'SchedulerS', 'fit_one_cycle',
-           'RecorderS', 'GradAccumS', 'GradClipS', 'MixedPrecisionS', 'ResBlock', 'resnet', 'Summary', 'summary',
-           'RandomCrop', 'RandomFlip', 'RandomErase', 'AugmentS']
+__all__ = ['ScratchOptimizer', 'SGD', 'Momentum', 'RMSProp', 'Adam', 'optimizer_steps_per_epoch', 'optimizer_steps', 'SchedulerS',
+           'fit_one_cycle', 'RecorderS', 'GradAccumS', 'GradClipS', 'MixedPrecisionS', 'ResBlock', 'resnet', 'Summary',
+           'summary', 'RandomCrop', 'RandomFlip', 'RandomErase', 'AugmentS']
 
 # %% ../nbs/04_acceleration.ipynb #bd6bbc36
 class ScratchOptimizer(torch.optim.Optimizer):
@@ -91,10 +91,16 @@ def _scheduler_name(make) -> str:
     return getattr(make.func if isinstance(make, partial) else make, '__name__', type(make).__name__)
 
 def optimizer_steps_per_epoch(learn) -> int:
-    "How many optimizer steps one training epoch of `learn` takes, allowing for gradient accumulation."
-    if not hasattr(learn.dls.train, '__len__'):
-        raise ValueError("the training loader has no length, so the number of optimizer steps cannot be counted")
-    return math.ceil(len(learn.dls.train) / getattr(learn, 'grad_accumulation', 1))
+    "How many optimizer steps one training pass of `learn` takes, allowing for gradient accumulation."
+    if learn.iterations_per_pass is None: raise ValueError("the training loader has no length, so the number of optimizer steps cannot be counted")
+    return math.ceil(learn.iterations_per_pass / getattr(learn, 'grad_accumulation', 1))
+
+def optimizer_steps(learn) -> int:
+    "How many optimizer steps the whole fit takes: one per planned training iteration (`learn.n_iterations`), or with `GradAccumS` one per `n` batches and at each pass's end."
+    if learn.n_iterations is None: raise ValueError("the training loader has no length, so the number of optimizer steps cannot be counted")
+    n, per_pass = getattr(learn, 'grad_accumulation', 1), learn.iterations_per_pass
+    full, rest = divmod(learn.n_iterations, per_pass)  # the last pass of an iteration-based fit may be shorter
+    return full * math.ceil(per_pass / n) + math.ceil(rest / n)
 
 class SchedulerS(Subscriber):
     "Build `make(opt)` (a `torch.optim.lr_scheduler` class or partial) at each fit; step it per optimizer step or per epoch."
@@ -106,14 +112,17 @@ class SchedulerS(Subscriber):
     def _length_arguments(self, learn) -> dict:
         params = inspect.signature(self.make).parameters
         given = self.make.keywords if isinstance(self.make, partial) else {}
-        if given.get('total_steps') is not None or given.get('steps_per_epoch') is not None: return {}
-        if 'total_steps' not in params and 'steps_per_epoch' not in params: return {}
-        try: per_epoch = optimizer_steps_per_epoch(learn) if self.per == 'batch' else 1
+        if given.get('total_steps') is not None or given.get('steps_per_epoch') is not None or given.get('T_max') is not None: return {}
+        if not {'total_steps', 'steps_per_epoch', 'T_max'} & set(params): return {}
+        try:
+            per_epoch = optimizer_steps_per_epoch(learn) if self.per == 'batch' else 1
+            total = optimizer_steps(learn) if self.per == 'batch' else learn.n_epochs
         except ValueError as e:
             raise ValueError(f"{_scheduler_name(self.make)} needs the number of steps, but {e}: pass total_steps "
-                             f"(or epochs and steps_per_epoch) to it yourself") from None
+                             f"(or epochs and steps_per_epoch, or T_max) to it yourself") from None
         if given.get('epochs') is not None and 'steps_per_epoch' in params: return {'steps_per_epoch': per_epoch}
-        return {'total_steps': per_epoch * learn.n_epochs} if 'total_steps' in params else {}
+        if 'total_steps' in params: return {'total_steps': total}
+        return {'T_max': total} if 'T_max' in params else {}
 
     def before_fit(self, learn):
         self.scheduler, self.steps = self.make(learn.opt, **self._length_arguments(learn)), 0
@@ -136,9 +145,9 @@ class SchedulerS(Subscriber):
         "Restore what `state_dict` returned (after `before_fit` built the scheduler)."
         self.scheduler.load_state_dict(state['scheduler']); self.steps = state['steps']
 
-def fit_one_cycle(learn: Learner, epochs: int, max_lr: float | None = None, subs=(), **kwargs):
-    "Fit `learn` for `epochs` with `OneCycleLR` up to `max_lr` (default `learn.lr`); `kwargs` go to `OneCycleLR`."
-    learn.fit(epochs, subs=[SchedulerS(partial(OneCycleLR, max_lr=max_lr or learn.lr, **kwargs)), *subs])
+def fit_one_cycle(learn: Learner, epochs: int, max_lr: float | None = None, subs=(), resume=None, resume_fallback: bool = False, **kwargs):
+    "Fit `learn` for `epochs` with `OneCycleLR` up to `max_lr` (default `learn.lr`), resuming as `fit` does; other `kwargs` go to `OneCycleLR`."
+    learn.fit(epochs, subs=[SchedulerS(partial(OneCycleLR, max_lr=max_lr or learn.lr, **kwargs)), *subs], resume=resume, resume_fallback=resume_fallback)
 
 class RecorderS(Subscriber):
     "Record the learning rate and momentum (or Adam's first beta) of every optimizer step; `plot` them."
@@ -152,6 +161,7 @@ class RecorderS(Subscriber):
 
     def plot(self):
         "Learning rate and momentum against the optimizer step."
+        import matplotlib.pyplot as plt
         fig, axes = plt.subplots(1, 2, figsize=(9, 3))
         axes[0].plot(self.lrs); axes[0].set_title('learning rate')
         axes[1].plot(self.moms); axes[1].set_title('momentum')
@@ -163,9 +173,7 @@ class GradAccumS(Subscriber):
     "Take an optimizer step every `n` batches (and at each epoch's end), on gradients averaged over those batches."
     order = -2
     def __init__(self, n: int):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"expected the number of batches to accumulate to be an int >= 1, got {n!r}")
-        self.n = n
+        self.n = _check_int(n, 'n (the number of batches to accumulate)', 'GradAccumS')
 
     def before_fit(self, learn): learn.grad_accumulation = self.n
 
@@ -173,7 +181,7 @@ class GradAccumS(Subscriber):
 
     def before_step(self, learn):
         self.count += 1
-        last = hasattr(learn.dls.train, '__len__') and learn.iter == len(learn.dls.train) - 1
+        last = learn.n_batches is not None and learn.iter == learn.n_batches - 1
         if self.count < self.n and not last: raise CancelStepException()
         if self.count > 1:
             for p in learn.model.parameters():

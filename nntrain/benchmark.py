@@ -16,16 +16,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from fastprogress import fastprogress
 from torch import nn
-from torcheval.metrics import MulticlassAccuracy
 
-from .checkpoints import write_atomically
+from .core import write_atomically
 from .dataloaders import DataLoaders, dataset_to_tensors, load_mnist
 from .learner import DeviceS, Learner, MetricsS, ProgressS
+
+# fastprogress, torcheval and matplotlib are imported by the functions that use them: importing nntrain stays fast
 
 # %% auto #0
 __all__ = ['WORKLOADS', 'RUNNERS', 'PEERS', 'Workload', 'Batches', 'mnist_mlp', 'linear_overhead', 'run_loop', 'quiet_progress',
@@ -121,6 +120,7 @@ def run_loop(w: Workload, model: nn.Module):
 @contextlib.contextmanager
 def quiet_progress():
     "Make `ProgressS` draw text bars into a discarded buffer while the block runs."
+    from fastprogress import fastprogress
     saved = fastprogress.master_bar, fastprogress.progress_bar
     fastprogress.master_bar, fastprogress.progress_bar = fastprogress.ConsoleMasterBar, fastprogress.ConsoleProgressBar
     try:
@@ -129,6 +129,7 @@ def quiet_progress():
 
 def run_nntrain(w: Workload, model: nn.Module):
     "A `Learner` with `MetricsS(accuracy)`, `DeviceS` and `ProgressS`."
+    from torcheval.metrics import MulticlassAccuracy
     subs = [MetricsS(accuracy=MulticlassAccuracy()), DeviceS(w.device), ProgressS()]
     with quiet_progress(): Learner(model, w.dls, F.cross_entropy, torch.optim.SGD, w.lr, subs).fit(w.epochs, valid=w.metrics)
 
@@ -285,6 +286,7 @@ def save_json(rows: list[Row], path, device='cpu', **extra) -> Path:
 
 def plot_rows(rows: list[Row], path=None):
     "Bar chart of seconds per epoch, one panel per workload; saved to `path` when given."
+    import matplotlib.pyplot as plt
     workloads = list(dict.fromkeys(r.workload for r in rows))
     fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 3.2), squeeze=False)
     for ax, name in zip(axes[0], workloads):

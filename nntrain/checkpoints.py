@@ -5,441 +5,36 @@
 # %% ../nbs/05_checkpoints.ipynb #61a7c986
 from __future__ import annotations
 
-import copy
 import errno
-import hashlib
-import io
 import math
 import numbers
 import os
-import pickle
-import random
-import re
-import secrets
-import stat
-import warnings
-from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .dataloaders import _check_flag, _check_int, _describe
-from .learner import CancelEpochException, CancelFitException, Learner, MetricsS, Subscriber, _check_subs
+from .core import (FORMAT, CheckpointError, _FULL, _check_flag, _check_int, _describe, _write_checkpoint, checkpoints,
+                          latest_checkpoint, load_checkpoint, remove_temporaries, rng_state, save_checkpoint, set_rng_state,
+                          write_atomically)
+from .learner import CancelFitException, FastForward, Learner, MetricsS, Subscriber, every, find_metrics
 
 # %% auto #0
-__all__ = ['FORMAT', 'rng_state', 'set_rng_state', 'CheckpointError', 'learner_state_dict', 'learner_load_state_dict',
-           'write_atomically', 'remove_temporaries', 'save_checkpoint', 'load_checkpoint', 'learner_save',
-           'learner_load', 'CheckpointS', 'checkpoints', 'latest_checkpoint', 'FastForward', 'fit', 'EarlyStoppingS',
-           'TerminateOnNaNS']
+__all__ = ['CheckpointS', 'EarlyStoppingS', 'TerminateOnNaNS']
 
-# %% ../nbs/05_checkpoints.ipynb #8b0d4717
-def rng_state() -> dict:
-    "The states of Python's, NumPy's and PyTorch's (CPU and CUDA) random generators, as tensors and plain values."
-    numpy = np.random.get_state(legacy=False)
-    state = {'python': random.getstate(),
-             'numpy': {'key': torch.from_numpy(numpy['state']['key'].astype(np.int64)), 'pos': numpy['state']['pos'],
-                       'has_gauss': numpy['has_gauss'], 'gauss': numpy['gauss']},
-             'torch': torch.get_rng_state()}
-    if torch.cuda.is_available(): state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-def set_rng_state(state: dict):
-    "Restore the generators from `rng_state()`."
-    version, internal, gauss = state['python']
-    random.setstate((version, tuple(internal), gauss))
-    n = state['numpy']
-    np.random.set_state({'bit_generator': 'MT19937', 'state': {'key': n['key'].numpy().astype(np.uint32), 'pos': n['pos']},
-                         'has_gauss': n['has_gauss'], 'gauss': n['gauss']})
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
-
-# %% ../nbs/05_checkpoints.ipynb #9e237931
-FORMAT = 'nntrain-checkpoint-2'
-_FORMATS = ('nntrain-checkpoint-1', FORMAT)  # format 1: the same dict, saved without the checksummed header
-
-class CheckpointError(Exception):
-    "A checkpoint that cannot be loaded: corrupt, truncated, not a checkpoint, unsafe, or not fitting the learner."
-
-def _stateful(subs) -> dict:
-    "Subscribers that have state, keyed by class name (`.1`, `.2` for repeats)."
-    keyed, seen = {}, {}
-    for sub in subs:
-        if not (callable(getattr(sub, 'state_dict', None)) and callable(getattr(sub, 'load_state_dict', None))): continue
-        name = type(sub).__name__
-        keyed[name if name not in seen else f'{name}.{seen[name]}'] = sub
-        seen[name] = seen.get(name, 0) + 1
-    return keyed
-
-def _kind(value) -> str: return 'None' if value is None else f'a {type(value).__name__}'
-
-def _format_problem(state) -> str | None:
-    "Why `state` is not a learner state dict of a known format, or None."
-    if not isinstance(state, dict): return f"it holds {_kind(state)}, not a dict with 'format': {FORMAT!r}"
-    if 'format' not in state:
-        keys = list(state)[:4]
-        return f"it holds a dict with the keys {keys}{'...' if len(state) > 4 else ''} and no 'format' (a bare model state_dict?)"
-    if state['format'] not in _FORMATS: return f"its format is {state['format']!r}, expected one of {list(_FORMATS)}"
-
-def _rng_problem(rng, where: str) -> str | None:
-    "Why `rng` is not a state `set_rng_state` accepts, or None; found by trying it and putting the generators back."
-    if not isinstance(rng, dict) or not {'python', 'numpy', 'torch'} <= set(rng):
-        return f"{where} should be a dict with 'python', 'numpy' and 'torch' (as rng_state() makes), got {_kind(rng)}" + (
-            f" with the keys {sorted(rng)}" if isinstance(rng, dict) else '')
-    saved = rng_state()
-    try: set_rng_state(rng)
-    except Exception as e: return f"{where} is not a random state rng_state() made ({type(e).__name__}: {e})"
-    finally: set_rng_state(saved)
-
-def _position_problem(position) -> str | None:
-    "Why `position` is not a position in a fit, or None."
-    if not isinstance(position, dict): return f"'position' should be a dict, got {_kind(position)}"
-    missing = [k for k in ('epoch', 'next_iter', 'epoch_start') if k not in position]
-    if missing: return f"'position' lacks {missing}"
-    for name in ('epoch', 'next_iter'):
-        value = position[name]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            return f"'position' should have {name!r} an int >= 0, got {value!r}"
-    start = position['epoch_start']
-    if not isinstance(start, dict) or not {'rng', 'loader'} <= set(start):
-        return f"'position'['epoch_start'] should be a dict with 'rng' and 'loader', got {_kind(start)}"
-    if start['loader'] is not None and not isinstance(start['loader'], torch.Tensor):
-        return f"'position'['epoch_start']['loader'] should be None or a generator state tensor, got {_kind(start['loader'])}"
-    if not isinstance(position.get('pass_done', False), bool): return f"'position'['pass_done'] should be True or False, got {position['pass_done']!r}"
-    return _rng_problem(start['rng'], "'position'['epoch_start']['rng']")
-
-_HYPER_PARAMETERS = {'lr', 'initial_lr', 'max_lr', 'min_lr', 'weight_decay', 'momentum', 'dampening', 'base_momentum', 'max_momentum',
-                     'betas', 'eps', 'alpha', 'rho', 'lr_decay', 'initial_accumulator_value', 'lambd', 't0', 'etas', 'step_sizes', 'momentum_decay'}
-_PAIRS = {'betas', 'etas', 'step_sizes'}  # hyper-parameters that are a tuple of numbers
-
-def _finite_number(value) -> bool:
-    if isinstance(value, torch.Tensor): return value.numel() == 1 and value.dtype != torch.bool and bool(torch.isfinite(value).all())
-    try: return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    except OverflowError: return False  # an int too large for a float
-
-def _param_group_problem(groups: list) -> str | None:
-    "Why a hyper-parameter of the optimizer's `groups` is not a finite number (or the lr is negative), or None."
-    for i, group in enumerate(groups):
-        for key, value in group.items():
-            if key not in _HYPER_PARAMETERS and not (isinstance(value, numbers.Real) and not isinstance(value, bool)): continue
-            values = value if key in _PAIRS and isinstance(value, (tuple, list)) else (value,)
-            if not all(map(_finite_number, values)) or (key == 'lr' and float(value) < 0):
-                expected = 'a finite number >= 0' if key == 'lr' else 'a tuple of finite numbers' if key in _PAIRS else 'a finite number'
-                return f"'opt' param group {i} has {key}={_describe(value)}; expected {expected}"
-
-def _structure_problem(state: dict) -> str | None:
-    "Why a dict of a known format does not have the structure `learner_state_dict` gives, or None."
-    missing = [k for k in ('model', 'opt', 'subs', 'rng') if k not in state]
-    if missing: return f"it lacks the keys {missing}"
-    model, opt, subs = state['model'], state['opt'], state['subs']
-    if not isinstance(model, dict): return f"'model' should be a dict of tensors by name, got {_kind(model)}"
-    bad = next((k for k, v in model.items() if not isinstance(k, str) or not (isinstance(v, torch.Tensor) or k.endswith('_extra_state'))), None)
-    if bad is not None: return f"'model' should be a dict of tensors by name, but its entry {bad!r} is {_kind(model[bad])}"
-    if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get('state'), dict) and isinstance(opt.get('param_groups'), list)
-                                and all(isinstance(g, dict) for g in opt['param_groups'])):
-        return f"'opt' should be None or an optimizer's state dict (a dict with 'state' and a list of 'param_groups'), got {_kind(opt)}"
-    if opt is not None and (problem := _param_group_problem(opt['param_groups'])): return problem
-    if not isinstance(subs, dict) or not all(isinstance(k, str) for k in subs):
-        return f"'subs' should be a dict of subscriber states by name, got {_kind(subs)}"
-    if problem := _rng_problem(state['rng'], "'rng'"): return problem
-    if 'position' in state and state['position'] is not None: return _position_problem(state['position'])
-
-def learner_state_dict(self: Learner) -> dict:
-    "Model, optimizer, subscribers with state, random state and, during a fit, the position in it, as one dict."
-    opt = getattr(self, 'opt', None)
-    state = {'format': FORMAT, 'model': self.model.state_dict(), 'opt': opt.state_dict() if opt is not None else None,
-             'subs': {key: sub.state_dict() for key, sub in _stateful(self.subs).items()}, 'rng': rng_state()}
-    if getattr(self, 'position', None) is not None: state['position'] = copy.copy(self.position)
-    return state
-
-def _first_mismatch(e: RuntimeError) -> str:
-    "The first line of a `load_state_dict` error that says what does not fit (not its 'Error(s) in loading' header)."
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return next((line for line in lines if not line.startswith('Error(s) in loading')), lines[0] if lines else type(e).__name__)
-
-def _weights_mismatch(model, weights: dict) -> str | None:
-    "The first way `weights` do not fit `model` (missing or unexpected names, then shapes), worded as `load_state_dict` words it, or None."
-    expected = model.state_dict()
-    quoted = lambda keys: ', '.join(f'"{k}"' for k in keys)
-    if missing := [k for k in expected if k not in weights]: return f"Missing key(s) in state_dict: {quoted(missing)}."
-    if unexpected := [k for k in weights if k not in expected]: return f"Unexpected key(s) in state_dict: {quoted(unexpected)}."
-    for key, current in expected.items():
-        given = weights[key]
-        if not (isinstance(current, torch.Tensor) and isinstance(given, torch.Tensor)) or torch.nn.parameter.is_lazy(current): continue
-        if given.shape != current.shape and not (current.ndim == 0 and given.shape == (1,)):  # torch accepts a 1-element 1-d tensor for a 0-d one
-            return (f"size mismatch for {key}: copying a param with shape {given.shape} from checkpoint, "
-                    f"the shape in current model is {current.shape}.")
-
-def _missing_hyper_parameters(opt, opt_state: dict) -> str | None:
-    "A hyper-parameter `opt` steps with that a param group of `opt_state` lacks, or None."
-    for i, (group, saved) in enumerate(zip(opt.param_groups, opt_state['param_groups'])):
-        if missing := sorted(k for k in group if k in _HYPER_PARAMETERS and k not in saved):
-            return f"its param group {i} lacks {missing}, which this {type(opt).__name__} steps with"
-
-def _snapshot(learn: Learner, opt, subs: dict) -> dict:
-    "Copies of what loading a state changes: the weights, the optimizer's state, the given subscribers' states, the random state."
-    weights = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in learn.model.state_dict().items()}
-    return {'model': weights, 'opt': copy.deepcopy(opt.state_dict()) if opt is not None else None,
-            'subs': {key: copy.deepcopy(sub.state_dict()) for key, sub in subs.items()}, 'rng': rng_state()}
-
-def _restore(learn: Learner, opt, subs: dict, saved: dict):
-    "Put back what `_snapshot` copied."
-    learn.model.load_state_dict(saved['model'])
-    if opt is not None: opt.load_state_dict(saved['opt'])
-    for key, sub_state in saved['subs'].items(): subs[key].load_state_dict(sub_state)
-    set_rng_state(saved['rng'])
-
-def _load_parts(learn: Learner, state: dict, opt, subs: dict, rng: bool):
-    "Load each part of `state` in turn; a part that does not fit raises `CheckpointError`."
-    try: learn.model.load_state_dict(state['model'])
-    except RuntimeError as e:
-        raise CheckpointError(f"the checkpoint's weights do not fit this {type(learn.model).__name__}: {_first_mismatch(e)}") from None
-    if opt is not None:
-        try: opt.load_state_dict(state['opt'])
-        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-            raise CheckpointError(f"the checkpoint's optimizer state does not fit this {type(opt).__name__} ({type(e).__name__}: {e})") from None
-    for key, sub in subs.items():
-        try: sub.load_state_dict(state['subs'][key])
-        except Exception as e:
-            raise CheckpointError(f"the checkpoint's state of subscriber {key} does not fit it ({type(e).__name__}: {e})") from None
-    if rng: set_rng_state(state['rng'])
-
-def learner_load_state_dict(self: Learner, state: dict, rng: bool = True, source=None):
-    "Restore what `state_dict` returned, all or nothing (the optimizer's state only when a fit has made one); `source` names the file in errors."
-    where = '' if source is None else f"{source}: "
-    if problem := _format_problem(state) or _structure_problem(state):
-        raise CheckpointError(f"{where}expected a learner state dict of format {FORMAT!r}: {problem}")
-    if problem := _weights_mismatch(self.model, state['model']):
-        raise CheckpointError(f"{where}the checkpoint's weights do not fit this {type(self.model).__name__}: {problem}")
-    opt = getattr(self, 'opt', None) if state['opt'] is not None else None
-    if opt is not None and (problem := _missing_hyper_parameters(opt, state['opt'])):
-        raise CheckpointError(f"{where}the checkpoint's optimizer state does not fit this {type(opt).__name__}: {problem}")
-    stateful = _stateful(self.subs)
-    subs = {key: sub for key, sub in stateful.items() if key in state['subs']}
-    saved = _snapshot(self, opt, subs)
-    try: _load_parts(self, state, opt, subs, rng)
-    except BaseException as e:
-        _restore(self, opt, subs, saved)
-        if isinstance(e, CheckpointError): raise CheckpointError(f"{where}{e}") from None
-        raise
-    for key in [key for key in stateful if key not in state['subs']]:
-        warnings.warn(f"{source if source is not None else 'the learner state'} holds no state for the subscriber {key}; it starts afresh", stacklevel=3)
-
-Learner.state_dict, Learner.load_state_dict = learner_state_dict, learner_load_state_dict
-
-# %% ../nbs/05_checkpoints.ipynb #1148674e
-_FULL = {errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)}
-_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_BINARY', 0)
-_TEMPORARY = re.compile(r'\..+\.(?:[0-9a-f]{12}|\d+)\.tmp')  # `.{name}.{12 hex digits}.tmp`; older versions used the pid
-
-def _create_temporary(path: Path) -> tuple[int, Path]:
-    "Create a new, empty file next to `path` under an unpredictable name, never through an existing name or link."
-    for _ in range(100):
-        tmp = path.with_name(f'.{path.name[:200]}.{secrets.token_hex(6)}.tmp')
-        try: return os.open(tmp, _CREATE, 0o666), tmp
-        except FileExistsError: continue
-    raise FileExistsError(errno.EEXIST, f"cannot write {path}: no free temporary name next to it after 100 tries")
-
-def _write_error(e: OSError, path: Path) -> OSError:
-    "`e`, raised while writing `path`, as an error that names `path` and says why; errors about other files stay as they are."
-    name = e.filename
-    if name is not None and name != str(path) and not (Path(name).parent == path.parent and _TEMPORARY.fullmatch(Path(name).name)): return e
-    if e.errno in _FULL: return OSError(e.errno, f"cannot write {path}: disk full ({e.strerror})")
-    if e.errno in _NOT_WRITABLE: return OSError(e.errno, f"cannot write {path}: the folder {path.parent} is not writable ({e.strerror})")
-    return e
-
-def _still_ours(name: Path, ours: os.stat_result, path: Path):
-    "Raise if `name` is no longer the file we wrote (`ours`); a link renamed to the final name is removed, never followed."
-    now = os.lstat(name)
-    if (now.st_ino, now.st_dev) != (ours.st_ino, ours.st_dev) or not stat.S_ISREG(now.st_mode):
-        if name == path: name.unlink()
-        raise OSError(errno.EEXIST, f"cannot write {path}: its temporary file was replaced while it was written "
-                      f"(by another process that writes in {path.parent}?); nothing was written")
-
-def write_atomically(path, write) -> Path:
-    "Call `write(file)` on a new temporary binary file next to `path`, flush and fsync it, then rename it to `path`."
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(errno.ENOENT, f"cannot write {path}: the folder {path.parent} does not exist"
-                                + (" (it is a file)" if path.parent.exists() else ''))
-    if path.is_dir() and not path.is_symlink(): raise IsADirectoryError(errno.EISDIR, f"cannot write {path}: it is a folder")
-    tmp = None
-    try:
-        fd, tmp = _create_temporary(path)
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            ours = os.fstat(f.fileno())
-        _still_ours(tmp, ours, path)   # someone with write access to the folder may have swapped the name for a link
-        os.replace(tmp, path)  # replaces a link at `path` itself, never what it points to
-        tmp = None
-        _still_ours(path, ours, path)
-    except OSError as e:
-        error = _write_error(e, path)
-        if error is e: raise
-        raise error from None
-    finally:
-        if tmp is not None: tmp.unlink(missing_ok=True)
-    if hasattr(os, 'O_DIRECTORY'):  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    return path
-
-def remove_temporaries(folder, recursive: bool = False) -> list[Path]:
-    "Delete the temporary files that interrupted `write_atomically` calls left in `folder` (and below, with `recursive`); return them."
-    folder = Path(folder)
-    if not folder.exists(): return []
-    if not folder.is_dir(): raise NotADirectoryError(errno.ENOTDIR, f"remove_temporaries expected a folder, got the file {folder}")
-    removed = []
-    for parent, folders, names in os.walk(folder, followlinks=False):
-        for name in names:
-            path = Path(parent)/name
-            if _TEMPORARY.fullmatch(name) and path.is_file() and not path.is_symlink():
-                path.unlink(missing_ok=True)
-                removed.append(path)
-        if not recursive: break
-    return sorted(removed)
-
-class _HashingWriter:
-    "A binary stream that writes to `file` and hashes what it writes; `error` is the first `OSError` writing raised."
-    def __init__(self, file): self.file, self.sha256, self.error = file, hashlib.sha256(), None
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        try: return self.file.write(data)
-        except OSError as e:
-            self.error = self.error or e
-            raise
-    def flush(self): self.file.flush()
-
-_MAGIC = f'{FORMAT}\n'.encode()
-_SUM = b'sha256 '
-_HEADER = len(_MAGIC) + len(_SUM) + 64 + 1  # the magic line, then 'sha256 <64 hex digits>\n', then the torch.save bytes
-
-_PLAIN = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device)
-_CONTAINERS = (list, tuple, dict, OrderedDict, torch.Size)
-
-def _unloadable(value, where: str) -> str | None:
-    "The key path of the first value in `value` that `load_checkpoint` could not read back (not a tensor, plain value or container of them), or None."
-    kind = type(value)
-    if kind in _PLAIN or isinstance(value, torch.Tensor): return None
-    if kind not in _CONTAINERS: return f"{where} is of type {kind.__qualname__}"
-    if kind in (dict, OrderedDict):
-        for key, item in value.items():
-            if type(key) not in _PLAIN: return f"{where} has a key of type {type(key).__qualname__}"
-            if (found := _unloadable(item, f"{where}[{key!r}]")) is not None: return found
-        return None
-    return next((found for i, item in enumerate(value) if (found := _unloadable(item, f"{where}[{i}]")) is not None), None)
-
-def save_checkpoint(state: dict, path) -> Path:
-    "Write `state` to `path` atomically, under a header with the sha256 of its bytes; a crash leaves the old file intact."
-    if not isinstance(state, dict): raise TypeError(f"save_checkpoint expected state to be a dict (a learner state dict), got {_describe(state)}")
-    if (found := _unloadable(state, 'state')) is not None:
-        raise TypeError(f"save_checkpoint expected a state of tensors, numbers, str, bool, None and lists, tuples and dicts of them "
-                        f"(what load_checkpoint can read back), but {found}")
-    return _write_checkpoint(state, path)
-
-def _write_checkpoint(state, path) -> Path:
-    "`save_checkpoint` without its checks of `state`: tests use it to write hostile files under a correct header."
-    def write(f):
-        f.write(_MAGIC + _SUM + b'0' * 64 + b'\n')
-        payload = _HashingWriter(f)
-        try: torch.save(state, payload)
-        except RuntimeError:  # torch's archive writer hides a full disk behind an error of its own
-            if payload.error is not None: raise payload.error from None
-            raise
-        f.seek(len(_MAGIC) + len(_SUM))
-        f.write(payload.sha256.hexdigest().encode())
-    return write_atomically(path, write)
-
-_BOILERPLATE = ('Weights only load failed', 'Please file an issue', 'Check the documentation', 'In PyTorch 2.6')
-
-def _reason(e: Exception) -> str:
-    "The informative line of an error from `torch.load`."
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(_BOILERPLATE)] or lines or [type(e).__name__]
-    return useful[0].replace('WeightsUnpickler error: ', '')
-
-def _torch_load(path: Path, data: bytes):
-    try: return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        if 'global' in str(e).lower():
-            raise CheckpointError(f"{path} holds pickled Python objects, which loading would execute; refused "
-                                  f"(nntrain checkpoints hold only tensors and plain values): {_reason(e)}") from None
-        raise CheckpointError(f"{path} is corrupt: its data is not tensors and plain values ({_reason(e)})") from None
-    except Exception as e:
-        raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({type(e).__name__}: {_reason(e)})") from None
-
-_FILE_KINDS = ((stat.S_ISFIFO, 'a named pipe (FIFO)'), (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a character device'),
-               (stat.S_ISBLK, 'a block device'))
-
-def _file_kind(mode: int) -> str: return next((kind for test, kind in _FILE_KINDS if test(mode)), 'not a regular file')
-
-def _read_checkpoint(path: Path):
-    "What the checkpoint file at `path` holds, its checksum verified; `CheckpointError` for a file that is not one."
-    try: mode = path.stat().st_mode  # never open what is not a regular file: a named pipe would block the read forever
-    except FileNotFoundError: raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except OSError as e: raise CheckpointError(f"{path} cannot be read: {e.strerror}") from None
-    if stat.S_ISDIR(mode): raise CheckpointError(f"{path} is a folder, not a checkpoint file")
-    if not stat.S_ISREG(mode): raise CheckpointError(f"{path} is {_file_kind(mode)}, not a regular file; only regular files are checkpoints")
-    try: data = path.read_bytes()
-    except OSError as e: raise CheckpointError(f"{path} cannot be read: {e.strerror}") from None
-    if not data: raise CheckpointError(f"{path} is empty (0 bytes): its writing was cut short, or it was emptied")
-    if data.startswith(_MAGIC) or _MAGIC.startswith(data):
-        if len(data) < _HEADER: raise CheckpointError(f"{path} is truncated: {len(data)} bytes, shorter than its {_HEADER}-byte header")
-        line = data[len(_MAGIC):_HEADER]
-        expected = line[len(_SUM):-1].decode('ascii', 'replace')
-        if not line.startswith(_SUM) or not line.endswith(b'\n') or not re.fullmatch('[0-9a-f]{64}', expected):
-            raise CheckpointError(f"{path} has a damaged header: expected 'sha256 <64 hex digits>' on its second line")
-        payload = data[_HEADER:]
-        actual = hashlib.sha256(payload).hexdigest()
-        if actual != expected:
-            raise CheckpointError(f"{path} is damaged: checksum mismatch (the sha256 of its {len(payload)} data bytes is "
-                                  f"{actual[:16]}..., its header records {expected[:16]}...); it was cut short or altered after it was written")
-        return _torch_load(path, payload)
-    if data.startswith(b'PK\x03\x04'):  # format 1: a plain torch.save archive, without a checksum
-        state = _torch_load(path, data)
-        if isinstance(state, dict) and state.get('format') == FORMAT:
-            raise CheckpointError(f"{path} is not an nntrain checkpoint: it holds a {FORMAT!r} state saved without its "
-                                  "checksummed header (save it with save_checkpoint or learn.save, not torch.save)")
-        return state
-    raise CheckpointError(f"{path} is not an nntrain checkpoint: it starts neither with the header {_MAGIC.decode().strip()!r} "
-                          f"nor as a torch.save archive (its first bytes are {data[:8]!r})")
-
-def load_checkpoint(path) -> dict:
-    "Read a checkpoint safely (checksum, then `weights_only=True`); any bad file raises `CheckpointError` naming it and what is wrong."
-    path = Path(path)
-    state = _read_checkpoint(path)
-    if problem := _format_problem(state): raise CheckpointError(f"{path} is not an nntrain checkpoint: {problem}")
-    if problem := _structure_problem(state): raise CheckpointError(f"{path} is not a valid nntrain checkpoint: {problem}")
-    return state
-
-def learner_save(self: Learner, path) -> Path:
-    "Save `state_dict()` to `path` atomically."
-    return save_checkpoint(self.state_dict(), path)
-
-def learner_load(self: Learner, path, rng: bool = True):
-    "Load a checkpoint written by `save` or `CheckpointS` into this learner."
-    state = load_checkpoint(path)
-    self.load_state_dict(state, rng=rng, source=path)
-    return self
-
-Learner.save, Learner.load = learner_save, learner_load
+# %% ../nbs/05_checkpoints.ipynb #62870092
+# The learner's state, its checkpoint files and resuming belong to the Learner (chapter 02) and the bottom of the
+# package (chapter 00); their names stay importable from here, where earlier versions defined them.
+_MOVED = ['FORMAT', 'CheckpointError', 'rng_state', 'set_rng_state', 'write_atomically', 'remove_temporaries', 'save_checkpoint',
+          'load_checkpoint', 'checkpoints', 'latest_checkpoint', 'FastForward']
+if '__all__' in globals(): __all__ += _MOVED  # the exported module's list (a notebook has none)
 
 # %% ../nbs/05_checkpoints.ipynb #a316c542
-_NAME = re.compile(r'checkpoint-e(\d+)-b(\d+)\.pt$')
-
-def _loader_generator(learn):
-    return getattr(learn.dls.train, 'generator', None)
-
 def _check_choices(owner: str, monitor, mode, monitor_optional: bool):
     "Refuse a `monitor` that is not a name (or None, when optional) and a `mode` other than None, 'min' and 'max'."
     if not (isinstance(monitor, str) or (monitor_optional and monitor is None)):
         raise TypeError(f"{owner} expected monitor to be the name of a value MetricsS reports, such as 'loss' or 'accuracy'"
                         f"{' (or None)' if monitor_optional else ''}, got {_describe(monitor)}")
-    if not (mode is None or (isinstance(mode, str) and mode in ('min', 'max'))): raise ValueError(f"expected mode to be 'min' or 'max', got {mode!r}")
+    if not (mode is None or (isinstance(mode, str) and mode in ('min', 'max'))): raise ValueError(f"{owner} expected mode to be 'min' or 'max' (or None), got {mode!r}")
 
 def _check_folder(owner: str, folder) -> Path:
     "`folder` as a Path when it names a folder or nothing yet; refused when it is a file."
@@ -448,31 +43,30 @@ def _check_folder(owner: str, folder) -> Path:
     if folder.exists() and not folder.is_dir(): raise NotADirectoryError(errno.ENOTDIR, f"{owner} expected a folder, got a file: {folder}")
     return folder
 
-def _check_monitor(owner: str, monitor: str, metrics: MetricsS):
-    "Refuse a `monitor` that `metrics` will not report, naming those it will."
+def _check_monitor(owner: str, monitor: str, learn: Learner) -> MetricsS:
+    "The fit's `MetricsS`, when it reports `monitor`; else an error naming what it reports."
+    metrics = find_metrics(learn)
+    if metrics is None: raise ValueError(f"{owner}(monitor={monitor!r}) needs a MetricsS among the learner's subscribers")
     names = ['loss', *metrics.metrics]
     if monitor not in names:
         raise ValueError(f"{owner}(monitor={monitor!r}): the MetricsS of this fit reports {names}; expected one of them")
+    return metrics
 
 class CheckpointS(Subscriber):
-    "Write checkpoints every `every_batches` batches and `every_epochs` epochs; keep the newest `keep` and the best by `monitor`."
+    "Write checkpoints every `every_batches` training iterations and every `every_epochs` epochs; keep the newest `keep` and the best by `monitor`."
     order, in_evaluation = MetricsS.order + 2, False
     def __init__(self, folder, every_batches: int | None = None, every_epochs: int | None = 1, keep: int = 2,
                  monitor: str | None = None, mode: str | None = None):
-        for name, value in (('every_batches', every_batches), ('every_epochs', every_epochs)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"expected {name} to be None or an int >= 1, got {value!r}")
-        keep = _check_int(keep, 'keep', 'CheckpointS')
+        self.every_batches = _check_int(every_batches, 'every_batches', 'CheckpointS', optional=True)
+        self.every_epochs = _check_int(every_epochs, 'every_epochs', 'CheckpointS', optional=True)
+        self.keep = _check_int(keep, 'keep', 'CheckpointS')
         _check_choices('CheckpointS', monitor, mode, monitor_optional=True)
-        self.folder, self.every_batches, self.every_epochs, self.keep, self.monitor = _check_folder('CheckpointS', folder), every_batches, every_epochs, keep, monitor
+        self.folder, self.monitor = _check_folder('CheckpointS', folder), monitor
         self.mode = mode or ('min' if monitor and 'loss' in monitor else 'max')
-        self.batches, self.best = 0, None
+        self.best = None
 
     def before_fit(self, learn):
-        if self.monitor:
-            if not isinstance(getattr(learn, 'metrics', None), MetricsS):
-                raise ValueError(f"CheckpointS(monitor={self.monitor!r}) needs a MetricsS among the learner's subscribers")
-            _check_monitor('CheckpointS', self.monitor, learn.metrics)
+        if self.monitor: _check_monitor('CheckpointS', self.monitor, learn)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pending = None
 
@@ -481,7 +75,7 @@ class CheckpointS(Subscriber):
         position = state.get('position')
         if position is not None and position['epoch'] == epoch and not learn.training:  # the training pass is over
             state['position'] = {**position, 'pass_done': True}
-        save_checkpoint(state, self.folder/f'checkpoint-e{epoch:04d}-b{self.batches:08d}.pt')
+        save_checkpoint(state, self.folder/f'checkpoint-e{epoch:04d}-b{learn.iteration:08d}.pt')
         for old in checkpoints(self.folder)[:-self.keep]: old.unlink()
 
     def _write_pending(self, learn):
@@ -491,152 +85,29 @@ class CheckpointS(Subscriber):
 
     def before_epoch(self, learn): self._write_pending(learn)
     def after_fit(self, learn): self._write_pending(learn)
+    def after_cancel_fit(self, learn): self._write_pending(learn)
 
-    def after_batch(self, learn):
-        if not learn.training: return
-        self.batches += 1
-        if self.every_batches and self.batches % self.every_batches == 0: self._checkpoint(learn, learn.epoch)
+    @every('every_batches')
+    def after_batch(self, learn): self._checkpoint(learn, learn.epoch)
 
+    @every('every_epochs')
     def after_epoch(self, learn):
-        if learn.training:
-            if self.every_epochs and (learn.epoch + 1) % self.every_epochs == 0 and not (
-                    self.every_batches and self.batches % self.every_batches == 0):  # not twice for the same batch
-                self.pending = learn.epoch
-        elif self.monitor:
-            value = learn.metrics.history[-1][self.monitor]
-            better = self.best is None or (value < self.best if self.mode == 'min' else value > self.best)
-            if math.isfinite(value) and better:
-                self.best = value
-                save_checkpoint(learn.state_dict(), self.folder/'best.pt')
+        batch_written = self.every_batches is not None and learn.iteration % self.every_batches == 0  # not twice for the same batch
+        if learn.training and not batch_written: self.pending = learn.epoch
+
+    def after_log(self, learn):
+        if not self.monitor or learn.log_entry['mode'] != 'eval': return
+        value = learn.log_entry[self.monitor]
+        better = self.best is None or (value < self.best if self.mode == 'min' else value > self.best)
+        if math.isfinite(value) and better:
+            self.best = value
+            save_checkpoint(learn.state_dict(), self.folder/'best.pt')
 
     def state_dict(self) -> dict:
-        "Batches seen and the best value so far."
-        return {'batches': self.batches, 'best': self.best}
+        "The best value so far."
+        return {'best': self.best}
 
-    def load_state_dict(self, state: dict): self.batches, self.best = state['batches'], state['best']
-
-def checkpoints(folder) -> list[Path]:
-    "The checkpoints `CheckpointS` wrote in `folder`, oldest first (only regular files: temporary files, pipes and folders are ignored)."
-    found = [(int(m[1]), int(m[2]), p) for p in Path(folder).glob('checkpoint-*.pt') if (m := _NAME.search(p.name)) and p.is_file()]
-    return [p for *_, p in sorted(found)]
-
-def _latest(folder, fallback: bool) -> tuple[Path, dict]:
-    "The newest valid checkpoint in `folder` and its state (see `latest_checkpoint`)."
-    folder = Path(folder)
-    if not folder.is_dir(): raise CheckpointError(f"{folder}: no such folder of checkpoints")
-    found = checkpoints(folder)
-    if not found: raise CheckpointError(f"{folder}: no checkpoint-*.pt file to resume from")
-    damaged = []
-    for path in reversed(found):
-        try: state = load_checkpoint(path)
-        except CheckpointError as e:
-            damaged.append(e)
-            continue
-        if damaged:
-            newest = f"the newest checkpoint is damaged: {damaged[0]}" + (
-                f" (and {len(damaged) - 1} more after the valid one)" if len(damaged) > 1 else '')
-            if not fallback:
-                raise CheckpointError(f"{newest}. The newest valid one is {path}: to resume from it, pass resume_fallback=True "
-                                      f"to fit (or fallback=True to latest_checkpoint), or resume={str(path)!r}")
-            warnings.warn(f"{newest}; resuming from the newest valid one, {path}", stacklevel=3)
-        return path, state
-    raise CheckpointError(f"{folder}: all {len(found)} checkpoints are damaged, the newest: {damaged[0]}")
-
-def latest_checkpoint(folder, fallback: bool = False) -> Path:
-    "The newest valid checkpoint in `folder`; if the newest is damaged, raise `CheckpointError`, or with `fallback` warn and return the previous valid one."
-    if not isinstance(fallback, bool): raise ValueError(f"expected fallback to be True or False, got {fallback!r}")
-    return _latest(folder, fallback)[0]
-
-# %% ../nbs/05_checkpoints.ipynb #9d2d9aad
-class FastForward:
-    "Iterate `dl` from batch `skip` on; after the loader drew its order, set the random state to `rng`; `source` names the checkpoint in errors."
-    def __init__(self, dl, skip: int, rng: dict, source=None):
-        self.dl, self.skip, self.rng, self.source = dl, skip, rng, source
-
-    def __len__(self): return len(self.dl)
-
-    def __iter__(self):
-        batches, end = iter(self.dl), object()
-        for done in range(self.skip):
-            if next(batches, end) is end:
-                raise CheckpointError(f"the checkpoint is at batch {self.skip} of its epoch, but the training loader has only "
-                                      f"{done} batches; expected the loader of the run that wrote it"
-                                      + (f" ({self.source})" if self.source is not None else ''))
-        set_rng_state(self.rng)
-        yield from batches
-
-class _Position(Subscriber):
-    "Keep `learn.position` (epoch, next batch, random state at the epoch's start) current during a fit."
-    order, in_evaluation = -1000, False
-    def before_fit(self, learn): learn.position = None
-
-    def before_epoch(self, learn):
-        if not learn.training: return
-        generator = _loader_generator(learn)
-        learn.position = {'epoch': learn.epoch, 'next_iter': learn.__dict__.get('first_iter', 0),
-                          'epoch_start': {'rng': rng_state(), 'loader': generator.get_state() if generator is not None else None}}
-
-    def after_batch(self, learn):
-        if learn.training: learn.position['next_iter'] = learn.iter + 1
-
-    def cleanup_fit(self, learn): learn.position = None
-
-class _ResumeEpochs(Subscriber):
-    "Start the fit at the checkpoint's epoch."
-    order, in_evaluation = -1000, False
-    def __init__(self, state): self.state = state
-    def before_fit(self, learn): learn.epochs = range(self.state['position']['epoch'], learn.n_epochs)
-
-class _ResumeState(Subscriber):
-    "At the start of the first training pass, restore the checkpoint at `path` and skip the batches it had done."
-    order, in_evaluation = 1000, False
-    def __init__(self, state, path): self.state, self.path, self.done = state, path, False
-    def before_epoch(self, learn):
-        if self.done or not learn.training: return
-        self.done = True
-        position = self.state['position']
-        learn.load_state_dict(self.state, rng=False, source=self.path)
-        learn.position = copy.deepcopy(position)
-        set_rng_state(position['epoch_start']['rng'])
-        self._set_loader_state(learn, position['epoch_start']['loader'])
-        learn.first_iter = position['next_iter']
-        learn.dl = FastForward(learn.dl, position['next_iter'], self.state['rng'], source=self.path)
-        if position.get('pass_done'):  # written after the pass had ended: move the loader past it, then go on with what came next
-            for _ in learn.dl: pass
-            del learn.first_iter
-            raise CancelEpochException()
-
-    def _set_loader_state(self, learn, state):
-        generator = _loader_generator(learn)
-        if generator is None or state is None: return
-        try: generator.set_state(state)
-        except RuntimeError as e: raise CheckpointError(f"{self.path}: its loader state does not fit this loader's generator ({e})") from None
-
-def _resume_from(resume, fallback: bool) -> tuple[Path, dict]:
-    "The checkpoint to resume from, a file or a folder's newest valid one, and its state."
-    resume = Path(resume)
-    if resume.is_dir(): return _latest(resume, fallback)
-    return resume, load_checkpoint(resume)
-
-_fit_without_resume = getattr(Learner.fit, 'without_resume', Learner.fit)  # the original, also if this module is reloaded
-
-def fit(self: Learner, epochs: int = 1, train: bool = True, valid: bool = True, subs=(), lr: float | None = None, resume=None,
-        resume_fallback: bool = False):
-    "`Learner.fit`, keeping `learn.position` current; with `resume`, continue from a checkpoint file or a folder's newest valid one."
-    if not isinstance(resume_fallback, bool): raise ValueError(f"expected resume_fallback to be True or False, got {resume_fallback!r}")
-    subs = _check_subs(subs, 'fit')   # before the subscribers this fit adds hide what was given
-    if resume is None: return _fit_without_resume(self, epochs, train, valid, [*subs, _Position()], lr)
-    if not isinstance(resume, (str, os.PathLike)):
-        raise TypeError(f"fit expected resume to be a checkpoint file or a folder of them (a str or a Path), or None, got {_describe(resume)}")
-    path, state = _resume_from(resume, resume_fallback)
-    if state.get('position') is None: raise CheckpointError(f"{path} records no position to resume from (it was saved outside a fit)")
-    start = state['position']['epoch']
-    if isinstance(epochs, int) and start >= epochs:
-        raise ValueError(f"{path} is at epoch {start} (counting from 0), but this fit has only {epochs} epochs; expected more than {start}")
-    return _fit_without_resume(self, epochs, train, valid, [*subs, _Position(), _ResumeEpochs(state), _ResumeState(state, path)], lr)
-
-fit.without_resume = _fit_without_resume
-Learner.fit = fit
+    def load_state_dict(self, state: dict): self.best = state['best']
 
 # %% ../nbs/05_checkpoints.ipynb #969cf316
 class EarlyStoppingS(Subscriber):
@@ -652,14 +123,12 @@ class EarlyStoppingS(Subscriber):
         self.mode = mode or ('min' if 'loss' in monitor else 'max')
 
     def before_fit(self, learn):
-        if not isinstance(getattr(learn, 'metrics', None), MetricsS):
-            raise ValueError(f"EarlyStoppingS(monitor={self.monitor!r}) needs a MetricsS among the learner's subscribers")
-        _check_monitor('EarlyStoppingS', self.monitor, learn.metrics)
+        _check_monitor('EarlyStoppingS', self.monitor, learn)
         self.best, self.best_epoch, self.wait, self.stopped_epoch, self.best_weights = None, None, 0, None, None
 
-    def after_epoch(self, learn):
-        if learn.training: return
-        value = learn.metrics.history[-1][self.monitor]
+    def after_log(self, learn):
+        if learn.log_entry['mode'] != 'eval': return
+        value = learn.log_entry[self.monitor]
         improvement = (self.best - value if self.mode == 'min' else value - self.best) if self.best is not None else math.inf
         if math.isfinite(value) and improvement > self.min_delta:
             self.best, self.best_epoch, self.wait = value, learn.epoch, 0
@@ -681,8 +150,8 @@ class EarlyStoppingS(Subscriber):
         self.best, self.best_epoch, self.wait, self.best_weights = state['best'], state['best_epoch'], state['wait'], state['best_weights']
 
 class TerminateOnNaNS(Subscriber):
-    "Stop the fit at the first non-finite loss, before it reaches the weights; `stopped_at` is (epoch, batch)."
-    order = -10
+    "Stop the fit at the first non-finite loss, before it reaches the weights; `stopped_at` is (epoch, batch). Evaluation passes are left alone."
+    order, in_evaluation = -10, False
     def before_fit(self, learn): self.stopped_at = None
 
     def after_loss(self, learn):

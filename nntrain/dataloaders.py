@@ -8,21 +8,23 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import numbers
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import PIL.Image
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
 from torch.utils.data import DataLoader
+
+from .core import _check_flag, _check_int, _describe
+
+# datasets, pyarrow and PIL are imported by the functions that use them: importing nntrain stays fast
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
 
 # %% auto #0
 __all__ = ['MNIST_SPLITS', 'DEFAULT_MAX_BYTES', 'VALID_SPLIT_NAMES', 'load_mnist', 'hf_ds_collate_fn', 'NotTensorizable',
@@ -37,6 +39,7 @@ def _read_sums(folder: Path) -> dict:
 
 def _verified_table(path: Path, sums: dict):
     "Read the Parquet file at `path` after checking its sha256 against `sums`."
+    import pyarrow as pa, pyarrow.parquet as pq
     if not path.is_file(): raise FileNotFoundError(f"{path} is missing: expected the bundled MNIST split there; reinstall nntrain")
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
@@ -50,31 +53,10 @@ def load_mnist(folder: str | Path | None = None) -> DatasetDict:
 
     Columns: `image` (Image feature, 28x28 grayscale) and `label` (ClassLabel, names '0'-'9'). The images are
     the MNIST test set by Yann LeCun, Corinna Cortes and Christopher J.C. Burges, licensed CC BY-SA 3.0."""
+    from datasets import Dataset, DatasetDict
     folder = Path(folder) if folder is not None else Path(str(files('nntrain')/'data'/'mnist'))
     sums = _read_sums(folder)
     return DatasetDict({split: Dataset(_verified_table(folder/f'{split}.parquet', sums)) for split in MNIST_SPLITS})
-
-# %% ../nbs/01_dataloaders.ipynb #6dccc499
-def _describe(value) -> str:
-    "Name `value` for an error message: short values by their repr, classes and functions by name, others by type."
-    if value is None or isinstance(value, (numbers.Number, str, bytes)):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + '...'
-    if isinstance(value, type): return f"the class {value.__qualname__}"
-    if isinstance(value, functools.partial): return f"a partial of {_describe(value.func)}"
-    if callable(value) and hasattr(value, '__qualname__'): return f"the function {value.__qualname__}"
-    return f"a {type(value).__name__}"
-
-def _check_int(value, name: str, who: str, minimum: int = 1, optional: bool = False) -> int | None:
-    "`value` as an int when it is an integer (not a bool) >= `minimum` (or None when `optional`); else a ValueError."
-    if optional and value is None: return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= minimum: return int(value)
-    raise ValueError(f"{who} expected {name} to be an int >= {minimum} (not a bool){' or None' if optional else ''}, got {_describe(value)}")
-
-def _check_flag(value, name: str, who: str) -> bool:
-    "`value` when it is True or False; else a ValueError."
-    if isinstance(value, (bool, np.bool_)): return bool(value)
-    raise ValueError(f"{who} expected {name} to be True or False, got {_describe(value)}")
 
 # %% ../nbs/01_dataloaders.ipynb #e89ab00a
 def _images_to_tensor(images: list, flatten: bool) -> torch.Tensor:
@@ -94,6 +76,7 @@ def hf_ds_collate_fn(data: list, flatten: bool = True) -> list:
     if not data: raise ValueError("hf_ds_collate_fn expected a non-empty list of rows, got an empty one")
     if not isinstance(data[0], Mapping):
         raise TypeError(f"hf_ds_collate_fn expected rows as dicts (rows of a Hugging Face Dataset), got {type(data[0]).__name__}")
+    import PIL.Image
     columns = {k: [row[k] for row in data] for k in data[0]}
     return [_images_to_tensor(v, flatten) if isinstance(v[0], PIL.Image.Image) else torch.as_tensor(v)
             for v in columns.values()]
@@ -105,6 +88,7 @@ class NotTensorizable(ValueError):
 DEFAULT_MAX_BYTES = 4 * 2**30
 
 def _decode_image(cell: dict) -> np.ndarray:
+    import PIL.Image
     with PIL.Image.open(io.BytesIO(cell['bytes']) if cell.get('bytes') is not None else cell['path']) as im:
         return np.asarray(im)
 
@@ -131,6 +115,7 @@ def _image_column(cells: list, name: str, max_bytes: int) -> torch.Tensor:
 
 def dataset_to_tensors(ds: Dataset, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     "Decode every column of `ds` once: images to `uint8 [N, C, H, W]`, labels and ints to int64, floats to float32."
+    from datasets import ClassLabel, Dataset, Image, Value
     if not isinstance(ds, Dataset):
         raise TypeError(f"dataset_to_tensors expected a Hugging Face Dataset (one split), got {_describe(ds)}"
                         + (" (pick a split: dd['train'])" if isinstance(ds, Mapping) else ''))

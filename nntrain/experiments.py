@@ -24,7 +24,8 @@ from torch import nn
 
 from .acceleration import SGD, Adam, Momentum, RMSProp, resnet
 from .activations import cnn_layers
-from .dataloaders import _check_int, _describe, load_mnist
+from .core import _check_int, _describe
+from .dataloaders import load_mnist
 from .learner import Learner, Subscriber, _check_subs
 
 # %% auto #0
@@ -423,7 +424,7 @@ def _problems_message(name: str, problems: list[str]) -> str:
 
 def check_session(session: dict, name: str = 'session', max_experiments: int = 10_000) -> list[tuple[str, dict]]:
     "Expand `session` (at most `max_experiments`) and check every experiment; raise one `ConfigError` listing all problems, else return them with defaults."
-    if not _is_int(max_experiments) or max_experiments < 1: raise ValueError(f"expected max_experiments to be an int >= 1, got {max_experiments!r}")
+    max_experiments = _check_int(max_experiments, 'max_experiments', 'check_session')
     if not isinstance(session, dict): raise ConfigError(f"{name}: expected a mapping of settings, got {type(session).__name__}")
     if problems := _grid_problems(session):   # list the settings' own problems too, with each grid at its first value
         names = [k for k in session if isinstance(k, str)]   # keys of other types are problems already
@@ -456,7 +457,7 @@ def load_session(path, session: str, max_experiments: int = 10_000) -> list[tupl
 class IterationLoader:
     "The batches of `dl`, epoch after epoch, handed out in blocks of `every` batches (the last block of `total` may be shorter)."
     def __init__(self, dl, every: int, total: int | None = None, seed: int | None = None):
-        if not _is_int(every) or every < 1: raise ValueError(f"expected every to be an int >= 1, got {every!r}")
+        every = _check_int(every, 'every', 'IterationLoader')
         if isinstance(dl, collections.abc.Iterator):
             raise TypeError(f"expected a training loader that can be iterated again for every epoch of the data (a DataLoader, "
                             f"a list of batches), got a {type(dl).__name__}, which runs only once")
@@ -511,8 +512,16 @@ class IterationLoader:
         self.block_start = self.served
 
 class IterationStateS(Subscriber):
-    "Make an `IterationLoader`'s place in the stream part of the learner's state, so iteration-based runs resume."
+    "Train on an `IterationLoader`: each training pass takes its next block of batches, and its place in the stream is part of the learner's state."
+    order = -500  # before any subscriber that wraps the pass's loader (ProgressS)
     def __init__(self, loader: IterationLoader): self.loader = loader
+
+    def before_fit(self, learn):
+        if self.loader.total is not None: learn.n_iterations, learn.iterations_per_pass = self.loader.total, self.loader.every
+
+    def before_epoch(self, learn):
+        if learn.training: learn.dl, learn.n_batches = self.loader, len(self.loader)
+
     def state_dict(self) -> dict: return self.loader.state_dict()
     def load_state_dict(self, state: dict): self.loader.load_state_dict(state)
 
@@ -521,13 +530,9 @@ def fit_iterations(learn: Learner, num_iterations: int, valid_every: int | None 
     "Fit `learn` for `num_iterations` training batches, validating every `valid_every` (default: once, at the end)."
     if not isinstance(learn, Learner): raise TypeError(f"fit_iterations expected learn to be a Learner, got {_describe(learn)}")
     subs = _check_subs(subs, 'fit_iterations')
-    if not _is_int(num_iterations) or num_iterations < 1:
-        raise ValueError(f"expected num_iterations to be an int >= 1, got {num_iterations!r}")
-    if valid_every is not None and (not _is_int(valid_every) or valid_every < 1):
-        raise ValueError(f"expected valid_every to be an int >= 1 (or None: validate once, at the end), got {valid_every!r}")
-    if seed is not None and not _is_int(seed): raise ValueError(f"expected seed to be an int or None, got {seed!r}")
+    num_iterations = _check_int(num_iterations, 'num_iterations', 'fit_iterations')
+    valid_every = _check_int(valid_every, 'valid_every', 'fit_iterations', optional=True)  # None: validate once, at the end
+    seed = _check_int(seed, 'seed', 'fit_iterations', minimum=0, optional=True)
     every = valid_every or num_iterations
-    original = learn.dls.train
-    learn.dls.train = IterationLoader(original, every, num_iterations, seed)
-    try: learn.fit(math.ceil(num_iterations / every), subs=[IterationStateS(learn.dls.train), *subs], **fit_kwargs)
-    finally: learn.dls.train = original
+    loader = IterationLoader(learn.dls.train, every, num_iterations, seed)
+    learn.fit(math.ceil(num_iterations / every), subs=[IterationStateS(loader), *subs], **fit_kwargs)

@@ -9,21 +9,25 @@ import copy
 import functools
 import math
 import numbers
+import os
+import sys
 import time
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from fastprogress import fastprogress
 from torch import nn
 
-from .dataloaders import DataLoaders, _check_flag, _check_int, _describe
+from .core import (FORMAT, CheckpointError, _HYPER_PARAMETERS, _check_flag, _check_int, _describe, _format_problem, _resume_from, _structure_problem,
+                   load_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from .dataloaders import DataLoaders
 
 # %% auto #0
 __all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelStepException', 'PublishEvents',
-           'Subscriber', 'Learner', 'MetricsS', 'default_device', 'to_device', 'DeviceS', 'LRFindS', 'MomentumLearner',
-           'ProgressS']
+           'Subscriber', 'every', 'Learner', 'FastForward', 'MetricsS', 'find_metrics', 'default_device', 'to_device',
+           'DeviceS', 'LRFindS', 'MomentumLearner', 'ProgressS']
 
 # %% ../nbs/02_learner.ipynb #48078a7f
 class CancelFitException(Exception):
@@ -40,12 +44,13 @@ class CancelStepException(Exception):
 
 _CANCELS = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException, 'step': CancelStepException}
 _CANCEL_TYPES = tuple(_CANCELS.values())
+_STOPS = (CancelFitException, CancelEpochException)  # take effect once every subscriber has seen the event
 
 # %% ../nbs/02_learner.ipynb #5409b5d7
 class PublishEvents:
-    "Decorator: publish `before_{name}`/`after_{name}` around a learner method and swallow `Cancel{Name}Exception`."
+    "Decorator: publish `before_{name}`/`after_{name}` around a learner method; swallow `Cancel{Name}Exception` and publish `after_cancel_{name}`."
     def __init__(self, name: str):
-        self.before, self.after = f'before_{name}', f'after_{name}'
+        self.before, self.after, self.cancelled = f'before_{name}', f'after_{name}', f'after_cancel_{name}'
         self.cancel = _CANCELS.get(name, ())
 
     def __call__(self, method):
@@ -54,7 +59,7 @@ class PublishEvents:
                 learn.publish(self.before)
                 method(learn, *args, **kwargs)
                 learn.publish(self.after)
-            except self.cancel: pass
+            except self.cancel: learn.publish(self.cancelled)
         publishing.__name__, publishing.__qualname__, publishing.__doc__ = method.__name__, method.__qualname__, method.__doc__
         return publishing
 
@@ -63,18 +68,47 @@ class Subscriber:
     "Base class of subscribers: define event methods such as `def after_batch(self, learn)`; lower `order` runs first."
     order = 0
     in_evaluation = True  # False: leave me out of evaluation passes (`get_preds`, `evaluate`) run during or after a fit
+    shows_log = False     # True: I show each pass's log myself (as ProgressS does), so MetricsS does not print it
 
-EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_predict', 'after_loss',
-          'after_backward', 'before_step', 'after_step', 'after_batch', 'after_epoch', 'after_fit', 'cleanup_fit')
+EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_predict', 'after_loss', 'after_backward', 'before_step',
+          'after_step', 'after_batch', 'after_epoch', 'after_log', 'after_fit', 'after_cancel_fit', 'cleanup_fit')
+_BATCH_EVENTS = frozenset(('before_batch', 'after_predict', 'after_loss', 'after_backward', 'before_step', 'after_step', 'after_batch'))
 
 def _is_event(name: str) -> bool: return name.startswith(('before_', 'after_')) or name == 'cleanup_fit'
 
+def every(n: int | str) -> Callable:
+    "Decorator: call this event method only at every `n`-th training iteration (batch events) or epoch (pass events); a str names the subscriber's attribute holding `n` (None there: never)."
+    if not isinstance(n, str): _check_int(n, 'n', 'every')
+    def declare(method):
+        method.every = n
+        return method
+    return declare
+
+class _Every:
+    "`method`, called only when `learn.iteration` (batch events, training only) or `learn.epoch + 1` (pass events) is a multiple of `n`."
+    def __init__(self, method, n: int, batch: bool): self.method, self.n, self.batch, self.__self__ = method, n, batch, method.__self__
+    def __call__(self, learn):
+        if self.batch:
+            if learn.training and learn.iteration % self.n == 0: self.method(learn)
+        elif (getattr(learn, 'epoch', 0) + 1) % self.n == 0: self.method(learn)
+
+def _handler(sub, name: str, method):
+    "The bound `method` of `sub` for event `name`, filtered by its declared frequency; None when that frequency is None."
+    n = getattr(method, 'every', None)
+    if n is None: return method
+    if isinstance(n, str):
+        n = getattr(sub, n)
+        if n is None: return None
+        _check_int(n, getattr(method, 'every'), type(sub).__name__)
+    return _Every(method, n, name in _BATCH_EVENTS)
+
 def _handler_table(subs: Iterable) -> dict:
-    "Map each event name to the bound methods that handle it, in the subscribers' run order."
+    "Map each event name to the handlers of it, in the subscribers' run order."
     table = {}
     for sub in sorted(subs, key=lambda s: s.order):
         for name in dir(sub):
-            if _is_event(name) and callable(method := getattr(sub, name)): table.setdefault(name, []).append(method)
+            if _is_event(name) and callable(method := getattr(sub, name)) and (handler := _handler(sub, name, method)) is not None:
+                table.setdefault(name, []).append(handler)
     return table
 
 def _add_note(exc: BaseException, note: str):
@@ -147,6 +181,11 @@ def _check_parts(model, dls, loss_fn, optim_class):
         made = ' (an optimizer already made; pass its class, e.g. torch.optim.SGD)' if isinstance(optim_class, torch.optim.Optimizer) else ''
         raise TypeError(f"Learner expected optim_class to be called as optim_class(params, lr), e.g. torch.optim.SGD, got {_describe(optim_class)}{made}")
 
+def _length(loader) -> int | None:
+    "The number of batches `loader` yields, or None when it has no length."
+    try: return len(loader)
+    except TypeError: return None
+
 class Learner:
     "Train `model` on `dls` with `loss_fn` and `optim_class(params, lr)`, publishing events to `subs`."
     def __init__(self, model: nn.Module, dls, loss_fn=F.cross_entropy, optim_class=torch.optim.SGD,
@@ -154,7 +193,8 @@ class Learner:
         _check_parts(model, dls, loss_fn, optim_class)
         self.model, self.dls, self.loss_fn, self.optim_class, self.lr = model, dls, loss_fn, optim_class, _check_lr(lr)
         self.subs = _check_subs(subs, 'Learner')
-        self._passes_to_check, self._targets_unchecked = set(), False  # see `_check_targets`
+        self.iteration, self.position, self.logged, self.evaluating = 0, None, {}, False
+        self._passes_to_check, self._targets_unchecked, self._resume = set(), False, None  # see `_check_targets`, `fit`
         self.subscribers_changed()
 
     def subscribers_changed(self):
@@ -162,29 +202,40 @@ class Learner:
         self._handlers = _handler_table(self.subs)
 
     def publish(self, event: str):
-        "Call every subscriber's `event` method, in order; a failure is re-raised with a note naming the subscriber."
+        "Call every subscriber's `event` method in order; a stop of the fit or pass takes effect once all have run; a failure is re-raised naming the subscriber."
+        stop = None
         for handler in self._handlers.get(event, ()):
             try: handler(self)
+            except _STOPS as e:
+                if stop is None or isinstance(e, CancelFitException): stop = e
             except _CANCEL_TYPES: raise
             except Exception as e:
                 _add_note(e, f'nntrain: raised by subscriber {type(handler.__self__).__name__} during {event}')
                 raise
+        if stop is not None: raise stop
 
-    def fit(self, epochs: int = 1, train: bool = True, valid: bool = True, subs: Iterable[Subscriber] = (), lr: float | None = None):
-        "Train for `epochs` with a new optimizer; `subs` join for this fit only; `lr` overrides `self.lr` for it."
+    def fit(self, epochs: int = 1, train: bool = True, valid: bool = True, subs: Iterable[Subscriber] = (), lr: float | None = None,
+            resume=None, resume_fallback: bool = False):
+        "Train for `epochs` with a new optimizer; `subs` join for this fit only; `lr` overrides `self.lr`; `resume` continues from a checkpoint file or a folder's newest valid one."
         epochs, train, valid = _check_int(epochs, 'epochs', 'fit', minimum=0), _check_flag(train, 'train', 'fit'), _check_flag(valid, 'valid', 'fit')
         lr = self.lr if lr is None else _check_lr(lr, 'fit')
         fit_subs = _check_subs(subs, 'fit')
+        self._resume = _resume_point(resume, _check_flag(resume_fallback, 'resume_fallback', 'fit'), epochs)
         self._passes_to_check = {True, False}  # the first batch of the first training and validation pass
         self.subs += fit_subs
         self.subscribers_changed()
         try:
-            self.n_epochs, self.epochs = epochs, range(epochs)
+            start = 0 if self._resume is None else self._resume[1]['position']['epoch']
+            self.n_epochs, self.epochs, self.iteration = epochs, range(start, epochs), _resumed_iteration(self._resume)
+            self.iterations_per_pass = _length(self.dls.train)  # the planned training steps, when the loader has a length
+            self.n_iterations = None if self.iterations_per_pass is None else self.iterations_per_pass * epochs
             self.opt = self.optim_class(self.model.parameters(), lr)
             self._fit(train, valid)
         finally:
+            self._resume = None
             try: self.publish('cleanup_fit')
             finally:
+                self.position = None
                 added = {id(s) for s in fit_subs}
                 self.subs[:] = [s for s in self.subs if id(s) not in added]
                 self.subscribers_changed()
@@ -196,24 +247,51 @@ class Learner:
             if valid:
                 with torch.no_grad(): self.one_epoch(False)
 
-    def one_epoch(self, training: bool):
-        "Run one training or validation pass over the matching loader."
+    def one_epoch(self, training: bool, dl=None):
+        "Run one training or validation pass over `dl` (default: the matching loader of `dls`)."
         self.training = training
         self.model.train(training)
-        self.dl = self.dls.train if training else self.dls.valid
+        self.dl = dl if dl is not None else self.dls.train if training else self.dls.valid
         if self.dl is None:
             raise ValueError(f"the {'training' if training else 'validation'} loader is None; expected an iterable of batches "
                              f"(or fit(..., {'train' if training else 'valid'}=False))")
+        self.n_batches = _length(self.dl)  # None for a loader without a length
         self._targets_unchecked = training in self._passes_to_check
         self._passes_to_check.discard(training)
+        self.logged = {}
+        if training and not self.evaluating: self._mark_pass_start()
         self._one_epoch()
+
+    def _mark_pass_start(self):
+        "Record where this training pass starts: the epoch, the random state, and the loader's generator."
+        self._generator = getattr(self.dl, 'generator', None)
+        self.position = {'epoch': self.epoch, 'next_iter': self.__dict__.get('first_iter', 0),
+                         'epoch_start': {'rng': rng_state(), 'loader': self._generator.get_state() if self._generator is not None else None}}
 
     @PublishEvents('epoch')
     def _one_epoch(self):
         first = self.__dict__.pop('first_iter', 0)  # set by a subscriber that resumes a pass part-way
+        if self._resume is not None and self.training: first = self._resume_pass()
         self.iter = first - 1
-        for self.iter, self.batch in enumerate(self.dl, first): self._one_batch()
+        for self.iter, self.batch in enumerate(self.dl, first):
+            if self.training: self.iteration += 1
+            self._one_batch()
         if self.iter < first and first == 0: raise ValueError(self._no_batches_message())
+
+    def _resume_pass(self) -> int:
+        "Load the checkpoint being resumed, put the random state and the loader where its pass began, and skip the batches it had done."
+        (path, state), self._resume = self._resume, None
+        position = state['position']
+        self.load_state_dict(state, rng=False, source=path)
+        self.position = {**copy.deepcopy(position), 'pass_done': False}
+        self.iteration = _resumed_iteration((path, state))
+        set_rng_state(position['epoch_start']['rng'])
+        _set_generator_state(self._generator, position['epoch_start']['loader'], path)
+        self.dl = FastForward(self.dl, position['next_iter'], state['rng'], source=path)
+        if position.get('pass_done'):  # written after the pass had ended: move the loader past it, then go on with what came next
+            for _ in self.dl: pass
+            raise CancelEpochException()
+        return position['next_iter']
 
     def _no_batches_message(self) -> str:
         "Why a pass saw no batches; an iterator (a generator, say) is named as such: it yields its batches only once."
@@ -230,6 +308,7 @@ class Learner:
         if self.training:
             self.backward(); self.publish('after_backward')
             self._update()
+            self.position['next_iter'] = self.iter + 1
 
     def _update(self):
         try:
@@ -272,6 +351,183 @@ class Learner:
         "Reset the gradients."
         self.opt.zero_grad()
 
+    def log(self, name: str, value):
+        "Record the scalar `value` under `name` for this pass (a tensor stays on its device); `MetricsS` reports its mean over the pass."
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"log expected name to be a non-empty str, got {_describe(name)}")
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1: raise ValueError(f"log expected {name!r} to be a single number, got a tensor of shape {tuple(value.shape)}")
+            value = value.detach()
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"log expected {name!r} to be a number or a one-element tensor, got {_describe(value)}")
+        self.logged.setdefault(name, []).append(value)
+
+    def evaluation(self, dl, subs: Iterable[Subscriber] = ()):
+        "One validation pass over `dl` on a view of this learner (its own loop attributes; the same model, loaders and subscribers), published from `before_fit` to `cleanup_fit` to the subscribers that take part in evaluation and to `subs`."
+        subs = _check_subs(subs, 'evaluation')
+        view, modes = copy.copy(self), [(module, module.training) for module in self.model.modules()]
+        view.subs = [*(s for s in self.subs if getattr(s, 'in_evaluation', True)), *subs]
+        view.evaluating, view._passes_to_check, view.position = True, {False}, None
+        view.subscribers_changed()
+        try:
+            try: view._evaluate(dl)
+            finally: view.publish('cleanup_fit')
+        finally:
+            for module, training in modes: module.training = training  # the pass put the whole model in eval mode
+        return view
+
+    @PublishEvents('fit')
+    def _evaluate(self, dl):
+        with torch.no_grad(): self.one_epoch(False, dl)
+
+    def state_dict(self) -> dict:
+        "Model, optimizer, subscribers with state, random state and, during a fit, the position in it (with `iteration`), as one dict."
+        opt = getattr(self, 'opt', None)
+        state = {'format': FORMAT, 'model': self.model.state_dict(), 'opt': opt.state_dict() if opt is not None else None,
+                 'subs': {key: sub.state_dict() for key, sub in _stateful(self.subs).items()}, 'rng': rng_state()}
+        if self.position is not None: state['position'] = {**self.position, 'iteration': self.iteration}
+        return state
+
+    def load_state_dict(self, state: dict, rng: bool = True, source=None):
+        "Restore what `state_dict` returned, all or nothing (the optimizer's state only when a fit has made one); `source` names the file in errors."
+        _load_learner_state(self, state, rng, source)
+
+    def save(self, path) -> Path:
+        "Save `state_dict()` to `path` atomically, under a checksummed header."
+        return save_checkpoint(self.state_dict(), path)
+
+    def load(self, path, rng: bool = True):
+        "Load a checkpoint written by `save` or `CheckpointS` into this learner."
+        self.load_state_dict(load_checkpoint(path), rng=rng, source=path)
+        return self
+
+# %% ../nbs/02_learner.ipynb #5a7c6359
+def _stateful(subs) -> dict:
+    "Subscribers that have state, keyed by class name (`.1`, `.2` for repeats)."
+    keyed, seen = {}, {}
+    for sub in subs:
+        if not (callable(getattr(sub, 'state_dict', None)) and callable(getattr(sub, 'load_state_dict', None))): continue
+        name = type(sub).__name__
+        keyed[name if name not in seen else f'{name}.{seen[name]}'] = sub
+        seen[name] = seen.get(name, 0) + 1
+    return keyed
+
+def _first_mismatch(e: RuntimeError) -> str:
+    "The first line of a `load_state_dict` error that says what does not fit (not its 'Error(s) in loading' header)."
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if not line.startswith('Error(s) in loading')), lines[0] if lines else type(e).__name__)
+
+def _weights_mismatch(model, weights: dict) -> str | None:
+    "The first way `weights` do not fit `model` (missing or unexpected names, then shapes), worded as `load_state_dict` words it, or None."
+    expected = model.state_dict()
+    quoted = lambda keys: ', '.join(f'"{k}"' for k in keys)
+    if missing := [k for k in expected if k not in weights]: return f"Missing key(s) in state_dict: {quoted(missing)}."
+    if unexpected := [k for k in weights if k not in expected]: return f"Unexpected key(s) in state_dict: {quoted(unexpected)}."
+    for key, current in expected.items():
+        given = weights[key]
+        if not (isinstance(current, torch.Tensor) and isinstance(given, torch.Tensor)) or torch.nn.parameter.is_lazy(current): continue
+        if given.shape != current.shape and not (current.ndim == 0 and given.shape == (1,)):  # torch accepts a 1-element 1-d tensor for a 0-d one
+            return (f"size mismatch for {key}: copying a param with shape {given.shape} from checkpoint, "
+                    f"the shape in current model is {current.shape}.")
+
+def _missing_hyper_parameters(opt, opt_state: dict) -> str | None:
+    "A hyper-parameter `opt` steps with that a param group of `opt_state` lacks, or None."
+    for i, (group, saved) in enumerate(zip(opt.param_groups, opt_state['param_groups'])):
+        if missing := sorted(k for k in group if k in _HYPER_PARAMETERS and k not in saved):
+            return f"its param group {i} lacks {missing}, which this {type(opt).__name__} steps with"
+
+def _snapshot(learn: Learner, opt, subs: dict) -> dict:
+    "Copies of what loading a state changes: the weights, the optimizer's state, the given subscribers' states, the random state."
+    weights = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in learn.model.state_dict().items()}
+    return {'model': weights, 'opt': copy.deepcopy(opt.state_dict()) if opt is not None else None,
+            'subs': {key: copy.deepcopy(sub.state_dict()) for key, sub in subs.items()}, 'rng': rng_state()}
+
+def _restore(learn: Learner, opt, subs: dict, saved: dict):
+    "Put back what `_snapshot` copied."
+    learn.model.load_state_dict(saved['model'])
+    if opt is not None: opt.load_state_dict(saved['opt'])
+    for key, sub_state in saved['subs'].items(): subs[key].load_state_dict(sub_state)
+    set_rng_state(saved['rng'])
+
+def _load_parts(learn: Learner, state: dict, opt, subs: dict, rng: bool):
+    "Load each part of `state` in turn; a part that does not fit raises `CheckpointError`."
+    try: learn.model.load_state_dict(state['model'])
+    except RuntimeError as e:
+        raise CheckpointError(f"the checkpoint's weights do not fit this {type(learn.model).__name__}: {_first_mismatch(e)}") from None
+    if opt is not None:
+        try: opt.load_state_dict(state['opt'])
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"the checkpoint's optimizer state does not fit this {type(opt).__name__} ({type(e).__name__}: {e})") from None
+    for key, sub in subs.items():
+        try: sub.load_state_dict(state['subs'][key])
+        except Exception as e:
+            raise CheckpointError(f"the checkpoint's state of subscriber {key} does not fit it ({type(e).__name__}: {e})") from None
+    if rng: set_rng_state(state['rng'])
+
+def _load_learner_state(self: Learner, state: dict, rng: bool, source):
+    "`Learner.load_state_dict`: check `state` against the learner, then load all of it or nothing."
+    where = '' if source is None else f"{source}: "
+    if problem := _format_problem(state) or _structure_problem(state):
+        raise CheckpointError(f"{where}expected a learner state dict of format {FORMAT!r}: {problem}")
+    if problem := _weights_mismatch(self.model, state['model']):
+        raise CheckpointError(f"{where}the checkpoint's weights do not fit this {type(self.model).__name__}: {problem}")
+    opt = getattr(self, 'opt', None) if state['opt'] is not None else None
+    if opt is not None and (problem := _missing_hyper_parameters(opt, state['opt'])):
+        raise CheckpointError(f"{where}the checkpoint's optimizer state does not fit this {type(opt).__name__}: {problem}")
+    stateful = _stateful(self.subs)
+    subs = {key: sub for key, sub in stateful.items() if key in state['subs']}
+    saved = _snapshot(self, opt, subs)
+    try: _load_parts(self, state, opt, subs, rng)
+    except BaseException as e:
+        _restore(self, opt, subs, saved)
+        if isinstance(e, CheckpointError): raise CheckpointError(f"{where}{e}") from None
+        raise
+    for key in [key for key in stateful if key not in state['subs']]:
+        warnings.warn(f"{source if source is not None else 'the learner state'} holds no state for the subscriber {key}; it starts afresh", stacklevel=4)
+
+class FastForward:
+    "Iterate `dl` from batch `skip` on; after the loader drew its order, set the random state to `rng`; `source` names the checkpoint in errors."
+    def __init__(self, dl, skip: int, rng: dict, source=None):
+        self.dl, self.skip, self.rng, self.source = dl, skip, rng, source
+
+    def __len__(self): return len(self.dl)
+
+    def __iter__(self):
+        batches, end = iter(self.dl), object()
+        for done in range(self.skip):
+            if next(batches, end) is end:
+                raise CheckpointError(f"the checkpoint is at batch {self.skip} of its epoch, but the training loader has only "
+                                      f"{done} batches; expected the loader of the run that wrote it"
+                                      + (f" ({self.source})" if self.source is not None else ''))
+        set_rng_state(self.rng)
+        yield from batches
+
+def _resume_point(resume, fallback: bool, epochs: int) -> tuple[Path, dict] | None:
+    "The checkpoint `fit(resume=...)` continues from, and its state; None without `resume`."
+    if resume is None: return None
+    if not isinstance(resume, (str, os.PathLike)):
+        raise TypeError(f"fit expected resume to be a checkpoint file or a folder of them (a str or a Path), or None, got {_describe(resume)}")
+    path, state = _resume_from(resume, fallback)
+    if state.get('position') is None: raise CheckpointError(f"{path} records no position to resume from (it was saved outside a fit)")
+    start = state['position']['epoch']
+    if start >= epochs:
+        raise ValueError(f"{path} is at epoch {start} (counting from 0), but this fit has only {epochs} epochs; expected more than {start}")
+    return path, state
+
+def _resumed_iteration(resume) -> int:
+    "The training steps done before the checkpoint being resumed (0 without one); for checkpoints older than `iteration`, CheckpointS's count."
+    if resume is None: return 0
+    subs, position = resume[1]['subs'], resume[1]['position']
+    if 'iteration' in position: return position['iteration']
+    counts = [sub['batches'] for key, sub in subs.items() if key.startswith('CheckpointS') and isinstance(sub, dict) and isinstance(sub.get('batches'), int)]
+    return counts[0] if counts else 0
+
+def _set_generator_state(generator, state, path):
+    "Put the training loader's random generator where the resumed pass began."
+    if generator is None or state is None: return
+    try: generator.set_state(state)
+    except RuntimeError as e: raise CheckpointError(f"{path}: its loader state does not fit this loader's generator ({e})") from None
+
 # %% ../nbs/02_learner.ipynb #b779cee2
 def _as_number(value):
     return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
@@ -304,8 +560,9 @@ class MetricsS(Subscriber):
         self.loss_sum, self.count, self.preds, self.targets, self.buffered = torch.zeros(()), 0, [], [], 0
 
     def before_fit(self, learn):
-        learn.metrics = self
+        if not getattr(learn, 'evaluating', False): learn.metrics = self
         self._passes_to_check = {True, False} if any(map(_needs_classes, self.metrics.values())) else set()
+        self.printing = not any(getattr(sub, 'shows_log', False) for sub in learn.subs)
 
     def before_epoch(self, learn):
         device = _model_device(learn.model)
@@ -341,10 +598,28 @@ class MetricsS(Subscriber):
         return {'loss': loss, **{name: _as_number(m.compute()) for name, m in self.metrics.items()}}
 
     def after_epoch(self, learn):
-        values = self.compute()
-        head = {'epoch': learn.epoch, 'mode': 'train' if learn.training else 'eval'}
-        self.history.append({**head, **values})
-        self.output({**head, **{k: f'{v:.3f}' if isinstance(v, float) else str(v) for k, v in values.items()}})
+        values = {**self.compute(), **self._logged_means(learn)}
+        entry = {'epoch': getattr(learn, 'epoch', 0), 'mode': 'train' if learn.training else 'eval', **values}
+        if getattr(learn, 'evaluating', False):  # a pass of `get_preds` or `evaluate`: not part of the fit's history
+            self.evaluation = entry
+            return
+        self.history.append(entry)
+        if getattr(self, 'printing', True):
+            self.output({**{k: entry[k] for k in ('epoch', 'mode')}, **{k: f'{v:.3f}' if isinstance(v, float) else str(v) for k, v in values.items()}})
+        learn.log_entry = entry
+        learn.publish('after_log')   # to the progress table, the loggers, early stopping: a stop they ask for waits until all have it
+
+    def _logged_means(self, learn) -> dict:
+        "The mean of each value given to `learn.log` during the pass, read from the device in one transfer."
+        logged = getattr(learn, 'logged', None) or {}
+        if clash := [name for name in logged if name in _LOG_KEYS or name in self.metrics]:
+            raise ValueError(f"learn.log was given {clash[0]!r}, a name the metrics log uses itself ({', '.join([*_LOG_KEYS, *self.metrics])}); "
+                             "expected another name")
+        if not logged: return {}
+        device = next((v.device for values in logged.values() for v in values if isinstance(v, torch.Tensor)), torch.device('cpu'))
+        as_tensor = lambda v: v.reshape(()).to(device, torch.float32) if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=device)
+        means = torch.stack([torch.stack([as_tensor(v) for v in values]).mean() for values in logged.values()])
+        return dict(zip(logged, means.tolist()))
 
     def output(self, log: dict):
         "Show the log of a pass; prints it unless replaced."
@@ -362,6 +637,10 @@ class MetricsS(Subscriber):
         for name, m in self.metrics.items(): m.load_state_dict(state['metrics'][name])
         self.loss_sum, self.count, self.history = state['loss_sum'].clone(), state['count'], [dict(h) for h in state['history']]
         self.preds, self.targets, self.buffered = [], [], 0
+
+def find_metrics(learn) -> MetricsS | None:
+    "The `MetricsS` among `learn.subs` (the first one), or None: the one way subscribers find the metrics of a fit."
+    return next((sub for sub in learn.subs if isinstance(sub, MetricsS)), None)
 
 _STATE_KEYS = ('loss_sum', 'count', 'history', 'metrics')
 
@@ -476,6 +755,7 @@ class LRFindS(Subscriber):
 
     def plot(self, ax=None):
         "Plot the loss against the learning rate, on a log axis."
+        import matplotlib.pyplot as plt
         if ax is None: _, ax = plt.subplots()
         ax.plot(self.lrs, self.losses)
         ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss')
@@ -498,43 +778,67 @@ class MomentumLearner(Learner):
                 if p.grad is not None: p.grad.mul_(self.mom)
 
 # %% ../nbs/02_learner.ipynb #8c109214
+def _is_terminal(stream) -> bool:
+    try: return bool(stream.isatty())
+    except (AttributeError, ValueError): return False  # no isatty, or a closed file
+
 class ProgressS(Subscriber):
-    "Progress bars over epochs and batches, the metrics as a table, and with `plot=True` a live loss graph."
+    "Progress bars over epochs and batches, the metrics as a table, and with `plot=True` a live loss graph; `plain`: one line per pass (default when the output is neither a notebook nor a terminal)."
     order = MetricsS.order + 1
     refresh_seconds = 0.25
-    in_evaluation = False
+    in_evaluation, shows_log = False, True
 
-    def __init__(self, plot: bool = False): self.plot, self.bars_open = _check_flag(plot, 'plot', 'ProgressS'), False
+    def __init__(self, plot: bool = False, plain: bool | None = None):
+        self.plot, self.bars_open = _check_flag(plot, 'plot', 'ProgressS'), False
+        self.plain = None if plain is None else _check_flag(plain, 'plain', 'ProgressS')
 
     def before_fit(self, learn):
+        from fastprogress import fastprogress
+        self.columns, self.train_losses, self.valid_losses, self.pending = None, [], [], []
+        self.valid_sum = self.valid_count = 0
+        self.lines = self.plain if self.plain is not None else not (fastprogress.IN_NOTEBOOK or _is_terminal(sys.stdout))
+        if self.lines: return
         learn.epochs = self.master = fastprogress.master_bar(learn.epochs)
         self.bars_open = True
-        self.header_written = False
-        self.train_losses, self.valid_losses, self.pending = [], [], []
-        if hasattr(learn, 'metrics'): learn.metrics.output = self.write_table_row
+
+    def after_log(self, learn):
+        "Add the pass's log to the table (the header first), its epoch counted from 1 as the bar counts it."
+        entry = learn.log_entry
+        if self.columns is None:
+            self.columns = list(entry)
+            self._write_row(self.columns)
+        cell = lambda k, v: str(v + 1) if k == 'epoch' else f'{v:.3f}' if isinstance(v, float) else str(v)
+        self._write_row([cell(k, entry[k]) if k in entry else '' for k in self.columns])
+
+    def _write_row(self, cells: list):
+        if not self.lines: return self.master.write(cells, table=True)
+        print('  '.join(c.ljust(max(8, len(name))) for c, name in zip(cells, self.columns)).rstrip(), flush=True)
 
     def write_table_row(self, log: dict):
-        "Add a metrics log to the table (the header first)."
-        if not self.header_written:
-            self.master.write([str(k) for k in log], table=True)
-            self.header_written = True
-        self.master.write([str(v) for v in log.values()], table=True)
+        "Add a log (a dict of already formatted values) to the table, the header first."
+        if self.columns is None:
+            self.columns = list(log)
+            self._write_row(self.columns)
+        self._write_row([str(log.get(k, '')) for k in self.columns])
 
     def before_epoch(self, learn):
+        if self.lines: return
+        from fastprogress import fastprogress
         learn.dl = self.bar = fastprogress.progress_bar(learn.dl, leave=False, parent=self.master)
+        self.bar.comment = f"epoch {learn.epoch + 1}/{learn.n_epochs}"
         self.last_refresh = -math.inf
-        self.valid_sum = self.valid_count = 0
 
     def after_batch(self, learn):
-        now = time.perf_counter()
-        if now - self.last_refresh > self.refresh_seconds:
-            self.bar.comment = f'loss {learn.loss.item():.3f}'
-            self.last_refresh = now
         if self.plot:
             if learn.training: self.pending.append(learn.loss.detach())
             else:
                 n = len(learn.batch[1])
                 self.valid_sum, self.valid_count = self.valid_sum + learn.loss.detach() * n, self.valid_count + n
+        if self.lines: return
+        now = time.perf_counter()
+        if now - self.last_refresh > self.refresh_seconds:
+            self.bar.comment = f'epoch {learn.epoch + 1}/{learn.n_epochs}  loss {learn.loss.item():.3f}'
+            self.last_refresh = now
 
     def after_epoch(self, learn):
         if not self.plot: return
@@ -542,9 +846,15 @@ class ProgressS(Subscriber):
             self.train_losses += torch.stack(self.pending).float().cpu().tolist() if self.pending else []
             self.pending = []
         elif self.valid_count: self.valid_losses.append((self.valid_sum / self.valid_count).item())
+        self.valid_sum = self.valid_count = 0
+        if self.lines: return
         n_batches = max(1, len(learn.dls.train)) if hasattr(learn.dls.train, '__len__') else 1
         valid_x = [(i + 1) * n_batches for i in range(len(self.valid_losses))]
+        self.master.names = ['train', 'valid']
         self.master.update_graph([[range(len(self.train_losses)), self.train_losses], [valid_x, self.valid_losses]])
+        if (ax := getattr(self.master, 'graph_ax', None)) is not None:   # a notebook's bar draws the graph; a terminal's does not
+            ax.set_xlabel('training batch'); ax.set_ylabel('loss'); ax.set_title('loss during the fit')
+            self.master.graph_out.update(ax.figure)
 
     def cleanup_fit(self, learn):
         if self.bars_open: self.master.on_iter_end()  # closed already when the fit failed before the bars were made

@@ -14,23 +14,23 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
-from .checkpoints import _FULL
-from .learner import Learner, MetricsS, Subscriber
+from .core import _FULL, _check_int
+from .learner import MetricsS, Subscriber, every, find_metrics
 
 # %% auto #0
 __all__ = ['CSVLoggerS', 'TensorBoardS', 'ConsoleLogS']
 
 # %% ../nbs/07_logging.ipynb #4f18965f
-def _current_metrics(learn: Learner) -> MetricsS | None:
-    "The `MetricsS` taking part in this fit, or None."
-    metrics = getattr(learn, 'metrics', None)
-    return metrics if any(sub is metrics for sub in learn.subs) and isinstance(metrics, MetricsS) else None
-
 def _format(value) -> str:
     "A CSV cell: floats to six significant digits, anything else as `str`."
     return f'{value:.6g}' if isinstance(value, float) else str(value)
+
+def _summary_writer():
+    "The `SummaryWriter` that writes TensorBoard's event files (tensorboardX's: the same files, without TensorBoard's server), imported when a fit first needs it."
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+
 
 # %% ../nbs/07_logging.ipynb #6a825476
 def _csv_line(row: list) -> str:
@@ -51,15 +51,15 @@ def _csv_write_error(e: OSError, path: Path) -> OSError:
     return OSError(e.errno, f"CSVLoggerS cannot write {path}: {why}")
 
 class CSVLoggerS(Subscriber):
-    "Write a row per validation pass to the CSV file `path`: epoch, iteration, lr, and the train and valid metrics."
+    "Write a row per validation pass to the CSV file `path`: epoch, iteration, lr, the train and valid metrics, and the values given to `learn.log`."
     in_evaluation = False
     order = MetricsS.order + 1
 
     def __init__(self, path):
-        self.path, self.file, self.iteration, self.rows, self.text = Path(path), None, 0, 0, ''
+        self.path, self.file, self.rows, self.text, self.columns = Path(path), None, 0, '', None
 
     def before_fit(self, learn):
-        metrics = _current_metrics(learn)
+        metrics = find_metrics(learn)
         if metrics is None:
             raise ValueError(f"CSVLoggerS({str(self.path)!r}) logs what MetricsS measures, so it needs a MetricsS among "
                              f"the learner's subscribers; got {[type(s).__name__ for s in learn.subs]}")
@@ -70,15 +70,14 @@ class CSVLoggerS(Subscriber):
         if not data and size and not header_line.startswith(self.path.read_bytes()):
             data = self.path.read_bytes()  # one unfinished line, not the start of our header: not our file
         existing = next(csv.reader(io.StringIO(data.decode('utf-8', 'replace'))), []) if data else None
-        if existing is not None and existing != self.header:
+        if existing is not None and existing[:len(self.header)] != self.header:
             raise ValueError(f"{self.path} already has the header {existing}, but this run writes {self.header}; "
                              "expected the same columns (log to a new file, or move the old one away)")
-        self.metrics, self.iteration, self.train_values = metrics, 0, None
+        self.train_values, self.columns, self.left_out = None, existing, set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if len(data) < size: os.truncate(self.path, len(data))  # a run killed while writing a line left part of it
         self.file = open(self.path, 'ab', buffering=0)  # unbuffered: each row reaches the file, or fails, in `_write`
         self.text, self.rows = data.decode('utf-8', 'replace'), max(0, data.count(b'\n') - 1)
-        if not data: self._write(self.header, row=False)
 
     def _write(self, values: list, row: bool = True):
         line = _csv_line(values)
@@ -95,31 +94,35 @@ class CSVLoggerS(Subscriber):
                 rest = rest[written:]
         except OSError as e: raise _csv_write_error(e, self.path) from None
 
-    def after_batch(self, learn):
-        if learn.training: self.iteration += 1
-
-    def after_epoch(self, learn):
-        entry = self.metrics.history[-1]
-        if learn.training:
+    def after_log(self, learn):
+        entry = learn.log_entry
+        if entry['mode'] == 'train':
             self.train_values = entry
             return
-        train = self.train_values if self.train_values is not None and self.train_values['epoch'] == learn.epoch else {}
-        row = [learn.epoch, self.iteration, learn.opt.param_groups[0]['lr'],
-               *(train.get(name, '') for name in self.names), *(entry.get(name, '') for name in self.names)]
-        self._write([_format(value) for value in row])
+        train = self.train_values if self.train_values is not None and self.train_values['epoch'] == entry['epoch'] else {}
+        if self.columns is None:  # the header goes with the first row, so that it names the values given to `learn.log`
+            extra = [k for k in {**train, **entry} if k not in ('epoch', 'mode') and k not in self.names]
+            self.columns = self.header + [f'{mode}_{name}' for mode in ('train', 'valid') for name in extra]
+            self._write(self.columns, row=False)
+        values = {'epoch': entry['epoch'], 'iteration': learn.iteration, 'lr': learn.opt.param_groups[0]['lr'],
+                  **{f'{mode}_{k}': v for mode, e in (('train', train), ('valid', entry)) for k, v in e.items() if k not in ('epoch', 'mode')}}
+        if missing := [k for k in values if k not in self.columns and k not in self.left_out]:
+            warnings.warn(f"CSVLoggerS: {self.path} has no column for {missing} (its header was written before these values "
+                          "were first logged); they are left out of the file")
+            self.left_out.update(missing)
+        self._write([_format(values.get(column, '')) for column in self.columns])
 
     def cleanup_fit(self, learn):
         if self.file is not None: self.file.close()
         self.file = None
 
     def state_dict(self) -> dict:
-        "The count of training batches, the last training pass's values, and the file's path and text so far, for a resumed run."
-        return {'iteration': self.iteration, 'train_values': getattr(self, 'train_values', None), 'rows': self.rows,
-                'path': str(self.path.resolve()), 'text': self.text}
+        "The last training pass's values, and the file's path and text so far, for a resumed run."
+        return {'train_values': getattr(self, 'train_values', None), 'rows': self.rows, 'path': str(self.path.resolve()), 'text': self.text}
 
     def load_state_dict(self, state: dict):
-        "Restore the count; during a fit, make the file hold exactly what it held when `state_dict` was taken."
-        self.iteration, self.train_values = state['iteration'], state.get('train_values')
+        "During a fit, make the file hold exactly what it held when `state_dict` was taken."
+        self.train_values = state.get('train_values')
         if self.file is None or state.get('text') is None: return  # outside a fit, or a checkpoint of an earlier version
         data, saved = self.path.read_bytes(), state['text'].encode('utf-8')
         if data.startswith(saved): os.truncate(self.path, len(saved))   # rows written after the checkpoint go
@@ -133,29 +136,26 @@ class CSVLoggerS(Subscriber):
             os.truncate(self.path, 0)
             self._append(saved)
         self.text, self.rows = state['text'], state['rows']
+        self.columns = next(csv.reader(io.StringIO(self.text)), None) if self.text else None
 
 # %% ../nbs/07_logging.ipynb #2ca76e23
 class TensorBoardS(Subscriber):
-    "TensorBoard logs in `log_dir`/train and /valid: loss and lr every `log_every` batches, metrics per pass, histograms every `histograms_every` epochs."
+    "TensorBoard logs in `log_dir`/train and /valid: loss and lr every `log_every` iterations, each pass's log (`learn.log` values too), histograms every `histograms_every` epochs."
     in_evaluation = False
     order = MetricsS.order + 1
 
     def __init__(self, log_dir, log_every: int = 10, histograms_every: int | None = None):
-        if not isinstance(log_every, int) or log_every < 1: raise ValueError(f"expected log_every to be an int >= 1, got {log_every!r}")
-        if histograms_every is not None and (not isinstance(histograms_every, int) or histograms_every < 1):
-            raise ValueError(f"expected histograms_every to be None or an int >= 1, got {histograms_every!r}")
-        self.log_dir, self.log_every, self.histograms_every = Path(log_dir), log_every, histograms_every
-        self.writers, self.iteration, self.pending = None, 0, []
+        self.log_every = _check_int(log_every, 'log_every', 'TensorBoardS')
+        self.histograms_every = _check_int(histograms_every, 'histograms_every', 'TensorBoardS', optional=True)
+        self.log_dir, self.writers, self.pending = Path(log_dir), None, []
 
     def before_fit(self, learn):
-        self.metrics, self.iteration, self.pending = _current_metrics(learn), 0, []
+        SummaryWriter = _summary_writer()
+        self.pending = []
         self.writers = {mode: SummaryWriter(str(self.log_dir/mode)) for mode in ('train', 'valid')}
 
-    def after_batch(self, learn):
-        if not learn.training: return
-        self.iteration += 1
-        if self.iteration % self.log_every == 0:
-            self.pending.append((self.iteration, learn.loss.detach(), learn.opt.param_groups[0]['lr']))
+    @every('log_every')
+    def after_batch(self, learn): self.pending.append((learn.iteration, learn.loss.detach(), learn.opt.param_groups[0]['lr']))
 
     def _write_pending(self):
         "Read the noted losses in one transfer and write them, with their learning rates."
@@ -167,17 +167,20 @@ class TensorBoardS(Subscriber):
             writer.add_scalar('batch/loss', loss, step)
             writer.add_scalar('optimizer/lr', lr, step)
 
-    def after_epoch(self, learn):
-        writer = self.writers['train' if learn.training else 'valid']
-        if learn.training: self._write_pending()
-        if self.metrics is not None:
-            for name, value in self.metrics.history[-1].items():
-                if name not in ('epoch', 'mode') and isinstance(value, (int, float)):
-                    writer.add_scalar(f'metrics/{name}', value, self.iteration)
-        if learn.training and self.histograms_every and (learn.epoch + 1) % self.histograms_every == 0:
-            for name, param in learn.model.named_parameters():
-                if param.numel(): writer.add_histogram(name, param.detach(), self.iteration)
+    def after_log(self, learn):
+        entry = learn.log_entry
+        writer = self.writers['train' if entry['mode'] == 'train' else 'valid']
+        if entry['mode'] == 'train': self._write_pending()
+        for name, value in entry.items():
+            if name not in ('epoch', 'mode') and isinstance(value, (int, float)): writer.add_scalar(f'metrics/{name}', value, learn.iteration)
         writer.flush()
+
+    @every('histograms_every')
+    def after_epoch(self, learn):
+        if not learn.training: return
+        for name, param in learn.model.named_parameters():
+            if param.numel(): self.writers['train'].add_histogram(name, param.detach(), learn.iteration)
+        self.writers['train'].flush()
 
     def cleanup_fit(self, learn):
         if self.writers is None: return
@@ -186,12 +189,6 @@ class TensorBoardS(Subscriber):
         finally:
             for writer in self.writers.values(): writer.close()
             self.writers = None
-
-    def state_dict(self) -> dict:
-        "The count of training batches, so that a resumed run continues at the right step."
-        return {'iteration': self.iteration}
-
-    def load_state_dict(self, state: dict): self.iteration = state['iteration']
 
 # %% ../nbs/07_logging.ipynb #2e168bc0
 class _Tee:

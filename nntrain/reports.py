@@ -10,15 +10,18 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import nntrain.trial  # noqa: F401 (attaches Learner.get_preds, which ReportS uses)
-from .learner import Learner, MetricsS, Subscriber
-from .checkpoints import write_atomically
+from .core import _check_int, write_atomically
+from .learner import Learner, Subscriber, find_metrics
+
+if TYPE_CHECKING: import matplotlib.pyplot as plt  # for the annotations; plotting imports it when it draws
+
 
 # %% auto #0
 __all__ = ['confusion_matrix', 'plot_confusion_matrix', 'classification_report', 'format_classification_report', 'roc_curve',
@@ -65,6 +68,7 @@ def confusion_matrix(preds, targets, n_classes: int | None = None) -> torch.Tens
 # %% ../nbs/08_reports.ipynb #6a5a606e
 def plot_confusion_matrix(cm, class_names: Sequence[str] | None = None, normalize: bool = False) -> plt.Figure:
     "Draw a confusion matrix with every cell annotated; `normalize=True` divides each row by its support."
+    import matplotlib.pyplot as plt
     cm = _as_tensor(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
         raise ValueError(f"plot_confusion_matrix expected a square matrix [C, C], got shape {tuple(cm.shape)}")
@@ -171,6 +175,7 @@ def auc(fpr, tpr) -> float:
 # %% ../nbs/08_reports.ipynb #15e807c2
 def plot_roc(probs, targets, class_names: Sequence[str] | None = None) -> tuple[plt.Figure, dict]:
     "ROC curves with their AUC: one for binary `probs` ([N] or [N, 2]), one per class (one-vs-rest) for [N, C]; returns (figure, AUCs by class)."
+    import matplotlib.pyplot as plt
     probs, targets = _as_tensor(probs), _as_tensor(targets)
     if probs.ndim not in (1, 2) or (probs.ndim == 2 and probs.shape[1] < 2):
         raise ValueError(f"plot_roc expected probabilities [N] (binary) or [N, C] with C >= 2, got shape {tuple(probs.shape)}")
@@ -201,6 +206,7 @@ def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance
 
 def plot_history(history: Sequence[dict]) -> plt.Figure:
     "One panel per value of a `MetricsS.history`, with the training and validation curves over epochs."
+    import matplotlib.pyplot as plt
     if not isinstance(history, (list, tuple)) or not history or not all(isinstance(h, dict) and 'mode' in h for h in history):
         raise ValueError("plot_history expected a non-empty list of MetricsS history entries (dicts with 'mode' and values), "
                          f"got {history!r:.80}")
@@ -243,6 +249,7 @@ def _as_images(images) -> np.ndarray:
 
 def plot_samples(images, titles: Sequence[str] | None = None, ncols: int = 8) -> plt.Figure:
     "A grid of `images` ([N, C, H, W], [N, H, W] or square [N, H*W]) with an optional title each."
+    import matplotlib.pyplot as plt
     x = _as_images(images)
     if titles is not None and len(titles) != len(x): raise ValueError(f"plot_samples got {len(titles)} titles for {len(x)} images")
     if not isinstance(ncols, int) or ncols < 1: raise ValueError(f"plot_samples expected ncols to be an int >= 1, got {ncols!r}")
@@ -302,6 +309,7 @@ class MisclassifiedS(Subscriber):
 
     def plot(self) -> plt.Figure:
         "Image of samples (rows, hardest first) by epochs (columns), black where misclassified."
+        import matplotlib.pyplot as plt
         wrong = self.matrix()
         ever = int(wrong.any(1).sum())
         fig, ax = plt.subplots(figsize=(max(3.0, 0.5 * wrong.shape[1] + 2.5), 5))
@@ -352,10 +360,7 @@ class ReportS(Subscriber):
 
     def __init__(self, folder, class_names: Sequence[str] | None = None, k_worst: int = 16, n_samples: int = 16):
         self.folder, self.class_names = _check_folder(folder), class_names
-        for name, value in (('k_worst', k_worst), ('n_samples', n_samples)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ReportS expected {name} to be an int >= 1, got {value!r}")
-        self.k_worst, self.n_samples = k_worst, n_samples
+        self.k_worst, self.n_samples = _check_int(k_worst, 'k_worst', 'ReportS'), _check_int(n_samples, 'n_samples', 'ReportS')
         self.files, self.report, self.worst, self.trained = [], None, None, False
 
     def before_fit(self, learn): self.trained = False
@@ -366,7 +371,11 @@ class ReportS(Subscriber):
     def after_fit(self, learn):
         if self.trained: self.write(learn)   # not the validation-only fits of get_preds and evaluate
 
+    def after_cancel_fit(self, learn):
+        if self.trained: self.write(learn)   # a fit stopped early (early stopping, NaN) is reported too
+
     def _save_figure(self, name: str, fig: plt.Figure):
+        import matplotlib.pyplot as plt
         try: self._save(name, lambda file: fig.savefig(file, format='png', dpi=100))
         finally: plt.close(fig)
 
@@ -386,8 +395,8 @@ class ReportS(Subscriber):
         self._save('classification_report.txt', lambda file: file.write(text.encode()))
         self._save('classification_report.json', lambda file: file.write(json.dumps(self.report, indent=2).encode()))
         self._save_figure('roc.png', plot_roc(preds.float().softmax(1), targets, names)[0])
-        metrics = next((s for s in learn.subs if isinstance(s, MetricsS) and s.history), None)
-        if metrics is not None: self._save_figure('history.png', plot_history(metrics.history))
+        metrics = find_metrics(learn)
+        if metrics is not None and metrics.history: self._save_figure('history.png', plot_history(metrics.history))
         self._write_worst(learn, preds, targets, names)
         for split in ('train', 'valid'): self._write_random_samples(learn, split, names)
         misclassified = next((s for s in learn.subs if isinstance(s, MisclassifiedS) and s.passes), None)

@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 
 import filelock
-import matplotlib.pyplot as plt
 import numpy as np
 import optuna
 import yaml
@@ -106,14 +105,12 @@ def load_search(path, session: str) -> tuple[dict, dict, str]:
 class ReportToTrialS(Subscriber):
     "At each validation, report `objective` (a MetricsS value) to the Optuna `trial`, and stop the trial if it is pruned."
     order, in_evaluation = 10, False
-    def __init__(self, trial, objective: str): self.trial, self.objective, self.iterations = trial, objective, 0
-    def after_batch(self, learn):
-        if learn.training: self.iterations += 1
-    def after_epoch(self, learn):
-        if learn.training: return
-        value = learn.metrics.history[-1][self.objective]
-        self.trial.report(value, self.iterations)
-        if self.trial.should_prune(): raise optuna.TrialPruned(f"{self.objective} {value:.4f} after {self.iterations} iterations")
+    def __init__(self, trial, objective: str): self.trial, self.objective = trial, objective
+    def after_log(self, learn):
+        if learn.log_entry['mode'] != 'eval': return
+        value = learn.log_entry[self.objective]
+        self.trial.report(value, learn.iteration)
+        if self.trial.should_prune(): raise optuna.TrialPruned(f"{self.objective} {value:.4f} after {learn.iteration} iterations")
 
 def _suggest(trial, name: str, spec: dict):
     if 'choice' in spec: return trial.suggest_categorical(name, spec['choice'])
@@ -232,6 +229,7 @@ def importances(study: optuna.Study) -> dict:
 
 def search_report(study: optuna.Study, cfg, session: str, results='results') -> dict:
     "Write the trial table, the best config and the importances (with a chart) next to the study; return them."
+    import matplotlib.pyplot as plt
     base, space, objective = load_search(cfg, session)
     folder = confined(results, session)
     rows = [{'trial': t.number, 'state': t.state.name, objective: t.value, **t.params} for t in study.trials]

@@ -20,7 +20,6 @@ import filelock
 import torch
 import torch.nn.functional as F
 import yaml
-from torcheval.metrics import MulticlassAccuracy
 
 import nntrain
 from .acceleration import AugmentS, RandomCrop, RandomErase, SchedulerS
@@ -52,7 +51,12 @@ def environment(config: dict) -> dict:
     except (OSError, subprocess.SubprocessError): info['git_commit'] = None
     return info
 
-METRICS = {'accuracy': MulticlassAccuracy}   # what every experiment reports besides its loss
+def _accuracy():
+    "A torcheval `MulticlassAccuracy` (torcheval is imported when the first experiment is built, not with nntrain)."
+    from torcheval.metrics import MulticlassAccuracy
+    return MulticlassAccuracy()
+
+METRICS = {'accuracy': _accuracy}   # what every experiment reports besides its loss: name to a function making the metric
 
 class WeightedCrossEntropy:
     "Cross entropy with per-class `weights`, moved to the predictions' device on first use."
@@ -75,13 +79,12 @@ def build_learner(config: dict) -> tuple[Learner, list | None]:
     if config['augment']: subs.append(AugmentS(RandomCrop(2), RandomErase(p=0.3)))
     return Learner(model, dls, loss_fn, optimizer, config['lr'], subs), class_names
 
-def schedule(config: dict, total: int):
-    "The `SchedulerS` of `config['scheduler']` over `total` iterations, or None."
+def schedule(config: dict):
+    "The `SchedulerS` of `config['scheduler']`, or None; `SchedulerS` fills in the length of the fit from the learner's plan (`learn.n_iterations`)."
     name = config['scheduler']
     if name is None: return None
     make = SCHEDULERS.get_factory(name)
-    if make is torch.optim.lr_scheduler.OneCycleLR: return SchedulerS(partial(make, max_lr=config['lr'], total_steps=total))
-    if make is torch.optim.lr_scheduler.CosineAnnealingLR: return SchedulerS(partial(make, T_max=total))
+    if make is torch.optim.lr_scheduler.OneCycleLR: return SchedulerS(partial(make, max_lr=config['lr']))
     return SchedulerS(make)
 
 # %% ../nbs/12_sessions.ipynb #6f57d3d1
@@ -213,7 +216,7 @@ def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
         subs = [CheckpointS(folder/'checkpoints', every_batches=checkpoint_every, every_epochs=1, keep=2),
                 CSVLoggerS(folder/'metrics.csv'), TensorBoardS(folder/'tensorboard', log_every=config['log_every']),
                 ConsoleLogS(folder/'console.log'), MisclassifiedS(), ReportS(folder/'reports', class_names=class_names)]
-        if (scheduler := schedule(config, total)) is not None: subs.append(scheduler)
+        if (scheduler := schedule(config)) is not None: subs.append(scheduler)
         fit_iterations(learn, total, valid_every, seed=config['seed'], subs=subs, resume=resume)
         final = {k: v for k, v in learn.metrics.history[-1].items() if k not in ('epoch', 'mode')}
         result = {'experiment': folder.name, 'iterations': total, **final}

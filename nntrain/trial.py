@@ -10,51 +10,11 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .dataloaders import DataLoaders
-from .learner import EVENTS, Learner, MetricsS, Subscriber
+from .core import _check_int
+from .learner import EVENTS, Learner, MetricsS, Subscriber, find_metrics
 
 # %% auto #0
 __all__ = ['get_preds', 'evaluate', 'on', 'RunningStatsS']
-
-# %% ../nbs/06_trial.ipynb #a4216ae4
-_MISSING = object()
-_KEPT_BY_FIT = ('subs', '_handlers')  # the fit itself restores these
-
-def _ignore_log(log: dict): pass
-
-class _SilenceMetricsS(Subscriber):
-    "Silence the given `MetricsS` after every other `before_fit`, including any that replaces their `output`."
-    order = 1000
-    def __init__(self, metrics: list): self.metrics = metrics
-    def before_fit(self, learn):
-        for m in self.metrics: m.output = _ignore_log
-
-def _validation_pass(learn: Learner, dl, subs: Iterable[Subscriber] = ()) -> dict:
-    "Run `learn` once over `dl` (default `learn.dls.valid`) without training; put the learner back; return new history per `MetricsS`."
-    subs = list(subs)
-    dl = learn.dls.valid if dl is None else dl
-    metrics = [s for s in [*learn.subs, *subs] if isinstance(s, MetricsS)]
-    outputs = [m.__dict__.get('output', _MISSING) for m in metrics]
-    lengths = [len(m.history) for m in metrics]
-    attributes = {k: v for k, v in vars(learn).items() if k not in _KEPT_BY_FIT}
-    modes = [(module, module.training) for module in learn.model.modules()]
-    all_subs = list(learn.subs)
-    try:
-        learn.subs[:] = [s for s in all_subs if getattr(s, 'in_evaluation', True)]
-        learn.subscribers_changed()
-        learn.dls = DataLoaders(learn.dls.train, dl)
-        learn.fit(1, train=False, subs=[*subs, _SilenceMetricsS(metrics)])
-        return {m: m.history[n:] for m, n in zip(metrics, lengths)}
-    finally:
-        learn.subs[:] = all_subs
-        learn.subscribers_changed()
-        for key in [k for k in vars(learn) if k not in attributes and k not in _KEPT_BY_FIT]: delattr(learn, key)
-        for key, value in attributes.items(): setattr(learn, key, value)
-        for module, training in modes: module.training = training
-        for m, output, n in zip(metrics, outputs, lengths):
-            del m.history[n:]
-            if output is _MISSING: m.__dict__.pop('output', None)
-            else: m.output = output
 
 # %% ../nbs/06_trial.ipynb #0bdc435c
 class _CollectS(Subscriber):
@@ -66,17 +26,18 @@ class _CollectS(Subscriber):
         self.targets.append(learn.batch[1].detach())
 
 def get_preds(self: Learner, dl=None) -> tuple[torch.Tensor, torch.Tensor]:
-    "Predictions and targets over `dl` (default the validation loader), on the CPU, from one pass of the learner's loop."
+    "Predictions and targets over `dl` (default the validation loader), on the CPU, from one evaluation pass of the learner's loop."
     collect = _CollectS()
-    _validation_pass(self, dl, [collect])
+    self.evaluation(self.dls.valid if dl is None else dl, [collect])
     return torch.cat(collect.preds).cpu(), torch.cat(collect.targets).cpu()
 
 # %% ../nbs/06_trial.ipynb #76182e7f
 def evaluate(self: Learner, dl=None) -> dict:
     "The loss and metrics of one pass over `dl` (default the validation loader), using the learner's `MetricsS` if any."
-    metrics = next((s for s in self.subs if isinstance(s, MetricsS)), None)
+    metrics = find_metrics(self)
     extra = [] if metrics is not None else [metrics := MetricsS()]
-    log = _validation_pass(self, dl, extra)[metrics][-1]
+    self.evaluation(self.dls.valid if dl is None else dl, extra)
+    log = metrics.evaluation
     return {k: v for k, v in log.items() if k not in ('epoch', 'mode')}
 
 # %% ../nbs/06_trial.ipynb #249d6a81
@@ -84,24 +45,28 @@ Learner.get_preds = get_preds
 Learner.evaluate = evaluate
 
 # %% ../nbs/06_trial.ipynb #3a0e868b
-def on(event: str, order: int = 0) -> Callable:
-    "Decorator: turn `def f(learn)` into a subscriber that calls `f` at `event`, with `order`."
+def on(event: str, order: int = 0, every: int | None = None) -> Callable:
+    "Decorator: turn `def f(learn)` into a subscriber that calls `f` at `event`, with `order`; `every`: only at every n-th training iteration (batch events) or epoch."
     if not isinstance(event, str) or not (event in EVENTS or event.startswith(('before_', 'after_'))):
         raise ValueError(f"on expected an event name, one of {', '.join(EVENTS)} (or 'before_...'/'after_...'), got {event!r}")
     if not isinstance(order, (int, float)) or isinstance(order, bool):
         raise ValueError(f"on expected order to be a number, got {order!r}")
+    every = _check_int(every, 'every', 'on', optional=True)
     def to_subscriber(f: Callable) -> Subscriber:
         if not callable(f): raise TypeError(f"on({event!r}) expected a function of the learner, got {type(f).__name__}")
         def handler(self, learn): f(learn)
         handler.__name__ = event
+        if every is not None: handler.every = every
         cls = type(f.__name__, (Subscriber,), {
             'order': order, event: handler, '__doc__': f.__doc__, '__module__': f.__module__,
             '__qualname__': getattr(f, '__qualname__', f.__name__),
-            '__repr__': lambda self: f"on({event!r}, order={order!r})({f.__name__})"})
+            '__repr__': lambda self: f"on({event!r}, order={order!r}{'' if every is None else f', every={every}'})({f.__name__})"})
         return cls()
     return to_subscriber
 
 # %% ../nbs/06_trial.ipynb #330d996b
+_MISSING = object()
+
 class RunningStatsS(Subscriber):
     "Mean and standard deviation of the last `window` training-batch values of the learner's attributes `names`."
     def __init__(self, window: int = 20, names: Iterable[str] = ('loss',)):

@@ -214,7 +214,7 @@ def test_max_experiments_is_settable(tmp_path):
 
 @pytest.mark.parametrize('bad', [0, -1, 1.5, True, None])
 def test_max_experiments_must_be_a_positive_int(bad):
-    with pytest.raises(ValueError, match=r"expected max_experiments to be an int >= 1, got"): check_session({'num_epochs': 1}, max_experiments=bad)
+    with pytest.raises(ValueError, match=r"check_session expected max_experiments to be an int >= 1 \(not a bool\), got"): check_session({'num_epochs': 1}, max_experiments=bad)
 
 
 # 5. values
@@ -431,17 +431,17 @@ def test_valid_every_must_be_a_positive_int(valid_every):
     learn = tiny_learner([[torch.randn(4, 3), torch.randint(0, 2, (4,))]])
     before = weights(learn)
     with pytest.raises(ValueError) as info: fit_iterations(learn, 10, valid_every=valid_every)
-    assert str(info.value) == f"expected valid_every to be an int >= 1 (or None: validate once, at the end), got {valid_every!r}"
+    assert str(info.value) == f"fit_iterations expected valid_every to be an int >= 1 (not a bool) or None, got {valid_every!r}"
     assert torch.equal(weights(learn), before)
 
 @pytest.mark.parametrize('num_iterations', [True, 0, 2.0])
 def test_num_iterations_must_be_a_positive_int(num_iterations):
     with pytest.raises(ValueError) as info: fit_iterations(tiny_learner([]), num_iterations)
-    assert str(info.value) == f"expected num_iterations to be an int >= 1, got {num_iterations!r}"
+    assert str(info.value) == f"fit_iterations expected num_iterations to be an int >= 1 (not a bool), got {num_iterations!r}"
 
 def test_every_must_not_be_a_bool():
     with pytest.raises(ValueError) as info: IterationLoader([1], True)
-    assert str(info.value) == "expected every to be an int >= 1, got True"
+    assert str(info.value) == "IterationLoader expected every to be an int >= 1 (not a bool), got True"
 
 
 # 8. every problem of every experiment at once

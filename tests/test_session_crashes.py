@@ -266,12 +266,12 @@ SEARCHER = textwrap.dedent('''
     if 'elsewhere' in sys.argv:   # as if on another machine: only the heartbeat can tell that a trial's process died
         import socket; socket.gethostname = lambda: 'elsewhere'
     if stall >= 0:   # stop for ever inside trial number `stall`, after writing a marker
-        real = search.ReportToTrialS.after_epoch
-        def after_epoch(self, learn):
-            if self.trial.number == stall and not learn.training:
+        real = search.ReportToTrialS.after_log
+        def after_log(self, learn):
+            if self.trial.number == stall and learn.log_entry['mode'] == 'eval':
                 Path(sys.argv[5]).write_text('stalled'); time.sleep(600)
             real(self, learn)
-        search.ReportToTrialS.after_epoch = after_epoch
+        search.ReportToTrialS.after_log = after_log
     search.run_search(cfg, 'find', trials, results, sampler='random', heartbeat=1)
 ''')
 

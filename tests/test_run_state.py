@@ -1,0 +1,327 @@
+"Issue 11: the run state is the loop's own (iteration, position, state dict, resume), frequencies are declared, logs are an event."
+import csv, io, json, subprocess, sys, textwrap
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torcheval.metrics import MulticlassAccuracy
+
+from nntrain.dataloaders import DataLoaders
+from nntrain.learner import (CancelFitException, Learner, MetricsS, ProgressS, Subscriber, every, find_metrics)
+from nntrain.checkpoints import CheckpointS, EarlyStoppingS, TerminateOnNaNS, checkpoints
+from nntrain.logging import CSVLoggerS, TensorBoardS
+from nntrain.acceleration import SchedulerS, fit_one_cycle, GradAccumS
+from nntrain.experiments import fit_iterations
+from nntrain.trial import on
+
+MODULES = ['core', 'dataloaders', 'learner', 'activations', 'acceleration', 'checkpoints', 'trial', 'logging', 'reports',
+           'export', 'benchmark', 'experiments', 'sessions', 'search', 'cli']
+
+def data(n_train=12, n_valid=4, bs=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda: (torch.randn(bs, 5, generator=g), torch.randint(0, 3, (bs,), generator=g))
+    return DataLoaders([make() for _ in range(n_train)], [make() for _ in range(n_valid)])
+
+def learner(*subs, dls=None, lr=0.1):
+    torch.manual_seed(0)
+    return Learner(nn.Linear(5, 3), dls or data(), F.cross_entropy, torch.optim.SGD, lr,
+                   [MetricsS(accuracy=MulticlassAccuracy()), *subs])
+
+def read_rows(path):
+    return list(csv.DictReader(io.StringIO(Path(path).read_text())))
+
+# -- importing a module changes nothing ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('module', MODULES)
+def test_importing_a_module_does_not_change_the_learner(module):
+    code = textwrap.dedent(f'''
+        import nntrain.learner as l
+        before = {{name: l.Learner.__dict__[name] for name in l.Learner.__dict__}}
+        import nntrain.{module}
+        after = dict(l.Learner.__dict__)
+        changed = sorted(name for name in before if after.get(name) is not before[name])
+        print(changed)
+    ''')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '[]'
+
+def test_resume_works_without_importing_checkpoints(tmp_path):
+    code = textwrap.dedent(f'''
+        import sys, torch, torch.nn.functional as F
+        from torch import nn
+        from nntrain.learner import Learner, MetricsS, Subscriber
+        from nntrain.dataloaders import DataLoaders
+        g = torch.Generator().manual_seed(0)
+        batches = [(torch.randn(4, 3, generator=g), torch.randint(0, 2, (4,), generator=g)) for _ in range(6)]
+        class SaveAt3(Subscriber):
+            def after_batch(self, learn):
+                if learn.training and learn.iteration == 3: learn.save(r"{tmp_path}/at3.pt")
+        torch.manual_seed(0); a = Learner(nn.Linear(3, 2), DataLoaders(batches, batches[:2]), subs=[MetricsS(), SaveAt3()])
+        a.fit(2)
+        torch.manual_seed(1); b = Learner(nn.Linear(3, 2), DataLoaders(batches, batches[:2]), subs=[MetricsS()])
+        b.fit(2, resume=r"{tmp_path}/at3.pt")
+        assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+        print(b.iteration, 'nntrain.checkpoints' in sys.modules)
+    ''')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == '12 False'
+
+# -- the iteration counter and declared frequencies ----------------------------------------------------------------
+
+class EveryThird(Subscriber):
+    def __init__(self): self.seen, self.epochs = [], []
+    @every(3)
+    def after_batch(self, learn): self.seen.append(learn.iteration)
+    @every(2)
+    def after_epoch(self, learn): self.epochs.append((learn.epoch, learn.training))
+
+def test_learner_counts_training_iterations():
+    learn = learner()
+    assert learn.iteration == 0
+    learn.fit(2)
+    assert learn.iteration == 24 and learn.position is None
+    learn.fit(1)                       # a new run counts from 0
+    assert learn.iteration == 12
+
+def test_every_calls_at_exactly_the_declared_iterations_and_epochs():
+    sub = EveryThird()
+    learner(sub).fit(4)
+    assert sub.seen == list(range(3, 49, 3))                      # training batches only, from iteration 3
+    assert sub.epochs == [(1, True), (1, False), (3, True), (3, False)]
+
+def test_every_across_a_resume(tmp_path):
+    unbroken = EveryThird()
+    learner(unbroken).fit(3)
+    class Die(Subscriber):
+        def after_batch(self, learn):
+            if learn.iteration == 17: raise RuntimeError('killed')
+    first = EveryThird()
+    with pytest.raises(RuntimeError, match='killed'):
+        learner(first, CheckpointS(tmp_path, every_batches=5, every_epochs=None), Die()).fit(3)
+    assert [p.name for p in checkpoints(tmp_path)][-1] == 'checkpoint-e0001-b00000015.pt'
+    resumed = EveryThird()
+    learn = learner(resumed)
+    learn.fit(3, resume=tmp_path)
+    assert learn.iteration == 36
+    assert first.seen[:5] + resumed.seen == unbroken.seen             # 3..15 before the checkpoint, 18..36 after
+
+def test_every_takes_an_attribute_name_and_none_switches_it_off():
+    class Sometimes(Subscriber):
+        def __init__(self, n): self.n, self.seen = n, []
+        @every('n')
+        def after_batch(self, learn): self.seen.append(learn.iteration)
+    on_five, off = Sometimes(5), Sometimes(None)
+    learner(on_five, off).fit(1)
+    assert on_five.seen == [5, 10] and off.seen == []
+    with pytest.raises(ValueError, match=r"Sometimes expected n to be an int >= 1 \(not a bool\), got 0"): learner(Sometimes(0)).fit(1)
+    with pytest.raises(ValueError, match=r"every expected n to be an int >= 1 \(not a bool\), got True"): every(True)
+
+def test_on_takes_every():
+    seen = []
+    sub = on('after_batch', every=4)(lambda learn: seen.append(learn.iteration))
+    learner(sub).fit(1)
+    assert seen == [4, 8, 12]
+    with pytest.raises(ValueError, match=r"on expected every to be an int >= 1 \(not a bool\) or None, got 0"): on('after_batch', every=0)
+
+# -- learn.log -------------------------------------------------------------------------------------------------------
+
+class LogsTwo(Subscriber):
+    "Log a GAN-like pair of values: d_loss on training batches, g_loss on every batch."
+    def after_loss(self, learn):
+        if learn.training: learn.log('d_loss', learn.loss * 2)
+        learn.log('g_loss', float(learn.iter))
+
+def test_logged_values_reach_history_table_csv_and_tensorboard(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    learn = learner(LogsTwo(), CSVLoggerS(tmp_path/'log.csv'), TensorBoardS(tmp_path/'tb', log_every=4), ProgressS(plain=True))
+    learn.fit(2)
+    history = find_metrics(learn).history
+    assert [list(h) for h in history] == [['epoch', 'mode', 'loss', 'accuracy', 'd_loss', 'g_loss'], ['epoch', 'mode', 'loss', 'accuracy', 'g_loss']] * 2
+    assert history[0]['g_loss'] == pytest.approx(sum(range(12)) / 12) and history[1]['g_loss'] == pytest.approx(1.5)
+    assert history[0]['d_loss'] == pytest.approx(2 * history[0]['loss'], rel=1e-5)   # equal batches: mean of 2*loss
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ['epoch', 'mode', 'loss', 'accuracy', 'd_loss', 'g_loss'] and len(lines) == 5
+    assert lines[2].split()[:2] == ['1', 'eval'] and lines[2].split()[-1] == '1.500' and len(lines[2].split()) == 5
+    rows = read_rows(tmp_path/'log.csv')
+    assert list(rows[0]) == ['epoch', 'iteration', 'lr', 'train_loss', 'train_accuracy', 'valid_loss', 'valid_accuracy',
+                             'train_d_loss', 'train_g_loss', 'valid_d_loss', 'valid_g_loss']
+    assert [r['iteration'] for r in rows] == ['12', '24'] and rows[1]['valid_g_loss'] == '1.5' and rows[1]['valid_d_loss'] == ''
+    assert float(rows[1]['train_d_loss']) == pytest.approx(history[2]['d_loss'], rel=1e-5)
+    train = EventAccumulator(str(tmp_path/'tb'/'train')); train.Reload()
+    assert [(e.step, round(e.value, 4)) for e in train.Scalars('metrics/g_loss')] == [(12, 5.5), (24, 5.5)]
+    assert [e.step for e in train.Scalars('batch/loss')] == [4, 8, 12, 16, 20, 24]
+
+def test_log_refuses_what_is_not_a_scalar():
+    class Bad(Subscriber):
+        def __init__(self, name, value): self.name, self.value = name, value
+        def after_loss(self, learn): learn.log(self.name, self.value)
+    for name, value, error, message in [('x', torch.ones(2), ValueError, "log expected 'x' to be a single number, got a tensor of shape (2,)"),
+                                        ('x', 'high', TypeError, "log expected 'x' to be a number or a one-element tensor, got 'high'"),
+                                        ('x', True, TypeError, "log expected 'x' to be a number or a one-element tensor, got True"),
+                                        (3, 1.0, TypeError, "log expected name to be a non-empty str, got 3")]:
+        with pytest.raises(error) as info: learner(Bad(name, value)).fit(1)
+        assert str(info.value) == message
+    with pytest.raises(ValueError, match="learn.log was given 'accuracy', a name the metrics log uses itself"):
+        learner(Bad('accuracy', 1.0)).fit(1)
+
+# -- stopping loses nothing ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('stop_order', [-5, 0, 0.5, 1, 3, 200])
+@pytest.mark.parametrize('stop_first', [True, False])
+def test_early_stopping_in_any_order_lets_the_loggers_record_the_last_row(tmp_path, stop_order, stop_first):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    stop = EarlyStoppingS('accuracy', patience=2, restore_best=False)
+    stop.order = stop_order
+    class ScriptAccuracy(Subscriber):
+        "Perfect predictions in the validation passes of epochs 0 and 1, useless ones from epoch 2: the stop comes at epoch 2."
+        order = -1
+        def after_loss(self, learn):
+            if not learn.training: learn.preds = F.one_hot(learn.batch[1], 3).float() * (10.0 if learn.epoch < 2 else 0.0)
+    loggers = [CSVLoggerS(tmp_path/'log.csv'), TensorBoardS(tmp_path/'tb')]
+    subs = [stop, *loggers] if stop_first else [*loggers, stop]
+    learn = learner(ScriptAccuracy(), *subs)
+    learn.fit(6)
+    assert stop.stopped_epoch == 2
+    assert [r['epoch'] for r in read_rows(tmp_path/'log.csv')] == ['0', '1', '2']
+    valid = EventAccumulator(str(tmp_path/'tb'/'valid')); valid.Reload()
+    assert [e.step for e in valid.Scalars('metrics/accuracy')] == [12, 24, 36]
+
+def test_a_cancelled_fit_writes_its_report(tmp_path):
+    from datasets import DatasetDict
+    from nntrain.dataloaders import load_mnist
+    from nntrain.reports import ReportS
+    dd = load_mnist()
+    dls = DataLoaders.from_hf_dd(DatasetDict({'train': dd['train'].select(range(512)), 'test': dd['test'].select(range(256))}), 128)
+    class StopAtEpoch1(Subscriber):
+        def after_epoch(self, learn):
+            if learn.epoch == 1 and not learn.training: raise CancelFitException()
+    torch.manual_seed(0)
+    learn = Learner(nn.Linear(784, 10), dls, subs=[MetricsS(), ReportS(tmp_path/'report', k_worst=4, n_samples=4), StopAtEpoch1()])
+    learn.fit(5)
+    assert [h['epoch'] for h in find_metrics(learn).history] == [0, 0, 1, 1]
+    assert sorted(p.name for p in (tmp_path/'report').iterdir()) == sorted([
+        'classification_report.json', 'classification_report.txt', 'confusion_matrix.png', 'history.png', 'roc.png',
+        'samples_train.png', 'samples_valid.png', 'worst_samples.png'])
+    report = json.loads((tmp_path/'report'/'classification_report.json').read_text())
+    assert sum(row['support'] for row in report['classes'].values()) == 256   # the report is of the model as the stop left it
+
+def test_a_stop_at_after_batch_lets_every_subscriber_see_that_batch():
+    seen = []
+    class Stop(Subscriber):
+        order = -1
+        def after_batch(self, learn):
+            if learn.iteration == 3: raise CancelFitException()
+    class Late(Subscriber):
+        order = 10
+        def after_batch(self, learn): seen.append(learn.iteration)
+    learn = learner(Stop(), Late())
+    learn.fit(2)
+    assert seen == [1, 2, 3] and learn.iteration == 3
+
+def test_terminate_on_nan_ignores_evaluation_passes():
+    stop = TerminateOnNaNS()
+    learn = learner(stop)
+    learn.fit(1)
+    nan_batches = [(torch.full((4, 5), float('nan')), torch.zeros(4, dtype=torch.long))]
+    result = learn.evaluate(nan_batches)
+    assert stop.stopped_at is None and result['loss'] != result['loss']   # the NaN loss is reported, not a stop
+
+# -- resume leaves no duplicates ------------------------------------------------------------------------------------
+
+def run_interrupted(tmp_path, kill_at, make_subs, epochs=3, **checkpoint):
+    class Die(Subscriber):
+        order = 500
+        def after_batch(self, learn):
+            if learn.training and learn.iteration == kill_at: raise RuntimeError('killed')
+    with pytest.raises(RuntimeError, match='killed'):
+        learner(*make_subs(tmp_path/'run'), CheckpointS(tmp_path/'ck', **checkpoint), Die()).fit(epochs)
+    learn = learner(*make_subs(tmp_path/'run'), CheckpointS(tmp_path/'ck', **checkpoint))
+    learn.fit(epochs, resume=tmp_path/'ck')
+    return learn
+
+@pytest.mark.parametrize('kill_at,checkpoint', [(13, {}), (14, {}), (20, {'every_batches': 6}), (25, {'every_batches': 4, 'every_epochs': None})])
+def test_resume_leaves_history_and_csv_without_duplicates(tmp_path, kill_at, checkpoint):
+    make = lambda folder: [CSVLoggerS(folder/'log.csv')]
+    unbroken = learner(*make(tmp_path/'whole'))
+    unbroken.fit(3)
+    resumed = run_interrupted(tmp_path, kill_at, make, **checkpoint)
+    assert find_metrics(resumed).history == find_metrics(unbroken).history
+    assert (tmp_path/'run'/'log.csv').read_text() == (tmp_path/'whole'/'log.csv').read_text()
+    assert all(torch.equal(p, q) for p, q in zip(resumed.model.parameters(), unbroken.model.parameters()))
+
+def test_fit_one_cycle_resumes(tmp_path):
+    whole = learner()
+    fit_one_cycle(whole, 3, max_lr=0.5)
+    class Die(Subscriber):
+        def after_batch(self, learn):
+            if learn.iteration == 20: raise RuntimeError('killed')
+    with pytest.raises(RuntimeError, match='killed'):
+        fit_one_cycle(learner(CheckpointS(tmp_path, every_batches=7)), 3, max_lr=0.5, subs=[Die()])
+    resumed = learner(CheckpointS(tmp_path, every_batches=7))
+    fit_one_cycle(resumed, 3, max_lr=0.5, resume=tmp_path)
+    assert resumed.iteration == 36
+    assert all(torch.equal(p, q) for p, q in zip(resumed.model.parameters(), whole.model.parameters()))
+    assert find_metrics(resumed).history == find_metrics(whole).history
+
+# -- passes over any loader, iteration-based training without swapping ------------------------------------------------
+
+def test_evaluate_and_get_preds_take_a_loader_and_leave_the_learner_alone():
+    import nntrain.trial  # noqa: F401 (get_preds, evaluate)
+    learn = learner()
+    learn.fit(1)
+    opt, dls, history = learn.opt, learn.dls, list(find_metrics(learn).history)
+    other = data(n_valid=2, seed=5).valid
+    preds, targets = learn.get_preds(other)
+    assert preds.shape == (16, 3) and torch.equal(targets, torch.cat([y for _, y in other]))
+    result = learn.evaluate(other)
+    assert set(result) == {'loss', 'accuracy'} and result['loss'] == pytest.approx(F.cross_entropy(preds, targets).item(), rel=1e-5)
+    assert learn.opt is opt and learn.dls is dls and find_metrics(learn).history == history and learn.iteration == 12
+
+def test_fit_iterations_leaves_dls_train_in_place():
+    learn = learner()
+    original, seen = learn.dls.train, []
+    class Look(Subscriber):
+        def before_batch(self, learn): seen.append(learn.dls.train is original)
+    fit_iterations(learn, 30, valid_every=10, subs=[Look()])
+    assert learn.iteration == 30 and all(seen) and learn.dls.train is original
+    assert [h['mode'] for h in find_metrics(learn).history] == ['train', 'eval'] * 3
+
+def test_a_scheduler_spans_an_iteration_based_fit():
+    from torch.optim.lr_scheduler import OneCycleLR
+    learn = learner()
+    lrs = []
+    record = on('before_step')(lambda learn: lrs.append(learn.opt.param_groups[0]['lr']))
+    fit_iterations(learn, 30, valid_every=10, subs=[SchedulerS(partial(OneCycleLR, max_lr=1.0)), record])
+    assert len(lrs) == 30 and lrs[-1] < 1e-3 and max(lrs) == pytest.approx(1.0, rel=0.05)
+
+def test_grad_accumulation_steps_at_each_pass_end_from_the_learners_pass_length():
+    steps = []
+    record = on('after_step')(lambda learn: steps.append(learn.iter))
+    learner(GradAccumS(5), record).fit(1)
+    assert steps == [4, 9, 11]
+
+# -- progress written to a file -------------------------------------------------------------------------------------
+
+def test_progress_piped_to_a_file_writes_one_line_per_pass(tmp_path):
+    code = textwrap.dedent('''
+        import torch, torch.nn.functional as F
+        from torch import nn
+        from nntrain.learner import Learner, MetricsS, ProgressS
+        from nntrain.dataloaders import DataLoaders
+        g = torch.Generator().manual_seed(0)
+        batches = [(torch.randn(4, 3, generator=g), torch.randint(0, 2, (4,), generator=g)) for _ in range(50)]
+        torch.manual_seed(0)
+        Learner(nn.Linear(3, 2), DataLoaders(batches, batches[:5]), subs=[MetricsS(), ProgressS(plot=True)]).fit(20)
+    ''')
+    with open(tmp_path/'out.txt', 'w') as out:
+        result = subprocess.run([sys.executable, '-c', code], stdout=out, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path/'out.txt').read_text().splitlines()
+    assert len(lines) == 41 and lines[0].split() == ['epoch', 'mode', 'loss']
+    assert [line.split()[:2] for line in lines[1:3]] == [['1', 'train'], ['1', 'eval']] and lines[-1].split()[:2] == ['20', 'eval']
+    assert (tmp_path/'out.txt').stat().st_size < 2000
