@@ -21,6 +21,7 @@ from torch import nn
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
+from .core import _check_int
 from .learner import DeviceS, Subscriber
 
 # %% auto #0
@@ -33,8 +34,7 @@ _settings_before_deterministic = None  # (algorithms, cudnn.deterministic, cudnn
 def set_seed(seed: int, deterministic: bool = False):
     "Seed Python's `random`, NumPy and PyTorch (GPUs too); `deterministic` also forces deterministic kernels."
     global _settings_before_deterministic
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"set_seed expected a non-negative int, got {seed!r}")
+    seed = _check_int(seed, 'seed', 'set_seed', minimum=0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -122,7 +122,7 @@ def _histogram(size: torch.Tensor, bins: int, max_value: float) -> torch.Tensor:
 class ActivationStatsS(Subscriber):
     "Record mean, std, histogram of |activations| and dead-unit share of the layers `which` selects, per training batch."
     def __init__(self, which=None, bins: int = 40, max_value: float = 10, dead_threshold: float = 1e-3):
-        if not (isinstance(bins, int) and bins > 0): raise ValueError(f"expected bins to be a positive int, got {bins!r}")
+        bins = _check_int(bins, 'bins', 'ActivationStatsS')
         if not max_value > 0: raise ValueError(f"expected max_value > 0, got {max_value!r}")
         self.which, self.bins, self.max_value, self.dead_threshold = which, bins, max_value, dead_threshold
         self.modules, self.records, self.hooks = [], [], None

@@ -52,7 +52,7 @@ def _labels_and_classes(preds, targets, n_classes: int | None, caller: str) -> t
     if n_classes is None:
         if not len(targets): raise ValueError(f"{caller} cannot infer the number of classes from empty labels; pass n_classes")
         n_classes = int(max(labels.max(), targets.max())) + 1
-    if not isinstance(n_classes, int) or n_classes < 1: raise ValueError(f"{caller} expected n_classes to be an int >= 1, got {n_classes!r}")
+    n_classes = _check_int(n_classes, 'n_classes', caller)
     for name, values in (('preds', labels), ('targets', targets)):
         if len(values) and (values.min() < 0 or values.max() >= n_classes):
             bad = values[(values < 0) | (values >= n_classes)][0].item()
@@ -228,7 +228,7 @@ def worst_samples(losses, k: int = 16) -> torch.Tensor:
     "Indices of the `k` highest per-sample `losses` (all of them if fewer), highest first."
     losses = _as_tensor(losses)
     if losses.ndim != 1: raise ValueError(f"worst_samples expected one loss per sample, shape [N], got shape {tuple(losses.shape)}")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 0: raise ValueError(f"worst_samples expected k to be an int >= 0, got {k!r}")
+    k = _check_int(k, 'k', 'worst_samples', minimum=0)
     return torch.topk(losses.float(), min(k, len(losses))).indices
 
 def _as_images(images) -> np.ndarray:
@@ -252,7 +252,7 @@ def plot_samples(images, titles: Sequence[str] | None = None, ncols: int = 8) ->
     import matplotlib.pyplot as plt
     x = _as_images(images)
     if titles is not None and len(titles) != len(x): raise ValueError(f"plot_samples got {len(titles)} titles for {len(x)} images")
-    if not isinstance(ncols, int) or ncols < 1: raise ValueError(f"plot_samples expected ncols to be an int >= 1, got {ncols!r}")
+    ncols = _check_int(ncols, 'ncols', 'plot_samples')
     ncols = min(ncols, len(x)); nrows = math.ceil(len(x) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.4 * ncols, 1.6 * nrows), squeeze=False)
     for i, ax in enumerate(axes.flat):

@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 import yaml
 
-from .checkpoints import write_atomically
+from .core import _check_int, write_atomically
 from .experiments import SETTINGS, ConfigError, check_config, read_yaml
 from .experiments import fit_iterations
 from .learner import Subscriber
@@ -183,9 +183,9 @@ def run_search(cfg, session: str, trials: int, results='results', sampler: str =
                heartbeat: int = 10) -> optuna.Study:
     "Run `session`'s search until the study in `results/session/search.db` holds `trials` finished (complete or pruned) trials."
     base, space, objective = load_search(cfg, session)
-    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1: raise ValueError(f"expected trials to be an int >= 1, got {trials!r}")
+    trials = _check_int(trials, 'trials', 'run_search')
     if sampler not in ('tpe', 'random'): raise ValueError(f"expected sampler 'tpe' or 'random', got {sampler!r}")
-    if not isinstance(heartbeat, int) or isinstance(heartbeat, bool) or heartbeat < 1: raise ValueError(f"expected heartbeat to be an int >= 1 (seconds), got {heartbeat!r}")
+    heartbeat = _check_int(heartbeat, 'heartbeat (seconds)', 'run_search')
     folder = confined(results, session)
     folder.mkdir(parents=True, exist_ok=True)
     samplers = {'tpe': optuna.samplers.TPESampler, 'random': optuna.samplers.RandomSampler}

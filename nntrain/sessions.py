@@ -24,7 +24,8 @@ import yaml
 import nntrain
 from .acceleration import AugmentS, RandomCrop, RandomErase, SchedulerS
 from .activations import set_seed
-from .checkpoints import CheckpointError, CheckpointS, checkpoints, load_checkpoint, remove_temporaries, write_atomically
+from .checkpoints import CheckpointS
+from .core import CheckpointError, checkpoints, load_checkpoint, remove_temporaries, write_atomically
 from .dataloaders import DataLoaders, hf_ds_collate_fn
 from .experiments import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, SETTINGS, ConfigError, fit_iterations, load_session
 from .learner import DeviceS, Learner, MetricsS, ProgressS

@@ -70,8 +70,7 @@ _MISSING = object()
 class RunningStatsS(Subscriber):
     "Mean and standard deviation of the last `window` training-batch values of the learner's attributes `names`."
     def __init__(self, window: int = 20, names: Iterable[str] = ('loss',)):
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise ValueError(f"RunningStatsS expected window to be an int >= 1, got {window!r}")
+        window = _check_int(window, 'window', 'RunningStatsS')
         names = (names,) if isinstance(names, str) else tuple(names)
         if not names or not all(isinstance(n, str) for n in names):
             raise ValueError(f"RunningStatsS expected names to be one or more attribute names, got {names!r}")
