@@ -189,6 +189,9 @@ def _position_problem(position) -> str | None:
     if start['loader'] is not None and not isinstance(start['loader'], torch.Tensor):
         return f"'position'['epoch_start']['loader'] should be None or a generator state tensor, got {_kind(start['loader'])}"
     if not isinstance(position.get('pass_done', False), bool): return f"'position'['pass_done'] should be True or False, got {position['pass_done']!r}"
+    logged = position.get('logged', {})
+    if not isinstance(logged, dict) or not all(isinstance(k, str) and isinstance(v, dict) and {'tensor', 'number', 'count'} <= set(v) for k, v in logged.items()):
+        return f"'position'['logged'] should map names to their sums ('tensor', 'number', 'count'), got {_kind(logged)}"
     return _rng_problem(start['rng'], "'position'['epoch_start']['rng']")
 
 _HYPER_PARAMETERS = {'lr', 'initial_lr', 'max_lr', 'min_lr', 'weight_decay', 'momentum', 'dampening', 'base_momentum', 'max_momentum',
@@ -211,7 +214,7 @@ def _param_group_problem(groups: list) -> str | None:
                 return f"'opt' param group {i} has {key}={_describe(value)}; expected {expected}"
 
 def _structure_problem(state: dict) -> str | None:
-    "Why a dict of a known format does not have the structure `learner_state_dict` gives, or None."
+    "Why a dict of a known format does not have the structure `Learner.state_dict` gives, or None."
     missing = [k for k in ('model', 'opt', 'subs', 'rng') if k not in state]
     if missing: return f"it lacks the keys {missing}"
     model, opt, subs = state['model'], state['opt'], state['subs']
@@ -353,7 +356,7 @@ def _latest(folder, fallback: bool) -> tuple[Path, dict]:
     folder = Path(folder)
     if not folder.is_dir(): raise CheckpointError(f"{folder}: no such folder of checkpoints")
     found = checkpoints(folder)
-    if not found: raise CheckpointError(f"{folder}: no checkpoint-*.pt file to resume from")
+    if not found: raise CheckpointError(f"{folder}: no checkpoint-*.pt file to resume from (a run that stopped before its first checkpoint starts afresh with resume=None)")
     damaged = []
     for path in reversed(found):
         try: state = load_checkpoint(path)

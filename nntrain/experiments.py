@@ -520,7 +520,9 @@ class IterationStateS(Subscriber):
         if self.loader.total is not None: learn.n_iterations, learn.iterations_per_pass = self.loader.total, self.loader.every
 
     def before_epoch(self, learn):
-        if learn.training: learn.dl, learn.n_batches = self.loader, len(self.loader)
+        if not learn.training: return
+        total, served = self.loader.total, self.loader.served   # the block about to be served, the last may be shorter
+        learn.dl, learn.n_batches = self.loader, self.loader.every if total is None else min(self.loader.every, total - served)
 
     def state_dict(self) -> dict: return self.loader.state_dict()
     def load_state_dict(self, state: dict): self.loader.load_state_dict(state)

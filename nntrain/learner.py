@@ -58,8 +58,11 @@ class PublishEvents:
             try:
                 learn.publish(self.before)
                 method(learn, *args, **kwargs)
-                learn.publish(self.after)
-            except self.cancel: learn.publish(self.cancelled)
+            except self.cancel:
+                learn.publish(self.cancelled)
+                return
+            try: learn.publish(self.after)
+            except self.cancel: pass  # stopped at its very end: `after_{name}` was published, so no `after_cancel_{name}`
         publishing.__name__, publishing.__qualname__, publishing.__doc__ = method.__name__, method.__qualname__, method.__doc__
         return publishing
 
@@ -76,10 +79,18 @@ _BATCH_EVENTS = frozenset(('before_batch', 'after_predict', 'after_loss', 'after
 
 def _is_event(name: str) -> bool: return name.startswith(('before_', 'after_')) or name == 'cleanup_fit'
 
+_PASS_EVENTS = frozenset(('before_epoch', 'after_epoch', 'after_log'))
+
 def every(n: int | str) -> Callable:
     "Decorator: call this event method only at every `n`-th training iteration (batch events) or epoch (pass events); a str names the subscriber's attribute holding `n` (None there: never)."
-    if not isinstance(n, str): _check_int(n, 'n', 'every')
+    if not isinstance(n, str) and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
+        raise ValueError(f"every expected n to be an int >= 1 (not a bool), or the name of the subscriber's attribute that holds it, got {_describe(n)}")
     def declare(method):
+        if hasattr(method, 'every'):
+            raise ValueError(f"{method.__qualname__} is declared @every twice ({method.every!r} and {n!r}); expected one frequency")
+        if method.__name__ not in _BATCH_EVENTS | _PASS_EVENTS:
+            raise ValueError(f"@every({n!r}) on {method.__qualname__}: expected a batch event ({', '.join(sorted(_BATCH_EVENTS))}) "
+                             f"or a pass event ({', '.join(sorted(_PASS_EVENTS))}); {method.__name__} happens once per fit")
         method.every = n
         return method
     return declare
@@ -97,6 +108,9 @@ def _handler(sub, name: str, method):
     n = getattr(method, 'every', None)
     if n is None: return method
     if isinstance(n, str):
+        if not hasattr(sub, n):
+            raise AttributeError(f"{type(sub).__name__}.{name} is declared @every({n!r}), but {type(sub).__name__} has no attribute {n!r}; "
+                                 "expected it to hold the frequency (an int >= 1, or None: never)")
         n = getattr(sub, n)
         if n is None: return None
         _check_int(n, getattr(method, 'every'), type(sub).__name__)
@@ -164,7 +178,8 @@ def _check_subs(subs, who: str) -> list:
         raise TypeError(f"{who} expected subs to be a list of subscribers, got {_describe(subs)}{hint}")
     subs = list(subs)
     for sub in subs:
-        if isinstance(sub, type) or not isinstance(getattr(sub, 'order', None), numbers.Real):
+        order = getattr(sub, 'order', None)
+        if isinstance(sub, type) or isinstance(order, bool) or not isinstance(order, numbers.Real) or math.isnan(order):
             hint = f' (make one: {sub.__qualname__}())' if isinstance(sub, type) else ''
             raise TypeError(f"{who} expected each subscriber to be an instance with a numeric order (a Subscriber), got {_describe(sub)}{hint}")
     return subs
@@ -193,7 +208,7 @@ class Learner:
         _check_parts(model, dls, loss_fn, optim_class)
         self.model, self.dls, self.loss_fn, self.optim_class, self.lr = model, dls, loss_fn, optim_class, _check_lr(lr)
         self.subs = _check_subs(subs, 'Learner')
-        self.iteration, self.position, self.logged, self.evaluating = 0, None, {}, False
+        self.iteration, self.position, self.logged, self.evaluating, self._log_open = 0, None, {}, False, False
         self._passes_to_check, self._targets_unchecked, self._resume = set(), False, None  # see `_check_targets`, `fit`
         self.subscribers_changed()
 
@@ -220,8 +235,12 @@ class Learner:
         epochs, train, valid = _check_int(epochs, 'epochs', 'fit', minimum=0), _check_flag(train, 'train', 'fit'), _check_flag(valid, 'valid', 'fit')
         lr = self.lr if lr is None else _check_lr(lr, 'fit')
         fit_subs = _check_subs(subs, 'fit')
+        if resume is not None and (not train or lr != self.lr):
+            given = 'train=False' if not train else f'lr={lr!r}'
+            raise ValueError(f"fit(resume=...) continues the checkpoint's run, its training and its optimizer (learning rate included); "
+                             f"got {given} with it: leave it out to resume, or start a new fit without resume")
         self._resume = _resume_point(resume, _check_flag(resume_fallback, 'resume_fallback', 'fit'), epochs)
-        self._passes_to_check = {True, False}  # the first batch of the first training and validation pass
+        self._passes_to_check, self._unread_log_warned = {True, False}, False  # the first batch of each kind of pass is checked
         self.subs += fit_subs
         self.subscribers_changed()
         try:
@@ -258,9 +277,11 @@ class Learner:
         self.n_batches = _length(self.dl)  # None for a loader without a length
         self._targets_unchecked = training in self._passes_to_check
         self._passes_to_check.discard(training)
-        self.logged = {}
+        self.logged, self._log_open = {}, True
         if training and not self.evaluating: self._mark_pass_start()
-        self._one_epoch()
+        try: self._one_epoch()
+        finally: self._log_open = False
+        self._warn_unread_log()
 
     def _mark_pass_start(self):
         "Record where this training pass starts: the epoch, the random state, and the loader's generator."
@@ -278,13 +299,20 @@ class Learner:
             self._one_batch()
         if self.iter < first and first == 0: raise ValueError(self._no_batches_message())
 
+    def _warn_unread_log(self):
+        "Say once per fit that the values given to `learn.log` go nowhere without a `MetricsS`."
+        if self.logged and not self.evaluating and not getattr(self, '_unread_log_warned', False) and find_metrics(self) is None:
+            self._unread_log_warned = True
+            warnings.warn(f"learn.log was given {sorted(self.logged)}, but no MetricsS takes part in this fit: logged values "
+                          "reach the history, the progress table and the loggers through MetricsS's log", stacklevel=3)
+
     def _resume_pass(self) -> int:
         "Load the checkpoint being resumed, put the random state and the loader where its pass began, and skip the batches it had done."
         (path, state), self._resume = self._resume, None
         position = state['position']
         self.load_state_dict(state, rng=False, source=path)
         self.position = {**copy.deepcopy(position), 'pass_done': False}
-        self.iteration = _resumed_iteration((path, state))
+        self.iteration, self.logged = _resumed_iteration((path, state)), _logged_from_state(position.get('logged', {}))
         set_rng_state(position['epoch_start']['rng'])
         _set_generator_state(self._generator, position['epoch_start']['loader'], path)
         self.dl = FastForward(self.dl, position['next_iter'], state['rng'], source=path)
@@ -352,21 +380,31 @@ class Learner:
         self.opt.zero_grad()
 
     def log(self, name: str, value):
-        "Record the scalar `value` under `name` for this pass (a tensor stays on its device); `MetricsS` reports its mean over the pass."
+        "Add the scalar `value` to `name`'s sum for this pass (a tensor stays on its device); `MetricsS` reports the mean over the pass."
         if not isinstance(name, str) or not name:
             raise TypeError(f"log expected name to be a non-empty str, got {_describe(name)}")
         if isinstance(value, torch.Tensor):
-            if value.numel() != 1: raise ValueError(f"log expected {name!r} to be a single number, got a tensor of shape {tuple(value.shape)}")
-            value = value.detach()
+            if value.numel() != 1 or value.is_complex():
+                raise ValueError(f"log expected {name!r} to be a single real number, got a {'complex ' if value.is_complex() else ''}tensor of shape {tuple(value.shape)}")
         elif isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"log expected {name!r} to be a number or a one-element tensor, got {_describe(value)}")
-        self.logged.setdefault(name, []).append(value)
+        if not self._log_open:
+            raise RuntimeError(f"log({name!r}) was called outside a pass, or after MetricsS had read the pass's log at after_epoch; "
+                               "expected a call from an event between before_epoch and after_epoch (at after_epoch, from a subscriber "
+                               "whose order is below MetricsS's)")
+        _add_logged(self.logged, name, value)
 
     def evaluation(self, dl, subs: Iterable[Subscriber] = ()):
         "One validation pass over `dl` on a view of this learner (its own loop attributes; the same model, loaders and subscribers), published from `before_fit` to `cleanup_fit` to the subscribers that take part in evaluation and to `subs`."
+        if self.evaluating:
+            raise RuntimeError("evaluation was called during an evaluation pass (by a subscriber that takes part in evaluation, "
+                               "so it would call itself without end); expected `in_evaluation = False` on the subscriber that calls it")
+        if dl is None or isinstance(dl, (str, bytes, DataLoaders)) or not isinstance(dl, Iterable):
+            hint = ' (pass one of its loaders, e.g. dls.valid)' if isinstance(dl, DataLoaders) else ''
+            raise TypeError(f"evaluation expected dl to be an iterable of batches (a list, a DataLoader), got {_describe(dl)}{hint}")
         subs = _check_subs(subs, 'evaluation')
-        view, modes = copy.copy(self), [(module, module.training) for module in self.model.modules()]
-        view.subs = [*(s for s in self.subs if getattr(s, 'in_evaluation', True)), *subs]
+        view, modes, rng = copy.copy(self), [(module, module.training) for module in self.model.modules()], rng_state()
+        view.subs = [getattr(s, 'for_evaluation', lambda: s)() for s in self.subs if getattr(s, 'in_evaluation', True)] + subs
         view.evaluating, view._passes_to_check, view.position = True, {False}, None
         view.subscribers_changed()
         try:
@@ -374,6 +412,7 @@ class Learner:
             finally: view.publish('cleanup_fit')
         finally:
             for module, training in modes: module.training = training  # the pass put the whole model in eval mode
+            set_rng_state(rng)   # a loader draws its seed from torch's generator: the fit must not see the pass
         return view
 
     @PublishEvents('fit')
@@ -385,7 +424,8 @@ class Learner:
         opt = getattr(self, 'opt', None)
         state = {'format': FORMAT, 'model': self.model.state_dict(), 'opt': opt.state_dict() if opt is not None else None,
                  'subs': {key: sub.state_dict() for key, sub in _stateful(self.subs).items()}, 'rng': rng_state()}
-        if self.position is not None: state['position'] = {**self.position, 'iteration': self.iteration}
+        if self.position is not None:
+            state['position'] = {**self.position, 'iteration': self.iteration, 'logged': _logged_state(self.logged) if self.training else {}}
         return state
 
     def load_state_dict(self, state: dict, rng: bool = True, source=None):
@@ -505,7 +545,7 @@ class FastForward:
 def _resume_point(resume, fallback: bool, epochs: int) -> tuple[Path, dict] | None:
     "The checkpoint `fit(resume=...)` continues from, and its state; None without `resume`."
     if resume is None: return None
-    if not isinstance(resume, (str, os.PathLike)):
+    if not isinstance(resume, (str, os.PathLike)) or str(resume) == '':
         raise TypeError(f"fit expected resume to be a checkpoint file or a folder of them (a str or a Path), or None, got {_describe(resume)}")
     path, state = _resume_from(resume, fallback)
     if state.get('position') is None: raise CheckpointError(f"{path} records no position to resume from (it was saved outside a fit)")
@@ -527,6 +567,25 @@ def _set_generator_state(generator, state, path):
     if generator is None or state is None: return
     try: generator.set_state(state)
     except RuntimeError as e: raise CheckpointError(f"{path}: its loader state does not fit this loader's generator ({e})") from None
+
+def _add_logged(logged: dict, name: str, value):
+    "Add `value` to `logged[name]`, a list [sum of the tensors given (on their device; None before the first), sum of the numbers, count]."
+    entry = logged.setdefault(name, [None, 0.0, 0])
+    if isinstance(value, torch.Tensor):
+        value = value.detach().reshape(())
+        if value.dtype not in (torch.float32, torch.float64): value = value.float()   # ints, bools and half floats add up in float32
+        entry[0] = value if entry[0] is None else entry[0] + value
+    else: entry[1] += float(value)   # Python numbers add up exactly, in float64
+    entry[2] += 1
+
+def _logged_state(logged: dict) -> dict:
+    "The sums of the values given to `learn.log` in this pass, as a checkpoint holds them."
+    return {name: {'tensor': tensor, 'number': number, 'count': count} for name, (tensor, number, count) in logged.items()}
+
+def _logged_from_state(state: dict) -> dict:
+    "What `_logged_state` saved, as the learner keeps it."
+    return {name: [entry['tensor'], entry['number'], entry['count']] for name, entry in state.items()}
+
 
 # %% ../nbs/02_learner.ipynb #b779cee2
 def _as_number(value):
@@ -601,7 +660,7 @@ class MetricsS(Subscriber):
         values = {**self.compute(), **self._logged_means(learn)}
         entry = {'epoch': getattr(learn, 'epoch', 0), 'mode': 'train' if learn.training else 'eval', **values}
         if getattr(learn, 'evaluating', False):  # a pass of `get_preds` or `evaluate`: not part of the fit's history
-            self.evaluation = entry
+            self.evaluation = getattr(self, '_evaluated_for', self).evaluation = entry
             return
         self.history.append(entry)
         if getattr(self, 'printing', True):
@@ -609,17 +668,25 @@ class MetricsS(Subscriber):
         learn.log_entry = entry
         learn.publish('after_log')   # to the progress table, the loggers, early stopping: a stop they ask for waits until all have it
 
+    def for_evaluation(self) -> MetricsS:
+        "A twin for an evaluation pass: the same metrics, fresh, so that the fit's running sums stay as they are; its log lands in this one's `evaluation`."
+        twin = copy.copy(self)
+        twin.metrics, twin._evaluated_for = {name: copy.deepcopy(m) for name, m in self.metrics.items()}, self
+        return twin
+
     def _logged_means(self, learn) -> dict:
-        "The mean of each value given to `learn.log` during the pass, read from the device in one transfer."
+        "The mean of each value given to `learn.log` during the pass; the tensors' sums are read from the device in one transfer."
         logged = getattr(learn, 'logged', None) or {}
+        learn._log_open = False   # what is logged after this would be lost: `learn.log` refuses it
         if clash := [name for name in logged if name in _LOG_KEYS or name in self.metrics]:
             raise ValueError(f"learn.log was given {clash[0]!r}, a name the metrics log uses itself ({', '.join([*_LOG_KEYS, *self.metrics])}); "
                              "expected another name")
-        if not logged: return {}
-        device = next((v.device for values in logged.values() for v in values if isinstance(v, torch.Tensor)), torch.device('cpu'))
-        as_tensor = lambda v: v.reshape(()).to(device, torch.float32) if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=device)
-        means = torch.stack([torch.stack([as_tensor(v) for v in values]).mean() for values in logged.values()])
-        return dict(zip(logged, means.tolist()))
+        sums = {name: tensor for name, (tensor, _, _) in logged.items() if tensor is not None}
+        if sums:
+            device = next(iter(sums.values())).device
+            dtype = torch.float32 if device.type == 'mps' else torch.float64   # MPS has no float64
+            sums = dict(zip(sums, torch.stack([t.to(device, dtype) for t in sums.values()]).tolist()))
+        return {name: (sums.get(name, 0.0) + number) / count for name, (_, number, count) in logged.items()}
 
     def output(self, log: dict):
         "Show the log of a pass; prints it unless replaced."
@@ -802,10 +869,10 @@ class ProgressS(Subscriber):
         self.bars_open = True
 
     def after_log(self, learn):
-        "Add the pass's log to the table (the header first), its epoch counted from 1 as the bar counts it."
+        "Add the pass's log to the table (the header first, again when a logged value first appears), its epoch counted from 1 as the bar counts it."
         entry = learn.log_entry
-        if self.columns is None:
-            self.columns = list(entry)
+        if self.columns is None or any(k not in self.columns for k in entry):
+            self.columns = [*(self.columns or []), *(k for k in entry if k not in (self.columns or []))]
             self._write_row(self.columns)
         cell = lambda k, v: str(v + 1) if k == 'epoch' else f'{v:.3f}' if isinstance(v, float) else str(v)
         self._write_row([cell(k, entry[k]) if k in entry else '' for k in self.columns])

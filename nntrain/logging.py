@@ -11,6 +11,7 @@ import io
 import os
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -51,12 +52,15 @@ def _csv_write_error(e: OSError, path: Path) -> OSError:
     return OSError(e.errno, f"CSVLoggerS cannot write {path}: {why}")
 
 class CSVLoggerS(Subscriber):
-    "Write a row per validation pass to the CSV file `path`: epoch, iteration, lr, the train and valid metrics, and the values given to `learn.log`."
+    "Write a row per validation pass to the CSV file `path`: epoch, iteration, lr, the train and valid metrics, and the values given to `learn.log` (`logged` names those first logged after the first row)."
     in_evaluation = False
     order = MetricsS.order + 1
 
-    def __init__(self, path):
-        self.path, self.file, self.rows, self.text, self.columns = Path(path), None, 0, '', None
+    def __init__(self, path, logged: Iterable[str] = ()):
+        logged = [logged] if isinstance(logged, str) else list(logged)
+        if not all(isinstance(name, str) and name for name in logged):
+            raise TypeError(f"CSVLoggerS expected logged to be names (str) of values given to learn.log, got {logged!r}")
+        self.path, self.logged, self.file, self.rows, self.text, self.columns = Path(path), logged, None, 0, '', None
 
     def before_fit(self, learn):
         metrics = find_metrics(learn)
@@ -101,14 +105,14 @@ class CSVLoggerS(Subscriber):
             return
         train = self.train_values if self.train_values is not None and self.train_values['epoch'] == entry['epoch'] else {}
         if self.columns is None:  # the header goes with the first row, so that it names the values given to `learn.log`
-            extra = [k for k in {**train, **entry} if k not in ('epoch', 'mode') and k not in self.names]
+            extra = [k for k in {**train, **entry, **dict.fromkeys(self.logged)} if k not in ('epoch', 'mode') and k not in self.names]
             self.columns = self.header + [f'{mode}_{name}' for mode in ('train', 'valid') for name in extra]
             self._write(self.columns, row=False)
         values = {'epoch': entry['epoch'], 'iteration': learn.iteration, 'lr': learn.opt.param_groups[0]['lr'],
                   **{f'{mode}_{k}': v for mode, e in (('train', train), ('valid', entry)) for k, v in e.items() if k not in ('epoch', 'mode')}}
         if missing := [k for k in values if k not in self.columns and k not in self.left_out]:
             warnings.warn(f"CSVLoggerS: {self.path} has no column for {missing} (its header was written before these values "
-                          "were first logged); they are left out of the file")
+                          "were first logged); they are left out of the file. Name them up front: CSVLoggerS(path, logged=[...])")
             self.left_out.update(missing)
         self._write([_format(values.get(column, '')) for column in self.columns])
 

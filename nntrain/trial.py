@@ -12,11 +12,18 @@ import torch
 
 from .core import _check_int
 from .learner import EVENTS, Learner, MetricsS, Subscriber, find_metrics
+from .learner import every as every_
 
 # %% auto #0
 __all__ = ['get_preds', 'evaluate', 'on', 'RunningStatsS']
 
 # %% ../nbs/06_trial.ipynb #0bdc435c
+def _loader(learn: Learner, dl, who: str):
+    "`dl`, or the validation loader when `dl` is None (refused when there is none)."
+    if dl is not None: return dl
+    if learn.dls.valid is None: raise ValueError(f"{who} has no loader to run over: dl is None and the learner's validation loader is None; expected {who}(dl)")
+    return learn.dls.valid
+
 class _CollectS(Subscriber):
     "Keep each batch's detached predictions and targets where they are."
     order = 100
@@ -28,7 +35,7 @@ class _CollectS(Subscriber):
 def get_preds(self: Learner, dl=None) -> tuple[torch.Tensor, torch.Tensor]:
     "Predictions and targets over `dl` (default the validation loader), on the CPU, from one evaluation pass of the learner's loop."
     collect = _CollectS()
-    self.evaluation(self.dls.valid if dl is None else dl, [collect])
+    self.evaluation(_loader(self, dl, 'get_preds'), [collect])
     return torch.cat(collect.preds).cpu(), torch.cat(collect.targets).cpu()
 
 # %% ../nbs/06_trial.ipynb #76182e7f
@@ -36,7 +43,7 @@ def evaluate(self: Learner, dl=None) -> dict:
     "The loss and metrics of one pass over `dl` (default the validation loader), using the learner's `MetricsS` if any."
     metrics = find_metrics(self)
     extra = [] if metrics is not None else [metrics := MetricsS()]
-    self.evaluation(self.dls.valid if dl is None else dl, extra)
+    self.evaluation(_loader(self, dl, 'evaluate'), extra)
     log = metrics.evaluation
     return {k: v for k, v in log.items() if k not in ('epoch', 'mode')}
 
@@ -56,7 +63,7 @@ def on(event: str, order: int = 0, every: int | None = None) -> Callable:
         if not callable(f): raise TypeError(f"on({event!r}) expected a function of the learner, got {type(f).__name__}")
         def handler(self, learn): f(learn)
         handler.__name__ = event
-        if every is not None: handler.every = every
+        if every is not None: every_(every)(handler)   # checks that the event has a frequency to declare
         cls = type(f.__name__, (Subscriber,), {
             'order': order, event: handler, '__doc__': f.__doc__, '__module__': f.__module__,
             '__qualname__': getattr(f, '__qualname__', f.__name__),

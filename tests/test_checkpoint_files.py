@@ -391,7 +391,7 @@ def test_latest_checkpoint_two_damaged_and_all_damaged(tmp_path):
     assert error_of(lambda: latest_checkpoint(folder, fallback=True)).startswith(f"{folder}: all 3 checkpoints are damaged, the newest: ")
 
 def test_latest_checkpoint_empty_and_missing_folder(tmp_path):
-    assert error_of(lambda: latest_checkpoint(tmp_path)) == f"{tmp_path}: no checkpoint-*.pt file to resume from"
+    assert error_of(lambda: latest_checkpoint(tmp_path)) == f"{tmp_path}: no checkpoint-*.pt file to resume from (a run that stopped before its first checkpoint starts afresh with resume=None)"
     assert error_of(lambda: latest_checkpoint(tmp_path/'no')) == f"{tmp_path/'no'}: no such folder of checkpoints"
     tiny_learner().fit(1, subs=[CheckpointS(tmp_path)])
     assert latest_checkpoint(tmp_path) == checkpoints(tmp_path)[-1]

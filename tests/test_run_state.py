@@ -119,7 +119,7 @@ def test_every_takes_an_attribute_name_and_none_switches_it_off():
     learner(on_five, off).fit(1)
     assert on_five.seen == [5, 10] and off.seen == []
     with pytest.raises(ValueError, match=r"Sometimes expected n to be an int >= 1 \(not a bool\), got 0"): learner(Sometimes(0)).fit(1)
-    with pytest.raises(ValueError, match=r"every expected n to be an int >= 1 \(not a bool\), got True"): every(True)
+    with pytest.raises(ValueError, match=r"every expected n to be an int >= 1 \(not a bool\), or the name of the subscriber.s attribute that holds it, got True"): every(True)
 
 def test_on_takes_every():
     seen = []
@@ -160,7 +160,7 @@ def test_log_refuses_what_is_not_a_scalar():
     class Bad(Subscriber):
         def __init__(self, name, value): self.name, self.value = name, value
         def after_loss(self, learn): learn.log(self.name, self.value)
-    for name, value, error, message in [('x', torch.ones(2), ValueError, "log expected 'x' to be a single number, got a tensor of shape (2,)"),
+    for name, value, error, message in [('x', torch.ones(2), ValueError, "log expected 'x' to be a single real number, got a tensor of shape (2,)"),
                                         ('x', 'high', TypeError, "log expected 'x' to be a number or a one-element tensor, got 'high'"),
                                         ('x', True, TypeError, "log expected 'x' to be a number or a one-element tensor, got True"),
                                         (3, 1.0, TypeError, "log expected name to be a non-empty str, got 3")]:
@@ -325,3 +325,150 @@ def test_progress_piped_to_a_file_writes_one_line_per_pass(tmp_path):
     assert len(lines) == 41 and lines[0].split() == ['epoch', 'mode', 'loss']
     assert [line.split()[:2] for line in lines[1:3]] == [['1', 'train'], ['1', 'eval']] and lines[-1].split()[:2] == ['20', 'eval']
     assert (tmp_path/'out.txt').stat().st_size < 2000
+
+# -- the first independent break-it pass (issue 11), each finding as a test ------------------------------------------
+
+def test_evaluate_in_the_middle_of_a_training_pass_leaves_its_metrics_alone():
+    import nntrain.trial  # noqa: F401
+    other = [(torch.randn(5, 5), torch.randint(0, 3, (5,)))]
+    def run(call):
+        class Evaluates(Subscriber):
+            in_evaluation = False
+            def after_batch(self, learn):
+                if call and learn.training and learn.iter == 1: learn.evaluate(other); learn.get_preds(other)
+        learn = learner(Evaluates())
+        learn.fit(2)
+        return find_metrics(learn).history, [p.detach().clone() for p in learn.model.parameters()]
+    (plain, w1), (called, w2) = run(False), run(True)
+    assert plain == called and all(torch.equal(a, b) for a, b in zip(w1, w2))
+
+def test_evaluate_over_a_dataloader_inside_a_fit_draws_no_randomness_the_fit_sees():
+    import nntrain.trial  # noqa: F401
+    from torch.utils.data import DataLoader, TensorDataset
+    def run(call):
+        torch.manual_seed(0)
+        train = DataLoader(TensorDataset(torch.randn(32, 5), torch.randint(0, 3, (32,))), batch_size=8, shuffle=True)
+        test = DataLoader(TensorDataset(torch.randn(10, 5), torch.randint(0, 3, (10,))), batch_size=5)
+        class EvalEachEpoch(Subscriber):
+            in_evaluation = False
+            def after_epoch(self, learn):
+                if call and learn.training: learn.evaluate(test)
+        torch.manual_seed(1)
+        learn = Learner(nn.Sequential(nn.Linear(5, 8), nn.Dropout(0.5), nn.Linear(8, 3)), DataLoaders(train, test), subs=[EvalEachEpoch()])
+        learn.fit(3)
+        return learn.model[0].weight.detach().clone(), torch.rand(1)
+    (w1, after1), (w2, after2) = run(False), run(True)
+    assert torch.equal(w1, w2) and torch.equal(after1, after2)
+
+class LogsIteration(Subscriber):
+    def after_batch(self, learn):
+        if learn.training: learn.log('it', float(learn.iteration)); learn.log('half', torch.tensor(learn.iteration / 2))
+
+@pytest.mark.parametrize('kill_at', [10, 12, 13])
+def test_logged_values_survive_a_resume_mid_epoch(tmp_path, kill_at):
+    make = lambda folder: [LogsIteration(), CSVLoggerS(folder/'log.csv')]
+    unbroken = learner(*make(tmp_path/'whole'))
+    unbroken.fit(3)
+    resumed = run_interrupted(tmp_path, kill_at, make, every_batches=4)
+    assert find_metrics(resumed).history == find_metrics(unbroken).history
+    assert (tmp_path/'run'/'log.csv').read_text() == (tmp_path/'whole'/'log.csv').read_text()
+
+def test_resume_refuses_train_false_and_another_lr(tmp_path):
+    learner(CheckpointS(tmp_path)).fit(2)
+    for kwargs, given in (({'train': False}, 'train=False'), ({'lr': 0.5}, 'lr=0.5')):
+        with pytest.raises(ValueError) as info: learner().fit(3, resume=tmp_path, **kwargs)
+        assert str(info.value) == (f"fit(resume=...) continues the checkpoint's run, its training and its optimizer (learning rate included); "
+                                   f"got {given} with it: leave it out to resume, or start a new fit without resume")
+    with pytest.raises(TypeError, match="fit expected resume to be a checkpoint file or a folder of them"): learner().fit(3, resume='')
+
+def test_logged_numbers_keep_their_precision_and_complex_is_refused():
+    class Logs(Subscriber):
+        def __init__(self, value): self.value = value
+        def after_loss(self, learn): learn.log('x', self.value)
+    for value, expected in ((0.1, 0.1), (123456789, 123456789.0), (torch.tensor(1e8 + 1, dtype=torch.float64), 1e8 + 1)):
+        learn = learner(Logs(value)); learn.fit(1)
+        assert find_metrics(learn).history[0]['x'] == pytest.approx(expected, rel=1e-14, abs=0)   # float64, not float32
+    with pytest.raises(ValueError, match=r"log expected 'x' to be a single real number, got a complex tensor of shape \(\)"):
+        learner(Logs(torch.tensor(1 + 2j))).fit(1)
+
+def test_values_logged_later_reach_the_table_and_a_declared_csv_column(tmp_path, capsys):
+    class Late(Subscriber):
+        def after_batch(self, learn):
+            if not learn.training: learn.log('valid_only', 1.0)
+            if learn.training and learn.epoch >= 1: learn.log('late', 2.0)
+    learner(Late(), ProgressS(plain=True), CSVLoggerS(tmp_path/'log.csv', logged=['late'])).fit(2)
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines == [['epoch', 'mode', 'loss', 'accuracy'], lines[1], ['epoch', 'mode', 'loss', 'accuracy', 'valid_only'], lines[3],
+                     ['epoch', 'mode', 'loss', 'accuracy', 'valid_only', 'late'], lines[5], lines[6]]   # a new header when a value first appears
+    assert [(row[:2], len(row)) for row in (lines[1], lines[3], lines[5], lines[6])] == [(['1', 'train'], 4), (['1', 'eval'], 5), (['2', 'train'], 5), (['2', 'eval'], 5)]   # an empty valid_only cell
+    assert lines[3][-1] == '1.000' and lines[5][-1] == '2.000' 
+    rows = read_rows(tmp_path/'log.csv')
+    assert [r['train_late'] for r in rows] == ['', '2'] and [r['valid_valid_only'] for r in rows] == ['1', '1']
+    with pytest.raises(TypeError, match=r"CSVLoggerS expected logged to be names \(str\) of values given to learn.log, got \[3\]"):
+        CSVLoggerS(tmp_path/'x.csv', logged=[3])
+
+def test_log_where_no_pass_reads_it_is_refused_or_warned():
+    learn = learner()
+    with pytest.raises(RuntimeError, match=r"log\('x'\) was called outside a pass"): learn.log('x', 1.0)
+    class AtFit(Subscriber):
+        def before_fit(self, learn): learn.log('x', 1.0)
+    with pytest.raises(RuntimeError, match=r"log\('x'\) was called outside a pass"): learner(AtFit()).fit(1)
+    class AfterMetrics(Subscriber):
+        order = MetricsS.order + 1
+        def after_epoch(self, learn): learn.log('late', 1.0)
+    with pytest.raises(RuntimeError, match="after MetricsS had read the pass's log at after_epoch"): learner(AfterMetrics()).fit(1)
+    class Logs(Subscriber):
+        def after_loss(self, learn): learn.log('x', 1.0)
+    bare = Learner(nn.Linear(5, 3), data(), subs=[Logs()])
+    with pytest.warns(UserWarning, match=r"learn.log was given \['x'\], but no MetricsS takes part in this fit") as caught: bare.fit(2)
+    assert len(caught) == 1
+
+def test_every_refuses_what_it_cannot_mean():
+    with pytest.raises(ValueError, match="@every\\(2\\) on .*before_fit: expected a batch event .* before_fit happens once per fit"):
+        class AtFit(Subscriber):
+            @every(2)
+            def before_fit(self, learn): pass
+    with pytest.raises(ValueError, match=r"after_batch is declared @every twice \(3 and 2\); expected one frequency"):
+        class Twice(Subscriber):
+            @every(2)
+            @every(3)
+            def after_batch(self, learn): pass
+    class Missing(Subscriber):
+        @every('nope')
+        def after_batch(self, learn): pass
+    with pytest.raises(AttributeError) as info: learner(Missing())
+    assert str(info.value) == ("Missing.after_batch is declared @every('nope'), but Missing has no attribute 'nope'; "
+                               "expected it to hold the frequency (an int >= 1, or None: never)")
+    with pytest.raises(ValueError, match="or the name of the subscriber's attribute that holds it, got None"): every(None)
+    with pytest.raises(ValueError, match="before_fit happens once per fit"): on('before_fit', every=2)(lambda learn: None)
+
+def test_evaluate_from_a_subscriber_that_takes_part_in_evaluation_says_so():
+    import nntrain.trial  # noqa: F401
+    class EvalEachEpoch(Subscriber):
+        def after_epoch(self, learn): learn.evaluate()
+    with pytest.raises(RuntimeError, match="evaluation was called during an evaluation pass .* expected `in_evaluation = False`"):
+        learner(EvalEachEpoch()).fit(1)
+    with pytest.raises(TypeError, match="evaluation expected dl to be an iterable of batches .*, got 5"): learner().get_preds(5)
+    with pytest.raises(TypeError, match=r"got a DataLoaders \(pass one of its loaders, e.g. dls.valid\)"): learner().evaluate(data())
+    no_valid = learner(dls=DataLoaders(data().train, None))
+    with pytest.raises(ValueError, match=r"evaluate has no loader to run over: .*expected evaluate\(dl\)"): no_valid.evaluate()
+
+def test_a_stop_at_after_fit_publishes_no_after_cancel_fit():
+    events = []
+    class Stop(Subscriber):
+        def after_fit(self, learn): events.append('after_fit'); raise CancelFitException()
+        def after_cancel_fit(self, learn): events.append('after_cancel_fit')
+        def cleanup_fit(self, learn): events.append('cleanup_fit')
+    learner(Stop()).fit(1)
+    assert events == ['after_fit', 'cleanup_fit']
+
+def test_the_last_short_block_of_an_iteration_fit_has_its_own_length():
+    lengths = []
+    record = on('before_batch')(lambda learn: lengths.append(learn.n_batches) if learn.training else None)
+    fit_iterations(learner(), 10, valid_every=3, subs=[record])
+    assert lengths == [3] * 9 + [1]
+
+def test_orders_that_do_not_sort_are_refused():
+    for order in (float('nan'), True):
+        sub = Subscriber(); sub.order = order
+        with pytest.raises(TypeError, match="expected each subscriber to be an instance with a numeric order"): learner(sub)
