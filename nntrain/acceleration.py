@@ -102,6 +102,8 @@ def optimizer_steps(learn) -> int:
     full, rest = divmod(learn.n_iterations, per_pass)  # the last pass of an iteration-based fit may be shorter
     return full * math.ceil(per_pass / n) + math.ceil(rest / n)
 
+_SCHEDULE_SHAPE = ('total_steps', 'T_max', 'step_size', 'milestones', 'gamma', 'T_0', 'T_mult', 'total_iters')  # what fixes a schedule's course
+
 class SchedulerS(Subscriber):
     "Build `make(opt)` (a `torch.optim.lr_scheduler` class or partial) at each fit; step it per optimizer step or per epoch."
     order, in_evaluation = 5, False
@@ -142,7 +144,12 @@ class SchedulerS(Subscriber):
         return {'scheduler': self.scheduler.state_dict(), 'steps': self.steps}
 
     def load_state_dict(self, state: dict):
-        "Restore what `state_dict` returned (after `before_fit` built the scheduler)."
+        "Restore what `state_dict` returned (after `before_fit` built the scheduler); a schedule of another length or shape is refused."
+        built = self.scheduler.state_dict()
+        if changed := [f"{key}={state['scheduler'][key]!r} in the checkpoint, {built[key]!r} now" for key in _SCHEDULE_SHAPE
+                       if key in built and key in state['scheduler'] and state['scheduler'][key] != built[key]]:
+            raise ValueError(f"the checkpoint's {type(self.scheduler).__name__} has another schedule: {'; '.join(changed)}; "
+                             "expected the same epochs and scheduler arguments as the run that wrote it")
         self.scheduler.load_state_dict(state['scheduler']); self.steps = state['steps']
 
 def fit_one_cycle(learn: Learner, epochs: int, max_lr: float | None = None, subs=(), resume=None, resume_fallback: bool = False, **kwargs):

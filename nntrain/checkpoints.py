@@ -49,7 +49,8 @@ def _check_monitor(owner: str, monitor: str, learn: Learner) -> MetricsS:
     if metrics is None: raise ValueError(f"{owner}(monitor={monitor!r}) needs a MetricsS among the learner's subscribers")
     names = ['loss', *metrics.metrics]
     if monitor not in names:
-        raise ValueError(f"{owner}(monitor={monitor!r}): the MetricsS of this fit reports {names}; expected one of them")
+        raise ValueError(f"{owner}(monitor={monitor!r}): the MetricsS of this fit reports {names}; expected one of them "
+                         "(a value given to learn.log cannot be monitored: its name is known only once it is logged)")
     return metrics
 
 class CheckpointS(Subscriber):
@@ -61,6 +62,8 @@ class CheckpointS(Subscriber):
         self.every_epochs = _check_int(every_epochs, 'every_epochs', 'CheckpointS', optional=True)
         self.keep = _check_int(keep, 'keep', 'CheckpointS')
         _check_choices('CheckpointS', monitor, mode, monitor_optional=True)
+        if self.every_batches is None and self.every_epochs is None and monitor is None:
+            raise ValueError("CheckpointS expected every_batches, every_epochs or monitor; with none of them it never writes a checkpoint")
         self.folder, self.monitor = _check_folder('CheckpointS', folder), monitor
         self.mode = mode or ('min' if monitor and 'loss' in monitor else 'max')
         self.best = None

@@ -384,8 +384,9 @@ class Learner:
         if not isinstance(name, str) or not name:
             raise TypeError(f"log expected name to be a non-empty str, got {_describe(name)}")
         if isinstance(value, torch.Tensor):
-            if value.numel() != 1 or value.is_complex():
-                raise ValueError(f"log expected {name!r} to be a single real number, got a {'complex ' if value.is_complex() else ''}tensor of shape {tuple(value.shape)}")
+            if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+                kind = 'complex ' if value.is_complex() else 'bool ' if value.dtype == torch.bool else ''
+                raise ValueError(f"log expected {name!r} to be a single real number, got a {kind}tensor of shape {tuple(value.shape)}")
         elif isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"log expected {name!r} to be a number or a one-element tensor, got {_describe(value)}")
         if not self._log_open:

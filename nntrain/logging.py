@@ -10,6 +10,7 @@ import errno
 import io
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,10 +28,28 @@ def _format(value) -> str:
     "A CSV cell: floats to six significant digits, anything else as `str`."
     return f'{value:.6g}' if isinstance(value, float) else str(value)
 
-def _summary_writer():
-    "The `SummaryWriter` that writes TensorBoard's event files (tensorboardX's: the same files, without TensorBoard's server), imported when a fit first needs it."
-    from tensorboardX import SummaryWriter
-    return SummaryWriter
+class _EventFile:
+    "One run folder's TensorBoard event file, written as events come: what `flush` returns from is in the file (tensorboardX's own writer queues events in a thread, which a kill loses)."
+    def __init__(self, folder: Path, purge_step: int | None = None):
+        from tensorboardX.event_file_writer import EventsWriter   # imported at the first fit that logs: TensorBoard's protobufs take a while
+        from tensorboardX.proto import event_pb2, summary_pb2
+        self.event_pb2, self.summary_pb2 = event_pb2, summary_pb2
+        folder.mkdir(parents=True, exist_ok=True)
+        self.writer = EventsWriter(str(folder/'events'), filename_suffix=f'.{time.time_ns()}')   # files of one second sort by start
+        if purge_step is not None:   # TensorBoard then hides what an interrupted run wrote at this step and after
+            self._write(purge_step, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+
+    def _write(self, step: int, **fields): self.writer.write_event(self.event_pb2.Event(wall_time=time.time(), step=step, **fields))
+
+    def add_scalar(self, tag: str, value: float, step: int):
+        self._write(step, summary=self.summary_pb2.Summary(value=[self.summary_pb2.Summary.Value(tag=tag, simple_value=float(value))]))
+
+    def add_histogram(self, tag: str, values: torch.Tensor, step: int):
+        from tensorboardX.summary import histogram
+        self._write(step, summary=histogram(tag, values.detach().float().cpu().numpy(), bins='auto', max_bins=64))
+
+    def flush(self): self.writer.flush()
+    def close(self): self.writer.close()
 
 
 # %% ../nbs/07_logging.ipynb #6a825476
@@ -71,8 +90,9 @@ class CSVLoggerS(Subscriber):
         self.header = ['epoch', 'iteration', 'lr', *(f'{mode}_{name}' for mode in ('train', 'valid') for name in self.names)]
         data, size = _complete_lines(self.path)
         header_line = _csv_line(self.header).encode()
-        if not data and size and not header_line.startswith(self.path.read_bytes()):
-            data = self.path.read_bytes()  # one unfinished line, not the start of our header: not our file
+        if not data and size:   # one unfinished line: the header a killed run began (ours, written afresh), or not our file
+            raw = self.path.read_bytes()
+            if not (header_line.startswith(raw) or raw.startswith(header_line.rstrip(b'\r\n') + b',')): data = raw
         existing = next(csv.reader(io.StringIO(data.decode('utf-8', 'replace'))), []) if data else None
         if existing is not None and existing[:len(self.header)] != self.header:
             raise ValueError(f"{self.path} already has the header {existing}, but this run writes {self.header}; "
@@ -151,30 +171,35 @@ class TensorBoardS(Subscriber):
     def __init__(self, log_dir, log_every: int = 10, histograms_every: int | None = None):
         self.log_every = _check_int(log_every, 'log_every', 'TensorBoardS')
         self.histograms_every = _check_int(histograms_every, 'histograms_every', 'TensorBoardS', optional=True)
-        self.log_dir, self.writers, self.pending = Path(log_dir), None, []
+        self.log_dir, self.writers, self.pending, self.noted, self.purge_from = Path(log_dir), None, [], 0, None
 
     def before_fit(self, learn):
-        SummaryWriter = _summary_writer()
-        self.pending = []
-        self.writers = {mode: SummaryWriter(str(self.log_dir/mode)) for mode in ('train', 'valid')}
+        self.writers, self.pending, self.noted, self.purge_from = {}, [], 0, None
+
+    def _writer(self, mode: str):
+        "The writer of `mode`, made at its first use: after a resume has loaded this subscriber's state, so that it knows what to purge."
+        if mode not in self.writers: self.writers[mode] = _EventFile(self.log_dir/mode, self.purge_from)
+        return self.writers[mode]
 
     @every('log_every')
-    def after_batch(self, learn): self.pending.append((learn.iteration, learn.loss.detach(), learn.opt.param_groups[0]['lr']))
+    def after_batch(self, learn):
+        self.pending.append((learn.iteration, learn.loss.detach(), learn.opt.param_groups[0]['lr']))
+        self.noted = learn.iteration
 
     def _write_pending(self):
         "Read the noted losses in one transfer and write them, with their learning rates."
         if not self.pending: return
         steps, losses, lrs = zip(*self.pending)
         self.pending = []
-        writer = self.writers['train']
+        writer = self._writer('train')
         for step, loss, lr in zip(steps, torch.stack(losses).float().cpu().tolist(), lrs):
             writer.add_scalar('batch/loss', loss, step)
             writer.add_scalar('optimizer/lr', lr, step)
 
     def after_log(self, learn):
-        entry = learn.log_entry
-        writer = self.writers['train' if entry['mode'] == 'train' else 'valid']
+        entry, self.noted = learn.log_entry, learn.iteration
         if entry['mode'] == 'train': self._write_pending()
+        writer = self._writer('train' if entry['mode'] == 'train' else 'valid')
         for name, value in entry.items():
             if name not in ('epoch', 'mode') and isinstance(value, (int, float)): writer.add_scalar(f'metrics/{name}', value, learn.iteration)
         writer.flush()
@@ -182,9 +207,10 @@ class TensorBoardS(Subscriber):
     @every('histograms_every')
     def after_epoch(self, learn):
         if not learn.training: return
+        writer = self._writer('train')
         for name, param in learn.model.named_parameters():
-            if param.numel(): self.writers['train'].add_histogram(name, param.detach(), learn.iteration)
-        self.writers['train'].flush()
+            if param.numel(): writer.add_histogram(name, param.detach(), learn.iteration)
+        writer.flush()
 
     def cleanup_fit(self, learn):
         if self.writers is None: return
@@ -193,6 +219,16 @@ class TensorBoardS(Subscriber):
         finally:
             for writer in self.writers.values(): writer.close()
             self.writers = None
+
+    def state_dict(self) -> dict:
+        "The losses noted but not yet written, and the last step written, so that a resumed run writes each point once."
+        steps, losses, lrs = (list(column) for column in zip(*self.pending)) if self.pending else ([], [], [])
+        return {'steps': steps, 'losses': losses, 'lrs': lrs, 'noted': self.noted}
+
+    def load_state_dict(self, state: dict):
+        "Take back the noted losses; the run's event files hide what the interrupted run wrote after this state (TensorBoard's purge)."
+        self.pending, self.noted = list(zip(state['steps'], state['losses'], state['lrs'])), state['noted']
+        self.purge_from = min([*state['steps'], state['noted'] + 1])
 
 # %% ../nbs/07_logging.ipynb #2e168bc0
 class _Tee:

@@ -549,7 +549,8 @@ def test_monitor_must_be_reported(tmp_path, mnist, make):
     sub = make(tmp_path/'ck')
     learn = mnist_learner(mnist)
     with pytest.raises(ValueError) as info: learn.fit(1, subs=[sub])
-    assert str(info.value) == f"{type(sub).__name__}(monitor='acc'): the MetricsS of this fit reports ['loss', 'accuracy']; expected one of them"
+    assert str(info.value) == (f"{type(sub).__name__}(monitor='acc'): the MetricsS of this fit reports ['loss', 'accuracy']; expected one of them "
+                               "(a value given to learn.log cannot be monitored: its name is known only once it is logged)")
     assert not hasattr(learn, 'iter')   # refused before any batch ran
 
 

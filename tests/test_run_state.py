@@ -472,3 +472,72 @@ def test_orders_that_do_not_sort_are_refused():
     for order in (float('nan'), True):
         sub = Subscriber(); sub.order = order
         with pytest.raises(TypeError, match="expected each subscriber to be an instance with a numeric order"): learner(sub)
+
+# -- the second independent break-it pass (issue 11) ---------------------------------------------------------------
+
+def scalars(folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(folder)); events.Reload()
+    return [(e.step, round(e.value, 5)) for e in events.Scalars(tag)] if tag in events.Tags()['scalars'] else []
+
+def test_tensorboard_after_a_kill_and_resume_has_each_point_once(tmp_path):
+    import os, signal
+    make = lambda folder: [TensorBoardS(folder/'tb', log_every=2)]
+    whole = learner(*make(tmp_path/'whole'))
+    whole.fit(3)
+    code = textwrap.dedent(f'''
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_run_state import learner, TensorBoardS, CheckpointS, Subscriber
+        from pathlib import Path
+        class Kill(Subscriber):
+            order = 500
+            def after_batch(self, learn):
+                if learn.training and learn.iteration == 31: os.kill(os.getpid(), signal.SIGKILL)
+        learner(TensorBoardS(Path({str(tmp_path)!r})/'run'/'tb', log_every=2), CheckpointS(Path({str(tmp_path)!r})/'ck', every_batches=5, every_epochs=None), Kill()).fit(3)
+    ''')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    resumed = learner(*make(tmp_path/'run'), CheckpointS(tmp_path/'ck', every_batches=5, every_epochs=None))
+    resumed.fit(3, resume=tmp_path/'ck')                        # the checkpoint at 30: points 26-30 were noted, not written
+    for mode, tag in (('train', 'batch/loss'), ('train', 'metrics/loss'), ('valid', 'metrics/accuracy')):
+        assert scalars(tmp_path/'run'/'tb'/mode, tag) == scalars(tmp_path/'whole'/'tb'/mode, tag), tag
+
+def test_two_fits_in_the_same_second_keep_both_event_files(tmp_path):
+    learn = learner(TensorBoardS(tmp_path/'tb'))
+    learn.fit(1); learn.fit(1)
+    assert len(list((tmp_path/'tb'/'valid').iterdir())) == 2
+    assert [step for step, _ in scalars(tmp_path/'tb'/'valid', 'metrics/loss')] == [12, 12]
+
+def test_a_header_cut_past_the_metric_columns_is_written_afresh(tmp_path):
+    class Logs(Subscriber):
+        def after_loss(self, learn): learn.log('x', 1.0)
+    learner(Logs(), CSVLoggerS(tmp_path/'whole.csv')).fit(1)
+    whole = (tmp_path/'whole.csv').read_text()
+    header = whole.splitlines()[0]
+    for cut in (header[:-3], header[:len('epoch,iteration,lr,train_loss,train_accuracy,valid_loss,valid_accuracy,')], header):
+        (tmp_path/'cut.csv').write_text(cut)      # what a kill during the first write leaves
+        learner(Logs(), CSVLoggerS(tmp_path/'cut.csv')).fit(1)
+        assert (tmp_path/'cut.csv').read_text() == whole, cut
+
+def test_fit_one_cycle_resumed_with_another_length_is_refused_before_training(tmp_path):
+    class Stop(Subscriber):
+        def after_batch(self, learn):
+            if learn.iteration == 10: raise CancelFitException()
+    fit_one_cycle(learner(CheckpointS(tmp_path, every_batches=3)), 3, 0.4, subs=[Stop()])
+    fresh = learner(CheckpointS(tmp_path, every_batches=3))
+    before = [p.detach().clone() for p in fresh.model.parameters()]
+    from nntrain.core import CheckpointError
+    with pytest.raises(CheckpointError, match=r"the checkpoint's OneCycleLR has another schedule: total_steps=36 in the checkpoint, 60 now"):
+        fit_one_cycle(fresh, 5, 0.4, resume=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.model.parameters()))
+
+def test_checkpoints_that_would_never_be_written_are_refused(tmp_path):
+    with pytest.raises(ValueError) as info: CheckpointS(tmp_path, every_batches=None, every_epochs=None)
+    assert str(info.value) == "CheckpointS expected every_batches, every_epochs or monitor; with none of them it never writes a checkpoint"
+    CheckpointS(tmp_path, every_batches=None, every_epochs=None, monitor='loss')   # best.pt alone is a choice
+
+def test_log_refuses_bool_tensors_like_bools():
+    class Logs(Subscriber):
+        def after_loss(self, learn): learn.log('flag', torch.tensor(True))
+    with pytest.raises(ValueError, match=r"log expected 'flag' to be a single real number, got a bool tensor of shape \(\)"): learner(Logs()).fit(1)
