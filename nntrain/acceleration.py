@@ -103,6 +103,7 @@ def optimizer_steps(learn) -> int:
     return full * math.ceil(per_pass / n) + math.ceil(rest / n)
 
 _SCHEDULE_SHAPE = ('total_steps', 'T_max', 'step_size', 'milestones', 'gamma', 'T_0', 'T_mult', 'total_iters')  # what fixes a schedule's course
+_GROUP_BOUNDS = ('max_lr', 'min_lr', 'initial_lr', 'max_momentum', 'base_momentum')  # what a scheduler writes into the optimizer's groups
 
 class SchedulerS(Subscriber):
     "Build `make(opt)` (a `torch.optim.lr_scheduler` class or partial) at each fit; step it per optimizer step or per epoch."
@@ -128,6 +129,7 @@ class SchedulerS(Subscriber):
 
     def before_fit(self, learn):
         self.scheduler, self.steps = self.make(learn.opt, **self._length_arguments(learn)), 0
+        self.group_bounds = [{k: group[k] for k in _GROUP_BOUNDS if k in group} for group in learn.opt.param_groups]
 
     def _step(self):
         self.scheduler.step()
@@ -146,8 +148,12 @@ class SchedulerS(Subscriber):
     def load_state_dict(self, state: dict):
         "Restore what `state_dict` returned (after `before_fit` built the scheduler); a schedule of another length or shape is refused."
         built = self.scheduler.state_dict()
-        if changed := [f"{key}={state['scheduler'][key]!r} in the checkpoint, {built[key]!r} now" for key in _SCHEDULE_SHAPE
-                       if key in built and key in state['scheduler'] and state['scheduler'][key] != built[key]]:
+        saved_groups = self.scheduler.optimizer.param_groups   # the checkpoint's, loaded just before this state
+        changed = [f"{key}={state['scheduler'][key]!r} in the checkpoint, {built[key]!r} now" for key in _SCHEDULE_SHAPE
+                   if key in built and key in state['scheduler'] and state['scheduler'][key] != built[key]]
+        changed += [f"{key}={saved[key]!r} in the checkpoint, {bounds[key]!r} now" for bounds, saved in zip(getattr(self, 'group_bounds', []), saved_groups)
+                    for key in bounds if key in saved and saved[key] != bounds[key]][:1]
+        if changed:
             raise ValueError(f"the checkpoint's {type(self.scheduler).__name__} has another schedule: {'; '.join(changed)}; "
                              "expected the same epochs and scheduler arguments as the run that wrote it")
         self.scheduler.load_state_dict(state['scheduler']); self.steps = state['steps']

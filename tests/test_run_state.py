@@ -541,3 +541,15 @@ def test_log_refuses_bool_tensors_like_bools():
     class Logs(Subscriber):
         def after_loss(self, learn): learn.log('flag', torch.tensor(True))
     with pytest.raises(ValueError, match=r"log expected 'flag' to be a single real number, got a bool tensor of shape \(\)"): learner(Logs()).fit(1)
+
+def test_fit_one_cycle_resumed_with_another_max_lr_is_refused(tmp_path):
+    class Stop(Subscriber):
+        def after_batch(self, learn):
+            if learn.iteration == 10: raise CancelFitException()
+    fit_one_cycle(learner(CheckpointS(tmp_path, every_batches=3)), 3, 0.4, subs=[Stop()])
+    from nntrain.core import CheckpointError
+    with pytest.raises(CheckpointError, match=r"the checkpoint's OneCycleLR has another schedule: max_lr=0.4 in the checkpoint, 0.1 now"):
+        fit_one_cycle(learner(CheckpointS(tmp_path, every_batches=3)), 3, 0.1, resume=tmp_path)
+    resumed = learner(CheckpointS(tmp_path, every_batches=3))
+    fit_one_cycle(resumed, 3, 0.4, resume=tmp_path)        # the same arguments resume
+    assert resumed.iteration == 36
