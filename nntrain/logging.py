@@ -39,7 +39,14 @@ class _EventFile:
         if purge_step is not None:   # TensorBoard then hides what an interrupted run wrote at this step and after
             self._write(purge_step, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
 
-    def _write(self, step: int, **fields): self.writer.write_event(self.event_pb2.Event(wall_time=time.time(), step=step, **fields))
+    def _write(self, step: int, **fields):
+        try: self.writer.write_event(self.event_pb2.Event(wall_time=time.time(), step=step, **fields))
+        except OSError as e: raise self._error(e) from None
+
+    def _error(self, e: OSError) -> OSError:
+        "`e` as an error that names the event file (and says so when the disk is full)."
+        why = f"disk full ({e.strerror})" if e.errno in _FULL else (e.strerror or str(e))
+        return OSError(e.errno, f"TensorBoardS cannot write {self.writer._file_name}: {why}")
 
     def add_scalar(self, tag: str, value: float, step: int):
         self._write(step, summary=self.summary_pb2.Summary(value=[self.summary_pb2.Summary.Value(tag=tag, simple_value=float(value))]))
@@ -48,8 +55,13 @@ class _EventFile:
         from tensorboardX.summary import histogram
         self._write(step, summary=histogram(tag, values.detach().float().cpu().numpy(), bins='auto', max_bins=64))
 
-    def flush(self): self.writer.flush()
-    def close(self): self.writer.close()
+    def flush(self):
+        try: self.writer.flush()
+        except OSError as e: raise self._error(e) from None
+
+    def close(self):
+        try: self.writer.close()
+        except OSError as e: raise self._error(e) from None
 
 
 # %% ../nbs/07_logging.ipynb #6a825476

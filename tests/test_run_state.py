@@ -553,3 +553,16 @@ def test_fit_one_cycle_resumed_with_another_max_lr_is_refused(tmp_path):
     resumed = learner(CheckpointS(tmp_path, every_batches=3))
     fit_one_cycle(resumed, 3, 0.4, resume=tmp_path)        # the same arguments resume
     assert resumed.iteration == 36
+
+def test_tensorboard_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import errno, os
+    from tensorboardX.event_file_writer import EventsWriter
+    real = EventsWriter.write_event
+    def full(self, event):
+        if event.HasField('summary'): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, event)
+    monkeypatch.setattr(EventsWriter, 'write_event', full)
+    with pytest.raises(OSError) as info: learner(TensorBoardS(tmp_path/'tb')).fit(1)
+    message = str(info.value)
+    assert message.startswith(f"[Errno {errno.ENOSPC}] TensorBoardS cannot write {tmp_path/'tb'/'train'}/events.out.tfevents.")
+    assert message.endswith(": disk full (No space left on device)")
