@@ -102,7 +102,7 @@ def optimizer_steps(learn) -> int:
     full, rest = divmod(learn.n_iterations, per_pass)  # the last pass of an iteration-based fit may be shorter
     return full * math.ceil(per_pass / n) + math.ceil(rest / n)
 
-_SCHEDULE_SHAPE = ('total_steps', 'T_max', 'step_size', 'milestones', 'gamma', 'T_0', 'T_mult', 'total_iters')  # what fixes a schedule's course
+_SCHEDULE_SHAPE = ('total_steps', 'T_max', 'step_size', 'milestones', 'gamma', 'T_0', 'T_mult', 'total_iters', '_schedule_phases')  # what fixes a schedule's course
 _GROUP_BOUNDS = ('max_lr', 'min_lr', 'initial_lr', 'max_momentum', 'base_momentum')  # what a scheduler writes into the optimizer's groups
 
 class SchedulerS(Subscriber):
@@ -184,7 +184,7 @@ class RecorderS(Subscriber):
 # %% ../nbs/04_acceleration.ipynb #c423d518
 class GradAccumS(Subscriber):
     "Take an optimizer step every `n` batches (and at each epoch's end), on gradients averaged over those batches."
-    order = -2
+    order, in_evaluation = -2, False   # an evaluation pass takes no steps, and must not reset the count of the pass it interrupts
     def __init__(self, n: int):
         self.n = _check_int(n, 'n (the number of batches to accumulate)', 'GradAccumS')
 
@@ -268,6 +268,10 @@ class MixedPrecisionS(Subscriber):
         if self.scaler is not None: self.scaler.update()
 
     def cleanup_fit(self, learn): self._leave_autocast()
+
+    def for_evaluation(self) -> MixedPrecisionS:
+        "A fresh twin for an evaluation pass, with its own autocast context: one run from inside a batch must not leave the fit's."
+        return MixedPrecisionS(self.requested_dtype, self.requested_scaling)
 
     def state_dict(self) -> dict:
         "The gradient scaler's state (its scale and growth tracker) and the count of skipped steps."

@@ -71,6 +71,7 @@ class Subscriber:
     "Base class of subscribers: define event methods such as `def after_batch(self, learn)`; lower `order` runs first."
     order = 0
     in_evaluation = True  # False: leave me out of evaluation passes (`get_preds`, `evaluate`) run during or after a fit
+    # a subscriber that keeps per-pass state and takes part in evaluation defines `for_evaluation()`, the twin the pass uses
     shows_log = False     # True: I show each pass's log myself (as ProgressS does), so MetricsS does not print it
 
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_predict', 'after_loss', 'after_backward', 'before_step',
@@ -83,11 +84,17 @@ _PASS_EVENTS = frozenset(('before_epoch', 'after_epoch', 'after_log'))
 
 def every(n: int | str) -> Callable:
     "Decorator: call this event method only at every `n`-th training iteration (batch events) or epoch (pass events); a str names the subscriber's attribute holding `n` (None there: never)."
-    if not isinstance(n, str) and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
+    if not isinstance(n, str) and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):  # a str names an attribute
         raise ValueError(f"every expected n to be an int >= 1 (not a bool), or the name of the subscriber's attribute that holds it, got {_describe(n)}")
     def declare(method):
+        if not callable(method) or not hasattr(method, '__name__') or isinstance(method, type):
+            raise TypeError(f"@every decorates a subscriber's event method, got {_describe(method)}; for a function made a "
+                            f"subscriber with on(), give the frequency to on: on(event, every={n!r})")
         if hasattr(method, 'every'):
             raise ValueError(f"{method.__qualname__} is declared @every twice ({method.every!r} and {n!r}); expected one frequency")
+        if not _is_event(method.__name__):
+            raise ValueError(f"@every({n!r}) decorates an event method (after_batch, after_epoch, ...), got {method.__qualname__}, which is not one "
+                             f"(a function made a subscriber with on() takes its frequency from on: on(event, every={n!r}))")
         if method.__name__ not in _BATCH_EVENTS | _PASS_EVENTS:
             raise ValueError(f"@every({n!r}) on {method.__qualname__}: expected a batch event ({', '.join(sorted(_BATCH_EVENTS))}) "
                              f"or a pass event ({', '.join(sorted(_PASS_EVENTS))}); {method.__name__} happens once per fit")
@@ -381,8 +388,8 @@ class Learner:
 
     def log(self, name: str, value):
         "Add the scalar `value` to `name`'s sum for this pass (a tensor stays on its device); `MetricsS` reports the mean over the pass."
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"log expected name to be a non-empty str, got {_describe(name)}")
+        if not isinstance(name, str) or not name or not name.isprintable():
+            raise TypeError(f"log expected name to be a non-empty str of printable characters (it heads a column), got {_describe(name)}")
         if isinstance(value, torch.Tensor):
             if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
                 kind = 'complex ' if value.is_complex() else 'bool ' if value.dtype == torch.bool else ''
@@ -525,6 +532,9 @@ def _load_learner_state(self: Learner, state: dict, rng: bool, source):
         raise
     for key in [key for key in stateful if key not in state['subs']]:
         warnings.warn(f"{source if source is not None else 'the learner state'} holds no state for the subscriber {key}; it starts afresh", stacklevel=4)
+    for key in [key for key in state['subs'] if key not in stateful]:   # e.g. the schedule of a fit_one_cycle resumed by a plain fit
+        warnings.warn(f"{source if source is not None else 'the learner state'} holds the state of a subscriber {key}, which this learner "
+                      "does not have; that state is left out (resume with the same subscribers to continue it)", stacklevel=4)
 
 class FastForward:
     "Iterate `dl` from batch `skip` on; after the loader drew its order, set the random state to `rng`; `source` names the checkpoint in errors."

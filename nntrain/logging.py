@@ -88,8 +88,10 @@ class CSVLoggerS(Subscriber):
     order = MetricsS.order + 1
 
     def __init__(self, path, logged: Iterable[str] = ()):
+        if isinstance(logged, (bytes, dict)) or not isinstance(logged, (str, Iterable)):
+            raise TypeError(f"CSVLoggerS expected logged to be names (str) of values given to learn.log, got {logged!r}")
         logged = [logged] if isinstance(logged, str) else list(logged)
-        if not all(isinstance(name, str) and name for name in logged):
+        if not all(isinstance(name, str) and name and name.isprintable() for name in logged):
             raise TypeError(f"CSVLoggerS expected logged to be names (str) of values given to learn.log, got {logged!r}")
         self.path, self.logged, self.file, self.rows, self.text, self.columns = Path(path), logged, None, 0, '', None
 
@@ -99,6 +101,8 @@ class CSVLoggerS(Subscriber):
             raise ValueError(f"CSVLoggerS({str(self.path)!r}) logs what MetricsS measures, so it needs a MetricsS among "
                              f"the learner's subscribers; got {[type(s).__name__ for s in learn.subs]}")
         self.names = ['loss', *metrics.metrics]
+        if clash := [name for name in self.logged if name in ('epoch', 'mode', *self.names)]:
+            raise ValueError(f"CSVLoggerS(logged={self.logged!r}): {clash[0]!r} is a name the metrics log uses itself; expected names given to learn.log")
         self.header = ['epoch', 'iteration', 'lr', *(f'{mode}_{name}' for mode in ('train', 'valid') for name in self.names)]
         data, size = _complete_lines(self.path)
         header_line = _csv_line(self.header).encode()
@@ -106,6 +110,10 @@ class CSVLoggerS(Subscriber):
             raw = self.path.read_bytes()
             if not (header_line.startswith(raw) or raw.startswith(header_line.rstrip(b'\r\n') + b',')): data = raw
         existing = next(csv.reader(io.StringIO(data.decode('utf-8', 'replace'))), []) if data else None
+        if existing is not None and existing[:len(self.header)] == self.header and (
+                undeclared := [f'train_{name}' for name in self.logged if f'train_{name}' not in existing]):
+            raise ValueError(f"{self.path} already has the header {existing}, which has no column {undeclared[0]!r} for the logged value "
+                             f"{undeclared[0][6:]!r}; expected the columns the file has (log to a new file, or move the old one away)")
         if existing is not None and existing[:len(self.header)] != self.header:
             raise ValueError(f"{self.path} already has the header {existing}, but this run writes {self.header}; "
                              "expected the same columns (log to a new file, or move the old one away)")

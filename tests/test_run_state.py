@@ -163,7 +163,7 @@ def test_log_refuses_what_is_not_a_scalar():
     for name, value, error, message in [('x', torch.ones(2), ValueError, "log expected 'x' to be a single real number, got a tensor of shape (2,)"),
                                         ('x', 'high', TypeError, "log expected 'x' to be a number or a one-element tensor, got 'high'"),
                                         ('x', True, TypeError, "log expected 'x' to be a number or a one-element tensor, got True"),
-                                        (3, 1.0, TypeError, "log expected name to be a non-empty str, got 3")]:
+                                        (3, 1.0, TypeError, "log expected name to be a non-empty str of printable characters (it heads a column), got 3")]:
         with pytest.raises(error) as info: learner(Bad(name, value)).fit(1)
         assert str(info.value) == message
     with pytest.raises(ValueError, match="learn.log was given 'accuracy', a name the metrics log uses itself"):
@@ -566,3 +566,61 @@ def test_tensorboard_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
     message = str(info.value)
     assert message.startswith(f"[Errno {errno.ENOSPC}] TensorBoardS cannot write {tmp_path/'tb'/'train'}/events.out.tfevents.")
     assert message.endswith(": disk full (No space left on device)")
+
+# -- the third independent break-it pass (issue 11) ----------------------------------------------------------------
+
+@pytest.mark.parametrize('event', ['before_batch', 'after_predict', 'after_loss', 'after_backward', 'after_batch'])
+@pytest.mark.parametrize('make', [lambda: __import__('nntrain.acceleration', fromlist=['GradAccumS']).GradAccumS(3),
+                                  lambda: __import__('nntrain.acceleration', fromlist=['MixedPrecisionS']).MixedPrecisionS()])
+def test_evaluate_inside_a_batch_leaves_accumulation_and_autocast_alone(event, make):
+    import nntrain.trial  # noqa: F401
+    def run(call):
+        class Probe(Subscriber):
+            in_evaluation, order = False, 50
+        if call: setattr(Probe, event, lambda self, learn: learn.evaluate(learn.dls.valid))
+        learn = learner(make(), Probe())
+        learn.fit(1)
+        return learn.model.weight.detach().clone(), torch.is_autocast_enabled('cpu')
+    (w0, a0), (w1, a1) = run(False), run(True)
+    assert torch.equal(w0, w1) and (a0, a1) == (False, False)
+
+def test_csv_logged_columns_are_checked_against_the_file(tmp_path):
+    class Logs(Subscriber):
+        def __init__(self, name): self.name = name
+        def after_loss(self, learn): learn.log(self.name, 1.0)
+    learner(Logs('x'), CSVLoggerS(tmp_path/'log.csv', logged=['x'])).fit(1)
+    before = (tmp_path/'log.csv').read_bytes()
+    with pytest.raises(ValueError, match=r"has no column 'train_y' for the logged value 'y'; expected the columns the file has"):
+        learner(Logs('y'), CSVLoggerS(tmp_path/'log.csv', logged=['y'])).fit(1)
+    assert (tmp_path/'log.csv').read_bytes() == before
+    for bad in (None, 3, ['a\nb'], b'x'):
+        with pytest.raises(TypeError, match="CSVLoggerS expected logged to be names"): CSVLoggerS(tmp_path/'x.csv', logged=bad)
+    with pytest.raises(ValueError, match=r"CSVLoggerS\(logged=\['loss'\]\): 'loss' is a name the metrics log uses itself"):
+        learner(CSVLoggerS(tmp_path/'z.csv', logged=['loss'])).fit(1)
+
+def test_log_names_must_be_printable():
+    class Logs(Subscriber):
+        def after_loss(self, learn): learn.log('a\nb', 1.0)
+    with pytest.raises(TypeError, match="log expected name to be a non-empty str of printable characters"): learner(Logs()).fit(1)
+
+def test_a_schedule_of_other_phases_is_refused_and_a_dropped_scheduler_state_warned(tmp_path):
+    from nntrain.core import CheckpointError
+    class Stop(Subscriber):
+        def after_batch(self, learn):
+            if learn.iteration == 10: raise CancelFitException()
+    fit_one_cycle(learner(CheckpointS(tmp_path, every_batches=3)), 3, 0.4, subs=[Stop()])
+    with pytest.raises(CheckpointError, match="the checkpoint's OneCycleLR has another schedule: _schedule_phases="):
+        fit_one_cycle(learner(CheckpointS(tmp_path, every_batches=3)), 3, 0.4, resume=tmp_path, pct_start=0.5)
+    with pytest.warns(UserWarning, match="holds the state of a subscriber SchedulerS, which this learner does not have"):
+        learner(CheckpointS(tmp_path, every_batches=3)).fit(3, resume=tmp_path)
+
+def test_every_says_what_it_decorates():
+    with pytest.raises(TypeError, match=r"@every decorates a subscriber's event method, got .*on\(event, every=3\)"):
+        every(3)(on('after_batch')(lambda learn: None))
+    with pytest.raises(ValueError, match=r"@every\(3\) decorates an event method .*h, which is not one .*on\(event, every=3\)"):
+        def h(learn): pass
+        every(3)(h)
+    with pytest.raises(ValueError, match=r"got .*helper, which is not one"):
+        class S(Subscriber):
+            @every(2)
+            def helper(self, learn): pass
