@@ -319,7 +319,7 @@ class Learner:
         position = state['position']
         self.load_state_dict(state, rng=False, source=path)
         self.position = {**copy.deepcopy(position), 'pass_done': False}
-        self.iteration, self.logged = _resumed_iteration((path, state)), _logged_from_state(position.get('logged', {}))
+        self.logged = _logged_from_state(position.get('logged', {}))   # `fit` set the iteration from the checkpoint already
         set_rng_state(position['epoch_start']['rng'])
         _set_generator_state(self._generator, position['epoch_start']['loader'], path)
         self.dl = FastForward(self.dl, position['next_iter'], state['rng'], source=path)

@@ -371,8 +371,7 @@ class ReportS(Subscriber):
     def after_fit(self, learn):
         if self.trained: self.write(learn)   # not the validation-only fits of get_preds and evaluate
 
-    def after_cancel_fit(self, learn):
-        if self.trained: self.write(learn)   # a fit stopped early (early stopping, NaN) is reported too
+    after_cancel_fit = after_fit   # a fit stopped early (early stopping, NaN) is reported too
 
     def _save_figure(self, name: str, fig: plt.Figure):
         import matplotlib.pyplot as plt
