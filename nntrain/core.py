@@ -213,6 +213,11 @@ def _param_group_problem(groups: list) -> str | None:
                 expected = 'a finite number >= 0' if key == 'lr' else 'a tuple of finite numbers' if key in _PAIRS else 'a finite number'
                 return f"'opt' param group {i} has {key}={_describe(value)}; expected {expected}"
 
+def _is_optimizer_state(opt) -> bool:
+    "Whether `opt` looks like one optimizer's `state_dict()`: a dict with a dict 'state' and a list of dict 'param_groups'."
+    return (isinstance(opt, dict) and isinstance(opt.get('state'), dict) and isinstance(opt.get('param_groups'), list)
+            and all(isinstance(g, dict) for g in opt['param_groups']))
+
 def _structure_problem(state: dict) -> str | None:
     "Why a dict of a known format does not have the structure `Learner.state_dict` gives, or None."
     missing = [k for k in ('model', 'opt', 'subs', 'rng') if k not in state]
@@ -221,10 +226,13 @@ def _structure_problem(state: dict) -> str | None:
     if not isinstance(model, dict): return f"'model' should be a dict of tensors by name, got {_kind(model)}"
     bad = next((k for k, v in model.items() if not isinstance(k, str) or not (isinstance(v, torch.Tensor) or k.endswith('_extra_state'))), None)
     if bad is not None: return f"'model' should be a dict of tensors by name, but its entry {bad!r} is {_kind(model[bad])}"
-    if opt is not None and not (isinstance(opt, dict) and isinstance(opt.get('state'), dict) and isinstance(opt.get('param_groups'), list)
-                                and all(isinstance(g, dict) for g in opt['param_groups'])):
-        return f"'opt' should be None or an optimizer's state dict (a dict with 'state' and a list of 'param_groups'), got {_kind(opt)}"
-    if opt is not None and (problem := _param_group_problem(opt['param_groups'])): return problem
+    if opt is not None and not _is_optimizer_state(opt):   # named optimizers: a dict of name to optimizer state
+        if not (isinstance(opt, dict) and opt and all(isinstance(k, str) and _is_optimizer_state(v) for k, v in opt.items())):
+            return (f"'opt' should be None or an optimizer's state dict (a dict with 'state' and a list of 'param_groups'), "
+                    f"got {_kind(opt)} (with named optimizers: a dict of such state dicts by name)")
+    for name, one in ([] if opt is None else [(None, opt)] if _is_optimizer_state(opt) else opt.items()):
+        if problem := _param_group_problem(one['param_groups']):
+            return problem if name is None else problem.replace("'opt'", f"'opt'[{name!r}]", 1)
     if not isinstance(subs, dict) or not all(isinstance(k, str) for k in subs):
         return f"'subs' should be a dict of subscriber states by name, got {_kind(subs)}"
     if problem := _rng_problem(state['rng'], "'rng'"): return problem

@@ -239,6 +239,47 @@ def _default_collation(collate_fn) -> dict | None:
     if isinstance(collate_fn, functools.partial) and collate_fn.func is hf_ds_collate_fn and not collate_fn.args: return dict(collate_fn.keywords)
     return None
 
+def _column_names(value, role: str) -> tuple[str, ...] | None:
+    "`value` (None, a column name, or a non-empty tuple or list of them) as a tuple of names; else a clear error."
+    if value is None: return None
+    if isinstance(value, str): return (value,)
+    expected = f"from_hf_dd expected {role} to be a column name (str) or a non-empty tuple or list of column names"
+    if not isinstance(value, (tuple, list)): raise TypeError(f"{expected}, got {_describe(value)}")
+    if not value: raise TypeError(f"{expected}, got an empty {type(value).__name__}")
+    if not_names := [v for v in value if not isinstance(v, str)]:
+        raise TypeError(f"{expected}, got a {type(value).__name__} holding {_describe(not_names[0])}")
+    if repeated := [v for i, v in enumerate(value) if v in value[:i]]:
+        raise ValueError(f"from_hf_dd expected {role} to name each column once, got {repeated[0]!r} more than once")
+    return tuple(value)
+
+def _split_columns(ds, split: str) -> list[str]:
+    "The column names of the split `ds`; a TypeError when it has none (it is not a Hugging Face Dataset)."
+    names = getattr(ds, 'column_names', None)
+    if not isinstance(names, list):
+        raise TypeError(f"from_hf_dd expected the {split!r} split to be a Hugging Face Dataset, with named columns to choose "
+                        f"inputs and targets from, got {_describe(ds)}")
+    return names
+
+def _choose_columns(dd, splits: tuple[str, str], inputs, targets) -> tuple[str, ...] | None:
+    "The columns each batch holds, in order: `inputs`, then `targets` (either one defaults to the other columns); None for all."
+    inputs, targets = _column_names(inputs, 'inputs'), _column_names(targets, 'targets')
+    if inputs is None and targets is None: return None
+    if inputs is not None and targets is not None and (both := [n for n in inputs if n in targets]):
+        raise ValueError(f"from_hf_dd expected inputs and targets to name different columns, got {both[0]!r} in both")
+    have = {split: _split_columns(dd[split], split) for split in splits}
+    for split in splits:
+        for role, names in (('inputs', inputs), ('targets', targets)):
+            if names is not None and (missing := [n for n in names if n not in have[split]]):
+                raise ValueError(f"from_hf_dd expected {role} to name columns of the {split!r} split, got "
+                                 f"{', '.join(map(repr, missing))}; its columns are {have[split]}")
+    train, valid = splits
+    rest = tuple(n for n in have[train] if n not in (inputs or ()) + (targets or ()))
+    chosen = (inputs if inputs is not None else rest) + (targets if targets is not None else rest)
+    if missing := [n for n in chosen if n not in have[valid]]:
+        raise ValueError(f"from_hf_dd expected the {valid!r} split to have the columns {list(chosen)} chosen from the {train!r} "
+                         f"split, but it lacks {missing}; its columns are {have[valid]}")
+    return chosen
+
 class DataLoaders:
     "A training and a validation iterable of batches, as `.train` and `.valid`."
     def __init__(self, train, valid): self.train, self.valid = _iterable_or_none(train, 'train'), _iterable_or_none(valid, 'valid')
@@ -269,8 +310,9 @@ class DataLoaders:
 
     @classmethod
     def from_hf_dd(cls, dd, batch_size: int, collate_fn=hf_ds_collate_fn, drop_last: bool = False, seed: int | None = None,
-                   max_bytes: int = DEFAULT_MAX_BYTES, **kwargs):
-        "Loaders over a `DatasetDict`: shuffled training batches of `batch_size`, ordered validation batches of twice that."
+                   max_bytes: int = DEFAULT_MAX_BYTES, inputs: str | Sequence[str] | None = None,
+                   targets: str | Sequence[str] | None = None, **kwargs):
+        "Loaders over a `DatasetDict`: shuffled training batches of `batch_size`, ordered validation ones of twice that; columns by name."
         train, valid = _pick_splits(dd)
         batch_size, drop_last = _check_int(batch_size, 'batch_size', 'from_hf_dd'), _check_flag(drop_last, 'drop_last', 'from_hf_dd')
         seed, max_bytes = _check_int(seed, 'seed', 'from_hf_dd', minimum=0, optional=True), _check_int(max_bytes, 'max_bytes', 'from_hf_dd')
@@ -279,16 +321,20 @@ class DataLoaders:
         if taken := [k for k in _SET_BY_FROM_HF_DD if k in kwargs]:
             raise TypeError(f"from_hf_dd sets {', '.join(taken)} itself (training batches of batch_size, shuffled; validation of "
                             f"twice that, in order; seed= seeds the shuffling), got {', '.join(f'{k}={_describe(kwargs[k])}' for k in taken)}")
+        chosen = _choose_columns(dd, (train, valid), inputs, targets)
+        # only the chosen columns, in the chosen order (select_columns keeps the order it is given), are decoded or collated
+        source = {split: dd[split] if chosen is None else dd[split].select_columns(list(chosen)) for split in (train, valid)}
         collation = _default_collation(collate_fn)
         if collation is not None and set(collation) <= {'flatten'} and not kwargs:
             try:
-                columns = {split: dataset_to_tensors(dd[split], max_bytes) for split in (train, valid)}
+                columns = {split: dataset_to_tensors(source[split], max_bytes) for split in (train, valid)}
             except NotTensorizable as e:
                 if 'max_bytes' in str(e): warnings.warn(f"from_hf_dd: {e}; collating rows at every epoch instead")
             else:
+                if chosen is not None: columns = {split: {name: cols[name] for name in chosen} for split, cols in columns.items()}
                 flatten = collation.get('flatten', True)
-                return cls(TensorLoader(columns[train], batch_size, shuffle=True, drop_last=drop_last, flatten=flatten, seed=seed, dataset=dd[train]),
-                           TensorLoader(columns[valid], 2 * batch_size, drop_last=drop_last, flatten=flatten, dataset=dd[valid]))
+                return cls(TensorLoader(columns[train], batch_size, shuffle=True, drop_last=drop_last, flatten=flatten, seed=seed, dataset=source[train]),
+                           TensorLoader(columns[valid], 2 * batch_size, drop_last=drop_last, flatten=flatten, dataset=source[valid]))
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        return cls(DataLoader(dd[train], batch_size, shuffle=True, collate_fn=collate_fn, drop_last=drop_last, generator=generator, **kwargs),
-                   DataLoader(dd[valid], 2 * batch_size, shuffle=False, collate_fn=collate_fn, drop_last=drop_last, **kwargs))
+        return cls(DataLoader(source[train], batch_size, shuffle=True, collate_fn=collate_fn, drop_last=drop_last, generator=generator, **kwargs),
+                   DataLoader(source[valid], 2 * batch_size, shuffle=False, collate_fn=collate_fn, drop_last=drop_last, **kwargs))

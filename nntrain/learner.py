@@ -13,21 +13,21 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (FORMAT, CheckpointError, _HYPER_PARAMETERS, _check_flag, _check_int, _describe, _format_problem, _resume_from, _structure_problem,
+from .core import (FORMAT, CheckpointError, _HYPER_PARAMETERS, _check_flag, _check_int, _describe, _format_problem, _is_optimizer_state, _resume_from, _structure_problem,
                    load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .dataloaders import DataLoaders
 
 # %% auto #0
 __all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelStepException', 'PublishEvents',
-           'Subscriber', 'every', 'Learner', 'FastForward', 'MetricsS', 'find_metrics', 'default_device', 'to_device',
-           'DeviceS', 'LRFindS', 'MomentumLearner', 'ProgressS']
+           'Subscriber', 'every', 'n_samples', 'Learner', 'FastForward', 'MetricsS', 'find_metrics', 'default_device',
+           'to_device', 'DeviceS', 'LRFindS', 'MomentumLearner', 'ProgressS']
 
 # %% ../nbs/02_learner.ipynb #48078a7f
 class CancelFitException(Exception):
@@ -168,6 +168,110 @@ def _check_class_targets(preds, targets, loss_fn, who: str):
     raise ValueError(f"{who} expected class targets in [0, {n_classes}) for predictions of shape {tuple(preds.shape)}, got {listed} "
                      f"({int(outside.sum())} of {len(targets)} targets in the pass's first batch); {hint}")
 
+# %% ../nbs/02_learner.ipynb #a7b2c901
+def _is_key(k) -> bool: return isinstance(k, str) or (isinstance(k, numbers.Integral) and not isinstance(k, bool))
+
+def _check_part(part, role: str, optional: bool):
+    "`part` when it says where `role` is in a batch: a position or key, a tuple or list of them, or a function of the batch."
+    if part is None and optional: return part
+    if _is_key(part) or (callable(part) and not isinstance(part, type)): return part
+    if isinstance(part, (tuple, list)) and part and all(map(_is_key, part)): return tuple(part)
+    none = ', None (no targets)' if optional else ''
+    raise TypeError(f"Learner expected {role} to be a position in the batch (an int), a key of a dict batch (a str), a tuple of "
+                    f"them, or a function of the batch{none}; got {_describe(part)}")
+
+def _shape_of(value) -> str:
+    "A short description of one part of a batch, for error messages."
+    if isinstance(value, torch.Tensor): return f"tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    return type(value).__name__
+
+def _batch_structure(batch) -> str:
+    "What `batch` is, for error messages: a dict with its keys, a sequence with its parts, or its type."
+    if isinstance(batch, Mapping): return f"a dict with keys {list(batch)}"
+    if isinstance(batch, (list, tuple)):
+        return f"a {type(batch).__name__} of {len(batch)} ({', '.join(map(_shape_of, batch[:4]))}{', ...' if len(batch) > 4 else ''})"
+    return f"a {_shape_of(batch)}" if isinstance(batch, torch.Tensor) else _describe(batch)
+
+def _picker(part, role: str) -> Callable:
+    "A function taking `role` out of a batch, as `part` says, with an error naming the batch's structure when it does not fit."
+    if callable(part): return part
+    keys = part if isinstance(part, tuple) else (part,)
+    def fail(batch, e):
+        wanted = ' and '.join(f'[{k!r}]' for k in keys)
+        hint = ''
+        if isinstance(batch, Mapping) and not all(isinstance(k, str) for k in keys):
+            hint = (f"; a dict batch needs keys: tell the Learner which hold the inputs and the targets, e.g. "
+                    f"Learner(..., inputs={next(iter(batch), 'x')!r}, targets=...)")
+        elif not isinstance(batch, (list, tuple, Mapping)):
+            raise TypeError(f"expected each batch to be a list or tuple (x, y, *rest), or a dict whose keys the Learner is given "
+                            f"(inputs=, targets=), got {_batch_structure(batch)}") from None
+        raise TypeError(f"the Learner takes its {role} from batch{wanted}, but got {_batch_structure(batch)}{hint}") from None
+    def pick_one(batch):
+        if not isinstance(batch, (list, tuple, Mapping)): fail(batch, None)
+        try: return batch[part]
+        except (KeyError, IndexError, TypeError) as e: fail(batch, e)
+    def pick_several(batch):
+        if not isinstance(batch, (list, tuple, Mapping)): fail(batch, None)
+        try: return tuple(batch[k] for k in keys)
+        except (KeyError, IndexError, TypeError) as e: fail(batch, e)
+    return pick_several if isinstance(part, tuple) else pick_one
+
+def n_samples(x) -> int | None:
+    "The number of samples in `x`, a tensor or a (nested) tuple, list or dict of them: the length of the first tensor, 1 for a 0-d one; None without any."
+    if isinstance(x, torch.Tensor): return len(x) if x.ndim else 1
+    if isinstance(x, Mapping): x = list(x.values())
+    if isinstance(x, (list, tuple)):
+        for v in x:
+            if (n := n_samples(v)) is not None: return n
+    return None
+
+def _device_of(x, model: nn.Module) -> torch.device:
+    "The device of the first tensor in `x` (a tensor or a structure of them), else of `model`'s parameters."
+    if isinstance(x, torch.Tensor): return x.device
+    for v in (x.values() if isinstance(x, Mapping) else x if isinstance(x, (list, tuple)) else ()):
+        if isinstance(v, (torch.Tensor, list, tuple, Mapping)): return _device_of(v, model)
+    return next((p.device for p in model.parameters()), torch.device('cpu'))
+
+def _parameters(model: nn.Module, params) -> list:
+    "The parameters (or param groups) `params` names: a submodule's name, a module, or a function of the model giving them."
+    if isinstance(params, str): return list(model.get_submodule(params).parameters())
+    if isinstance(params, nn.Module): return list(params.parameters())
+    return list(params(model))
+
+def _check_optimizers(optimizers, model: nn.Module, optim_class) -> dict | None:
+    "`optimizers` as {name: (params, optim_class, lr or None)}, checked against `model`: each names parameters of it, none shared."
+    if optimizers is None: return None
+    form = ("a dict of name to the parameters it steps: a submodule's name, a module, or a function of the model, "
+            "alone or as (parameters, optim_class) or (parameters, optim_class, lr)")
+    if not isinstance(optimizers, Mapping) or not optimizers: raise TypeError(f"Learner expected optimizers to be {form}; got {_describe(optimizers)}")
+    checked, owner = {}, {}
+    for name, spec in optimizers.items():
+        if not isinstance(name, str) or not name.isidentifier() or name in ('state', 'param_groups'):
+            raise ValueError(f"Learner expected each optimizer's name to be an identifier (it names a phase, a checkpoint entry and a log column) "
+                             f"other than 'state' and 'param_groups', got {_describe(name)}")
+        params, cls, lr = (*spec, None, None)[:3] if isinstance(spec, tuple) and 2 <= len(spec) <= 3 else (spec, optim_class, None)
+        if isinstance(cls, torch.optim.Optimizer) or not callable(cls) or isinstance(params, tuple):
+            raise TypeError(f"Learner expected optimizers[{name!r}] to be {form}; got {_describe(spec)}")
+        if lr is not None: _check_lr(lr, f'Learner (optimizers[{name!r}])')
+        if isinstance(params, str):
+            try: model.get_submodule(params)
+            except AttributeError:
+                children = [n for n, _ in model.named_children()]
+                raise ValueError(f"Learner expected optimizers[{name!r}] to name a submodule of the model, got {params!r}; "
+                                 f"its submodules are {children}") from None
+        elif not (isinstance(params, nn.Module) or callable(params)):
+            raise TypeError(f"Learner expected optimizers[{name!r}] to be {form}; got {_describe(spec)}")
+        found = _parameters(model, params)
+        tensors = [p for g in found for p in (g['params'] if isinstance(g, dict) else [g])]
+        if not tensors: raise ValueError(f"Learner expected optimizers[{name!r}] to have parameters to step, got none from {_describe(params)}")
+        for t in tensors:
+            if id(t) in owner and owner[id(t)] != name:
+                raise ValueError(f"Learner expected each parameter to belong to one optimizer, but optimizers {owner[id(t)]!r} and {name!r} "
+                                 "share parameters; give each its own part of the model")
+            owner[id(t)] = name
+        checked[name] = (params, cls, lr)
+    return checked
+
 # %% ../nbs/02_learner.ipynb #653639a5
 _LR_MAX = float(torch.finfo(torch.float32).max)  # about 3.4e38: a larger lr overflows float32 parameter updates
 
@@ -209,12 +313,16 @@ def _length(loader) -> int | None:
     except TypeError: return None
 
 class Learner:
-    "Train `model` on `dls` with `loss_fn` and `optim_class(params, lr)`, publishing events to `subs`."
+    "Train `model` on `dls` with `loss_fn` and `optim_class(params, lr)`, publishing events to `subs`; `inputs`/`targets` say where they are in a batch, `optimizers` names several."
     def __init__(self, model: nn.Module, dls, loss_fn=F.cross_entropy, optim_class=torch.optim.SGD,
-                 lr: float = 0.1, subs: Iterable[Subscriber] = ()):
+                 lr: float = 0.1, subs: Iterable[Subscriber] = (), inputs=0, targets=1, optimizers: dict | None = None):
         _check_parts(model, dls, loss_fn, optim_class)
         self.model, self.dls, self.loss_fn, self.optim_class, self.lr = model, dls, loss_fn, optim_class, _check_lr(lr)
         self.subs = _check_subs(subs, 'Learner')
+        self.inputs, self.targets = _check_part(inputs, 'inputs', optional=False), _check_part(targets, 'targets', optional=True)
+        self._pick_inputs, self._pick_targets = _picker(self.inputs, 'inputs'), _picker(self.targets, 'targets') if targets is not None else None
+        self._spread_inputs, self._spread_targets = not _is_key(self.inputs), not _is_key(self.targets)  # a tuple from several parts or a function is spread
+        self.optimizers = _check_optimizers(optimizers, model, optim_class)
         self.iteration, self.position, self.logged, self.evaluating, self._log_open = 0, None, {}, False, False
         self._passes_to_check, self._targets_unchecked, self._resume = set(), False, None  # see `_check_targets`, `fit`
         self.subscribers_changed()
@@ -255,7 +363,7 @@ class Learner:
             self.n_epochs, self.epochs, self.iteration = epochs, range(start, epochs), _resumed_iteration(self._resume)
             self.iterations_per_pass = _length(self.dls.train)  # the planned training steps, when the loader has a length
             self.n_iterations = None if self.iterations_per_pass is None else self.iterations_per_pass * epochs
-            self.opt = self.optim_class(self.model.parameters(), lr)
+            self.make_optimizers(lr)
             self._fit(train, valid)
         finally:
             self._resume = None
@@ -338,6 +446,7 @@ class Learner:
 
     @PublishEvents('batch')
     def _one_batch(self):
+        if self.optimizers is not None: return self._phases()
         self.predict(); self.publish('after_predict')
         self.get_loss(); self.publish('after_loss')
         if self.training:
@@ -352,24 +461,63 @@ class Learner:
             self.zero_grad()
         except CancelStepException: pass
 
+    def _phases(self):
+        "A batch with named optimizers: one phase per optimizer, in their order, each from `before_phase` through its own step."
+        for self.opt_name, self.opt in self.opts.items():
+            self.publish('before_phase')
+            self.predict(); self.publish('after_predict')
+            self.get_loss(); self.publish('after_loss')
+            if self.training:
+                self.backward(); self.publish('after_backward')
+                self._update()
+                self.zero_grad()   # a phase's loss reaches other optimizers' parameters too (a GAN's critic): the next phase starts clean
+        if self.training: self.position['next_iter'] = self.iter + 1
+
+    def make_optimizers(self, lr: float):
+        "Build this fit's optimizers: `opt`, and with named `optimizers` one per name in `opts` (`opt` is the current phase's)."
+        if self.optimizers is None:
+            self.opt = self.optim_class(self.model.parameters(), lr)
+            self.opts = {'opt': self.opt}
+            return
+        self.opts = {name: optim_class(_parameters(self.model, params), own_lr if own_lr is not None else lr)
+                     for name, (params, optim_class, own_lr) in self.optimizers.items()}
+        self.opt_name, self.opt = next(iter(self.opts.items()))
+
+    def get_inputs(self, batch=None) -> tuple:
+        "The model's arguments from `batch` (default: the current one), as `inputs` says: `batch[0]` by default; a tuple of them is spread."
+        x = self._pick_inputs(self.batch if batch is None else batch)
+        return x if self._spread_inputs and type(x) is tuple else (x,)
+
+    def get_targets(self, batch=None):
+        "The targets of `batch` (default: the current one), as `targets` says: `batch[1]` by default, a tuple for several, None without targets."
+        return None if self._pick_targets is None else self._pick_targets(self.batch if batch is None else batch)
+
+    def n_samples(self) -> int:
+        "The number of samples in the current batch: the length of its (first) target, or of its first input without targets."
+        targets = self.get_targets()
+        n = n_samples(targets) if targets is not None else None
+        return n if n is not None else n_samples(self.get_inputs()) or 1
+
     def predict(self):
-        "Set `self.preds` to the model's output for the batch's inputs `batch[0]`."
-        batch = self.batch
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            raise TypeError(f"expected each batch to be a list or tuple (x, y, *rest), got {type(batch).__name__}"
-                            + (f" of length {len(batch)}" if isinstance(batch, (list, tuple)) else ''))
-        self.preds = self.model(batch[0])
+        "Set `self.preds` to the model's output for the batch's inputs (`batch[0]`, or as `inputs` says)."
+        self.preds = self.model(*self.get_inputs())
 
     def get_loss(self):
-        "Set `self.loss` from `preds` and the batch's targets `batch[1]`; with no `loss_fn`, start it at zero."
+        "Set `self.loss` from `preds` and the batch's targets (`batch[1]`, or as `targets` says; several are spread); with no `loss_fn`, start it at zero."
         if self._targets_unchecked: self._check_targets()
-        if self.loss_fn is None: self.loss = torch.zeros((), device=self.preds.device)
-        else: self.loss = self.loss_fn(self.preds, self.batch[1])
+        if self.loss_fn is None: self.loss = torch.zeros((), device=_device_of(self.preds, self.model))
+        else:
+            targets = self._pick_targets(self.batch)
+            self.loss = self.loss_fn(self.preds, *targets) if self._spread_targets and type(targets) is tuple else self.loss_fn(self.preds, targets)
 
     def _check_targets(self):
-        "Refuse class targets outside [0, C) before a cross-entropy-like `loss_fn` drops them or fails on them."
+        "Refuse a batch without targets for a `loss_fn`, and class targets outside [0, C) before a cross-entropy-like `loss_fn` drops them or fails on them."
         self._targets_unchecked = False
-        if _cross_entropy_like(self.loss_fn): _check_class_targets(self.preds, self.batch[1], self.loss_fn, 'Learner')
+        if self.loss_fn is None: return
+        if self._pick_targets is None:
+            raise ValueError(f"the Learner has targets=None (batches without targets), but loss_fn={_describe(self.loss_fn)} needs them; "
+                             "expected targets= to say where they are in a batch, or loss_fn=None with subscribers adding the loss")
+        if _cross_entropy_like(self.loss_fn): _check_class_targets(self.preds, self.get_targets(), self.loss_fn, 'Learner')
 
     def backward(self):
         "Backpropagate the loss."
@@ -402,8 +550,8 @@ class Learner:
                                "whose order is below MetricsS's)")
         _add_logged(self.logged, name, value)
 
-    def evaluation(self, dl, subs: Iterable[Subscriber] = ()):
-        "One validation pass over `dl` on a view of this learner (its own loop attributes; the same model, loaders and subscribers), published from `before_fit` to `cleanup_fit` to the subscribers that take part in evaluation and to `subs`."
+    def evaluation(self, dl, subs: Iterable[Subscriber] = (), labelled: bool = True):
+        "One validation pass over `dl` on a view of this learner (its own loop attributes; the same model, loaders and subscribers), published from `before_fit` to `cleanup_fit` to the subscribers that take part in evaluation and to `subs`; `labelled=False`: batches of inputs only, no loss, no metrics."
         if self.evaluating:
             raise RuntimeError("evaluation was called during an evaluation pass (by a subscriber that takes part in evaluation, "
                                "so it would call itself without end); expected `in_evaluation = False` on the subscriber that calls it")
@@ -414,6 +562,11 @@ class Learner:
         view, modes, rng = copy.copy(self), [(module, module.training) for module in self.model.modules()], rng_state()
         view.subs = [getattr(s, 'for_evaluation', lambda: s)() for s in self.subs if getattr(s, 'in_evaluation', True)] + subs
         view.evaluating, view._passes_to_check, view.position = True, {False}, None
+        if not _check_flag(labelled, 'labelled', 'evaluation'):   # a tensor batch is the input; a sequence or dict holds the inputs where `inputs` says
+            view.subs = [s for s in view.subs if not isinstance(s, MetricsS)]
+            pick = self._pick_inputs
+            view._pick_inputs = lambda batch: batch if isinstance(batch, torch.Tensor) else pick(batch)
+            view._pick_targets, view.loss_fn = None, None
         view.subscribers_changed()
         try:
             try: view._evaluate(dl)
@@ -429,8 +582,7 @@ class Learner:
 
     def state_dict(self) -> dict:
         "Model, optimizer, subscribers with state, random state and, during a fit, the position in it (with `iteration`), as one dict."
-        opt = getattr(self, 'opt', None)
-        state = {'format': FORMAT, 'model': self.model.state_dict(), 'opt': opt.state_dict() if opt is not None else None,
+        state = {'format': FORMAT, 'model': self.model.state_dict(), 'opt': _optimizer_state(self),
                  'subs': {key: sub.state_dict() for key, sub in _stateful(self.subs).items()}, 'rng': rng_state()}
         if self.position is not None:
             state['position'] = {**self.position, 'iteration': self.iteration, 'logged': _logged_state(self.logged) if self.training else {}}
@@ -448,6 +600,7 @@ class Learner:
         "Load a checkpoint written by `save` or `CheckpointS` into this learner."
         self.load_state_dict(load_checkpoint(path), rng=rng, source=path)
         return self
+
 
 # %% ../nbs/02_learner.ipynb #5a7c6359
 def _stateful(subs) -> dict:
@@ -484,28 +637,50 @@ def _missing_hyper_parameters(opt, opt_state: dict) -> str | None:
         if missing := sorted(k for k in group if k in _HYPER_PARAMETERS and k not in saved):
             return f"its param group {i} lacks {missing}, which this {type(opt).__name__} steps with"
 
-def _snapshot(learn: Learner, opt, subs: dict) -> dict:
-    "Copies of what loading a state changes: the weights, the optimizer's state, the given subscribers' states, the random state."
+def _optimizer_state(learn: Learner):
+    "The optimizers' states for a checkpoint: None before a fit made one, one state dict, or with named optimizers a dict of them by name."
+    if learn.optimizers is None: return learn.opt.state_dict() if getattr(learn, 'opt', None) is not None else None
+    opts = learn.__dict__.get('opts')
+    return None if opts is None else {name: opt.state_dict() for name, opt in opts.items()}
+
+def _optimizer_pairs(learn: Learner, saved) -> list:
+    "(name, optimizer, its saved state) for each optimizer the learner has made, matched with the checkpoint's `saved` states; a mismatch is a `CheckpointError`."
+    opts = {'opt': learn.opt} if learn.optimizers is None and getattr(learn, 'opt', None) is not None else learn.__dict__.get('opts')
+    if saved is None or opts is None: return []
+    if learn.optimizers is None:
+        if _is_optimizer_state(saved): return [('opt', opts['opt'], saved)]
+        raise CheckpointError(f"the checkpoint holds the states of the named optimizers {list(saved)}, but this learner has one optimizer; "
+                              "expected a Learner with the same optimizers= as the run that wrote it")
+    if _is_optimizer_state(saved):
+        raise CheckpointError(f"the checkpoint holds the state of one optimizer, but this learner has the named optimizers {list(opts)}; "
+                              "expected a checkpoint of a run with the same optimizers=")
+    if list(saved) != list(opts):
+        raise CheckpointError(f"the checkpoint holds the optimizers {list(saved)}, but this learner has {list(opts)}; expected the same names")
+    return [(name, opt, saved[name]) for name, opt in opts.items()]
+
+def _snapshot(learn: Learner, opts: list, subs: dict) -> dict:
+    "Copies of what loading a state changes: the weights, the optimizers' states, the given subscribers' states, the random state."
     weights = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in learn.model.state_dict().items()}
-    return {'model': weights, 'opt': copy.deepcopy(opt.state_dict()) if opt is not None else None,
+    return {'model': weights, 'opts': [copy.deepcopy(opt.state_dict()) for _, opt, _ in opts],
             'subs': {key: copy.deepcopy(sub.state_dict()) for key, sub in subs.items()}, 'rng': rng_state()}
 
-def _restore(learn: Learner, opt, subs: dict, saved: dict):
+def _restore(learn: Learner, opts: list, subs: dict, saved: dict):
     "Put back what `_snapshot` copied."
     learn.model.load_state_dict(saved['model'])
-    if opt is not None: opt.load_state_dict(saved['opt'])
+    for (_, opt, _), opt_state in zip(opts, saved['opts']): opt.load_state_dict(opt_state)
     for key, sub_state in saved['subs'].items(): subs[key].load_state_dict(sub_state)
     set_rng_state(saved['rng'])
 
-def _load_parts(learn: Learner, state: dict, opt, subs: dict, rng: bool):
+def _load_parts(learn: Learner, state: dict, opts: list, subs: dict, rng: bool):
     "Load each part of `state` in turn; a part that does not fit raises `CheckpointError`."
     try: learn.model.load_state_dict(state['model'])
     except RuntimeError as e:
         raise CheckpointError(f"the checkpoint's weights do not fit this {type(learn.model).__name__}: {_first_mismatch(e)}") from None
-    if opt is not None:
-        try: opt.load_state_dict(state['opt'])
+    for name, opt, opt_state in opts:
+        try: opt.load_state_dict(opt_state)
         except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-            raise CheckpointError(f"the checkpoint's optimizer state does not fit this {type(opt).__name__} ({type(e).__name__}: {e})") from None
+            which = '' if learn.optimizers is None else f' {name!r}'
+            raise CheckpointError(f"the checkpoint's optimizer{which} state does not fit this {type(opt).__name__} ({type(e).__name__}: {e})") from None
     for key, sub in subs.items():
         try: sub.load_state_dict(state['subs'][key])
         except Exception as e:
@@ -519,15 +694,18 @@ def _load_learner_state(self: Learner, state: dict, rng: bool, source):
         raise CheckpointError(f"{where}expected a learner state dict of format {FORMAT!r}: {problem}")
     if problem := _weights_mismatch(self.model, state['model']):
         raise CheckpointError(f"{where}the checkpoint's weights do not fit this {type(self.model).__name__}: {problem}")
-    opt = getattr(self, 'opt', None) if state['opt'] is not None else None
-    if opt is not None and (problem := _missing_hyper_parameters(opt, state['opt'])):
-        raise CheckpointError(f"{where}the checkpoint's optimizer state does not fit this {type(opt).__name__}: {problem}")
+    try: opts = _optimizer_pairs(self, state['opt'])
+    except CheckpointError as e: raise CheckpointError(f"{where}{e}") from None
+    for name, opt, opt_state in opts:
+        if problem := _missing_hyper_parameters(opt, opt_state):
+            which = '' if self.optimizers is None else f' {name!r}'
+            raise CheckpointError(f"{where}the checkpoint's optimizer{which} state does not fit this {type(opt).__name__}: {problem}")
     stateful = _stateful(self.subs)
     subs = {key: sub for key, sub in stateful.items() if key in state['subs']}
-    saved = _snapshot(self, opt, subs)
-    try: _load_parts(self, state, opt, subs, rng)
+    saved = _snapshot(self, opts, subs)
+    try: _load_parts(self, state, opts, subs, rng)
     except BaseException as e:
-        _restore(self, opt, subs, saved)
+        _restore(self, opts, subs, saved)
         if isinstance(e, CheckpointError): raise CheckpointError(f"{where}{e}") from None
         raise
     for key in [key for key in stateful if key not in state['subs']]:
@@ -596,6 +774,7 @@ def _logged_state(logged: dict) -> dict:
 def _logged_from_state(state: dict) -> dict:
     "What `_logged_state` saved, as the learner keeps it."
     return {name: [entry['tensor'], entry['number'], entry['count']] for name, entry in state.items()}
+
 
 
 # %% ../nbs/02_learner.ipynb #b779cee2
