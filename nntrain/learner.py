@@ -26,8 +26,9 @@ from .dataloaders import DataLoaders
 
 # %% auto #0
 __all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelStepException', 'PublishEvents',
-           'Subscriber', 'every', 'n_samples', 'Learner', 'FastForward', 'MetricsS', 'find_metrics', 'default_device',
-           'to_device', 'DeviceS', 'LRFindS', 'MomentumLearner', 'ProgressS']
+           'Subscriber', 'every', 'n_samples', 'Learner', 'FastForward', 'TransformedMetric', 'MetricsS',
+           'find_metrics', 'default_device', 'to_device', 'DeviceS', 'LRFindS', 'LRFinder', 'MomentumLearner',
+           'ProgressS']
 
 # %% ../nbs/02_learner.ipynb #48078a7f
 class CancelFitException(Exception):
@@ -74,9 +75,9 @@ class Subscriber:
     # a subscriber that keeps per-pass state and takes part in evaluation defines `for_evaluation()`, the twin the pass uses
     shows_log = False     # True: I show each pass's log myself (as ProgressS does), so MetricsS does not print it
 
-EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_predict', 'after_loss', 'after_backward', 'before_step',
+EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'before_phase', 'after_predict', 'after_loss', 'after_backward', 'before_step',
           'after_step', 'after_batch', 'after_epoch', 'after_log', 'after_fit', 'after_cancel_fit', 'cleanup_fit')
-_BATCH_EVENTS = frozenset(('before_batch', 'after_predict', 'after_loss', 'after_backward', 'before_step', 'after_step', 'after_batch'))
+_BATCH_EVENTS = frozenset(('before_batch', 'before_phase', 'after_predict', 'after_loss', 'after_backward', 'before_step', 'after_step', 'after_batch'))
 
 def _is_event(name: str) -> bool: return name.startswith(('before_', 'after_')) or name == 'cleanup_fit'
 
@@ -592,6 +593,10 @@ class Learner:
         "Restore what `state_dict` returned, all or nothing (the optimizer's state only when a fit has made one); `source` names the file in errors."
         _load_learner_state(self, state, rng, source)
 
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True) -> LRFinder:
+        "Train `num_it` batches (cycling the loader) at rates growing from `start_lr` to `end_lr` until the loss diverges; put the weights, optimizer and random state back; return the suggestion (where the smoothed loss falls fastest) and the curve."
+        return _lr_find(self, start_lr, end_lr, num_it, stop_div)
+
     def save(self, path) -> Path:
         "Save `state_dict()` to `path` atomically, under a checksummed header."
         return save_checkpoint(self.state_dict(), path)
@@ -600,7 +605,6 @@ class Learner:
         "Load a checkpoint written by `save` or `CheckpointS` into this learner."
         self.load_state_dict(load_checkpoint(path), rng=rng, source=path)
         return self
-
 
 # %% ../nbs/02_learner.ipynb #5a7c6359
 def _stateful(subs) -> dict:
@@ -787,16 +791,108 @@ def _model_device(model: nn.Module) -> torch.device:
 _METRIC_METHODS = ('update', 'compute', 'reset', 'to')
 _LOG_KEYS = ('epoch', 'mode', 'loss')
 
-def _check_metrics(metrics: dict):
+def _check_metrics(metrics: dict, who: str = 'MetricsS'):
     "Refuse metrics that are not torcheval metric instances, and names the log uses itself."
     for name, metric in metrics.items():
-        if name in _LOG_KEYS: raise ValueError(f"MetricsS expected metric names other than {', '.join(_LOG_KEYS)} (the log's own entries), got {name!r}")
+        if name in _LOG_KEYS and who == 'MetricsS': raise ValueError(f"MetricsS expected metric names other than {', '.join(_LOG_KEYS)} (the log's own entries), got {name!r}")
         if isinstance(metric, type) or not all(callable(getattr(metric, m, None)) for m in _METRIC_METHODS):
             hint = f' (make one: {metric.__qualname__}())' if isinstance(metric, type) else ''
-            raise TypeError(f"MetricsS expected each metric to be a torcheval metric instance (with {', '.join(_METRIC_METHODS)}), "
-                            f"got {name}={_describe(metric)}{hint}")
+            raise TypeError(f"{who} expected {'each metric' if who == 'MetricsS' else 'metric'} to be a torcheval metric instance (with {', '.join(_METRIC_METHODS)}), "
+                            f"got {name + '=' if who == 'MetricsS' else ''}{_describe(metric)}{hint}")
 
-def _needs_classes(metric) -> bool: return type(metric).__name__.startswith('Multiclass')  # torcheval's Multiclass* metrics
+def _inner(metric): return metric.metric if isinstance(metric, TransformedMetric) else metric
+
+def _needs_classes(metric) -> bool: return type(_inner(metric)).__name__.startswith('Multiclass')  # torcheval's Multiclass* metrics
+
+def _step(part, role: str) -> Callable:
+    "One step of a `TransformedMetric`'s `preds` or `targets`: pick an output by position or key, or apply a function."
+    if _is_key(part): return lambda x: _pick_output(x, part, role)
+    if callable(part) and not isinstance(part, type): return part
+    raise TypeError(f"TransformedMetric expected {role} to be a position or key picking one of several (an int or a str), a function "
+                    f"such as torch.sigmoid, a tuple of those applied in turn, or None; got {_describe(part)}")
+
+def _pick_output(x, key, role: str):
+    try: return x[key]
+    except (KeyError, IndexError, TypeError):
+        raise TypeError(f"TransformedMetric picks {role}[{key!r}], but got {_batch_structure(x)}") from None
+
+class TransformedMetric:
+    "A torcheval `metric` updated with `preds` and `targets` transformed: pick one of several outputs or targets (an int or key), apply a function (`torch.sigmoid`), or a tuple of steps in turn."
+    def __init__(self, metric, preds=None, targets=None):
+        _check_metrics({'metric': metric}, who='TransformedMetric')
+        self.metric, self.preds, self.targets = metric, preds, targets
+        steps = lambda part, role: [] if part is None else [_step(p, role) for p in (part if isinstance(part, tuple) else (part,))]
+        self._preds, self._targets = steps(preds, 'preds'), steps(targets, 'targets')
+
+    def transform(self, preds, targets) -> tuple:
+        "`preds` and `targets` as the metric sees them."
+        for step in self._preds: preds = step(preds)
+        for step in self._targets: targets = step(targets)
+        return preds, targets
+
+    def update(self, preds, targets):
+        self.metric.update(*self.transform(preds, targets))
+        return self
+
+    def compute(self): return self.metric.compute()
+    def reset(self):
+        self.metric.reset()
+        return self
+    def to(self, device, *args, **kwargs):
+        self.metric.to(device, *args, **kwargs)
+        return self
+    def state_dict(self) -> dict: return self.metric.state_dict()
+    def load_state_dict(self, state: dict, *args, **kwargs): self.metric.load_state_dict(state, *args, **kwargs)
+    def __repr__(self):
+        parts = ''.join(f', {k}={getattr(self, k)!r}' for k in ('preds', 'targets') if getattr(self, k) is not None)
+        return f'TransformedMetric({self.metric!r}{parts})'
+
+def _detach(x):
+    "`x` (a tensor, or a tuple, list or dict of them) detached from the graph."
+    if isinstance(x, torch.Tensor): return x.detach()
+    if isinstance(x, Mapping): return {k: _detach(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(_detach(v) for v in x)
+    return x
+
+def _cat(parts: list):
+    "Concatenate a list of like structures (tensors, or tuples, lists or dicts of them) along the batch dimension, part by part."
+    first = parts[0]
+    if isinstance(first, torch.Tensor): return torch.cat(parts) if len(parts) > 1 else first
+    if isinstance(first, Mapping): return {k: _cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, (list, tuple)): return type(first)(_cat(list(column)) for column in zip(*parts))
+    return parts
+
+def _numel(x) -> int:
+    if isinstance(x, torch.Tensor): return x.numel()
+    if isinstance(x, Mapping): x = list(x.values())
+    return sum(map(_numel, x)) if isinstance(x, (list, tuple)) else 0
+
+def _structure_problem_for(metrics: dict, preds, targets) -> str | None:
+    "Why plain (untransformed) `metrics` cannot take `preds` and `targets`: several outputs or targets, or none; else None."
+    for name, metric in metrics.items():
+        if isinstance(metric, TransformedMetric): p, t = metric.transform(preds, targets)
+        else: p, t = preds, targets
+        if t is None:
+            return (f"metric {name!r} needs targets, but the Learner has targets=None (batches without targets); "
+                    "expected targets= to say where they are, or MetricsS() without metrics")
+        for value, role, example in ((p, 'preds', 'preds=0'), (t, 'targets', 'targets=0')):
+            if not isinstance(value, torch.Tensor):
+                return (f"metric {name!r} takes one tensor of {role}, got {_batch_structure(value)}; "
+                        f"pick one with TransformedMetric({type(_inner(metric)).__name__}(), {example})")
+
+_THRESHOLD_RANGE = (0.0, 1.0)
+
+def _warn_logits(name: str, metric, preds, targets):
+    "Warn when a thresholding metric (torcheval's binary and multilabel ones) is given scores outside [0, 1]: logits, which it would threshold at 0.5."
+    inner = _inner(metric)
+    if not isinstance(getattr(inner, 'threshold', None), float): return
+    p = metric.transform(preds, targets)[0] if isinstance(metric, TransformedMetric) else preds
+    if not (isinstance(p, torch.Tensor) and p.is_floating_point() and p.numel()): return
+    low, high = torch.aminmax(p.float())
+    if low.item() < _THRESHOLD_RANGE[0] or high.item() > _THRESHOLD_RANGE[1]:
+        warnings.warn(f"MetricsS: metric {name!r} ({type(inner).__name__}) thresholds its predictions at {inner.threshold}, but got values in "
+                      f"[{low.item():.3g}, {high.item():.3g}], outside [0, 1]: logits? Give it probabilities: "
+                      f"TransformedMetric({type(inner).__name__}(), preds=torch.sigmoid)", stacklevel=2)
 
 class MetricsS(Subscriber):
     "Track torcheval `metrics` by name and the size-weighted mean loss; at each pass's end, `output` the log."
@@ -805,12 +901,13 @@ class MetricsS(Subscriber):
     def __init__(self, **metrics):
         _check_metrics(metrics)
         self.metrics, self.history = metrics, []
-        self._passes_to_check, self._targets_unchecked = set(), False
+        self._passes_to_check, self._targets_unchecked, self._ranges_unchecked = set(), False, False
         self.loss_sum, self.count, self.preds, self.targets, self.buffered = torch.zeros(()), 0, [], [], 0
 
     def before_fit(self, learn):
         if not getattr(learn, 'evaluating', False): learn.metrics = self
-        self._passes_to_check = {True, False} if any(map(_needs_classes, self.metrics.values())) else set()
+        self._passes_to_check = {True, False} if self.metrics else set()   # the first batch of each kind of pass is checked
+        self._ranges_unchecked = True
         self.printing = not any(getattr(sub, 'shows_log', False) for sub in learn.subs)
 
     def before_epoch(self, learn):
@@ -822,21 +919,31 @@ class MetricsS(Subscriber):
         self._passes_to_check.discard(learn.training)
 
     def after_batch(self, learn):
-        preds, targets = learn.preds.detach(), learn.batch[1]
-        if self._targets_unchecked:
-            self._targets_unchecked = False
-            _check_class_targets(preds, targets, getattr(learn, 'loss_fn', None), 'MetricsS')
-        n = len(targets)
+        preds, targets = _detach(learn.preds), learn.get_targets()
+        if self._targets_unchecked: self._check_batch(preds, targets, learn)
+        n = learn.n_samples()
         self.loss_sum.add_(learn.loss.detach(), alpha=n)
         self.count += n
         if self.metrics:
-            self.preds.append(preds); self.targets.append(targets)
-            self.buffered += preds.numel()
+            self.preds.append(preds); self.targets.append(_detach(targets))
+            self.buffered += _numel(preds)
             if self.buffered >= self.flush_elements: self._update_metrics()
+
+    def _check_batch(self, preds, targets, learn):
+        "At a pass's first batch: refuse outputs or targets the metrics cannot take, and class targets out of range."
+        self._targets_unchecked = False
+        if problem := _structure_problem_for(self.metrics, preds, targets): raise ValueError(f"MetricsS: {problem}")
+        for metric in self.metrics.values():
+            if _needs_classes(metric):
+                p, t = metric.transform(preds, targets) if isinstance(metric, TransformedMetric) else (preds, targets)
+                _check_class_targets(p, t, getattr(learn, 'loss_fn', None), 'MetricsS')
 
     def _update_metrics(self):
         if self.preds:
-            preds, targets = torch.cat(self.preds), torch.cat(self.targets)
+            preds, targets = _cat(self.preds), _cat(self.targets)
+            if self._ranges_unchecked:   # once per fit: a thresholding metric given logits is worth a warning
+                self._ranges_unchecked = False
+                for name, metric in self.metrics.items(): _warn_logits(name, metric, preds, targets)
             for metric in self.metrics.values(): metric.update(preds, targets)
         self.preds, self.targets, self.buffered = [], [], 0
 
@@ -996,7 +1103,8 @@ class LRFindS(Subscriber):
         self.losses.append(loss)
         if not math.isfinite(loss) or loss > 3 * self.min: raise CancelFitException()
         self.min = min(self.min, loss)
-        for group in learn.opt.param_groups: group['lr'] *= self.mult
+        for opt in getattr(learn, 'opts', {'opt': learn.opt}).values():   # with named optimizers, every one of them
+            for group in opt.param_groups: group['lr'] *= self.mult
 
     def cleanup_fit(self, learn):
         saved = self.__dict__.pop('saved_weights', None)  # None when the fit failed before this search began
@@ -1018,15 +1126,107 @@ class LRFindS(Subscriber):
         ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss')
         return ax
 
+
+class LRFinder:
+    "What `Learner.lr_find` found: the rates tried, the losses (smoothed and raw), the suggested rate and why the search stopped."
+    def __init__(self, lrs: list, losses: list, raw_losses: list, suggestion: float, stopped: str):
+        self.lrs, self.losses, self.raw_losses, self.suggestion, self.stopped = lrs, losses, raw_losses, suggestion, stopped
+
+    def __repr__(self):
+        return (f"LRFinder(suggestion={self.suggestion:.3g}: {len(self.lrs)} rates from {self.lrs[0]:.3g} to {self.lrs[-1]:.3g}, "
+                f"stopped by {self.stopped})")
+
+    def plot(self, ax=None):
+        "The smoothed loss against the learning rate on a log axis, the suggestion marked."
+        import matplotlib.pyplot as plt
+        if ax is None: _, ax = plt.subplots()
+        ax.plot(self.lrs, self.losses, label='smoothed loss')
+        ax.axvline(self.suggestion, color='tab:red', linestyle='--', label=f'suggestion {self.suggestion:.2g}')
+        ax.plot([self.suggestion], [_loss_at(self, self.suggestion)], 'o', color='tab:red')
+        ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss'); ax.legend()
+        return ax
+
+def _loss_at(found: LRFinder, lr: float) -> float:
+    "The smoothed loss at the tried rate nearest `lr` (on the log scale)."
+    return min(zip(found.lrs, found.losses), key=lambda pair: abs(math.log(pair[0] / lr)))[1]
+
+class _LRRangeS(Subscriber):
+    "Set the rate of training batch i to `start * (end / start) ** (i / (n - 1))`; stop at `n` batches or when the smoothed loss diverges."
+    order, beta, divergence = -20, 0.9, 4.0   # first at before_batch, so every subscriber sees this batch's rate
+
+    def __init__(self, start: float, end: float, n: int, stop_div: bool):
+        self.start, self.end, self.n, self.stop_div = start, end, n, stop_div
+        self.lrs, self.losses, self.raw_losses, self.average, self.stopped = [], [], [], 0.0, 'end_lr'
+
+    def before_batch(self, learn):
+        lr = self.start * (self.end / self.start) ** (len(self.lrs) / (self.n - 1))
+        for opt in learn.opts.values():
+            for group in opt.param_groups: group['lr'] = lr
+        self.lrs.append(lr)
+
+    def after_batch(self, learn):
+        loss = learn.loss.item()
+        self.raw_losses.append(loss)
+        self.average = self.beta * self.average + (1 - self.beta) * loss
+        self.losses.append(self.average / (1 - self.beta ** len(self.raw_losses)))   # corrected for starting at zero
+        if not math.isfinite(loss) or (self.stop_div and self._diverged()):
+            self.stopped = 'divergence'
+            raise CancelFitException()
+        if len(self.lrs) >= self.n: raise CancelFitException()
+
+    def _diverged(self) -> bool:
+        "The smoothed loss is above `divergence` times its minimum, or it fell by a tenth and has climbed back above where it started."
+        now, lowest, first = self.losses[-1], min(self.losses), self.losses[0]
+        return now > self.divergence * lowest or (lowest < 0.9 * first and now > first)
+
+def _suggest(lrs: list, losses: list, stopped: str) -> float:
+    "The rate where the smoothed loss falls fastest against log(lr), before its minimum: where a step up in rate buys the most progress, an order of magnitude below where training stops improving."
+    kept = len(losses) - 1 if stopped == 'divergence' and len(losses) > 1 else len(losses)   # the last point is the one that diverged
+    points = [(lr, loss) for lr, loss in zip(lrs[:kept], losses[:kept]) if math.isfinite(loss)]
+    if not points: raise RuntimeError(f"lr_find saw no finite loss (the first, at lr={lrs[0]:.3g}, was {losses[0]}); start lower")
+    lowest = min(range(len(points)), key=lambda i: points[i][1])
+    skip = len(points) // 10   # the first tenth is too early to tell: the average is still settling
+    slopes = [((points[i + 1][1] - points[i][1]) / math.log(points[i + 1][0] / points[i][0]), i) for i in range(skip, lowest)]
+    if not slopes: return points[lowest][0] / 10   # too few points before the minimum to measure a slope: a tenth of the rate there
+    return points[min(slopes)[1]][0]
+
+def _lr_find(learn, start_lr: float, end_lr: float, num_it: int, stop_div: bool) -> LRFinder:
+    "`Learner.lr_find`: one exponential sweep of the rate over `num_it` training batches, the learner put back as it was."
+    start_lr, end_lr = _check_lr(start_lr, 'lr_find (start_lr)'), _check_lr(end_lr, 'lr_find (end_lr)')
+    if not end_lr > start_lr: raise ValueError(f"lr_find expected end_lr > start_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}")
+    num_it, stop_div = _check_int(num_it, 'num_it', 'lr_find', minimum=2), _check_flag(stop_div, 'stop_div', 'lr_find')
+    if learn.position is not None or learn.evaluating:
+        raise RuntimeError("lr_find was called during a fit; expected a call between fits (it runs a fit of its own)")
+    saved, weights, rng = dict(learn.__dict__), copy.deepcopy(learn.model.state_dict()), rng_state()
+    modes = [(module, module.training) for module in learn.model.modules()]
+    generator = getattr(learn.dls.train, 'generator', None)
+    loader_state = generator.get_state() if generator is not None else None
+    finder = _LRRangeS(start_lr, end_lr, num_it, stop_div)
+    n = _length(learn.dls.train)
+    try:   # only subscribers that shape the loop take part (they are the ones that take part in evaluation); metrics and loggers do not
+        learn.subs = [s for s in learn.subs if getattr(s, 'in_evaluation', True) and not isinstance(s, MetricsS)]
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='learn.log was given')
+            learn.fit(math.ceil(num_it / n) if n else num_it, valid=False, subs=[finder], lr=start_lr)
+    finally:
+        learn.model.load_state_dict(weights)
+        for module, training in modes: module.training = training
+        learn.__dict__.clear(); learn.__dict__.update(saved)
+        learn.subscribers_changed()
+        set_rng_state(rng)
+        if generator is not None: generator.set_state(loader_state)
+    if not finder.lrs: raise RuntimeError("lr_find ran no training batch; expected a training loader with batches")
+    return LRFinder(finder.lrs, finder.losses, finder.raw_losses, _suggest(finder.lrs, finder.losses, finder.stopped), finder.stopped)
+
 # %% ../nbs/02_learner.ipynb #f23c3fef
 class MomentumLearner(Learner):
     "A `Learner` whose gradients decay by `mom` instead of being zeroed: SGD with momentum, without a buffer."
     def __init__(self, model: nn.Module, dls, loss_fn=F.cross_entropy, optim_class=torch.optim.SGD,
-                 lr: float = 0.1, subs: Iterable[Subscriber] = (), mom: float = 0.85):
+                 lr: float = 0.1, subs: Iterable[Subscriber] = (), mom: float = 0.85, **kwargs):
         if isinstance(mom, bool) or not isinstance(mom, numbers.Real) or not 0 <= mom < 1:
             raise ValueError(f"MomentumLearner expected mom to be a number in [0, 1), got {_describe(mom)}")
         self.mom = mom
-        super().__init__(model, dls, loss_fn, optim_class, lr, subs)
+        super().__init__(model, dls, loss_fn, optim_class, lr, subs, **kwargs)   # inputs=, targets=, optimizers= as Learner takes them
 
     def zero_grad(self):
         "Multiply the gradients by `mom` rather than zeroing them."
@@ -1089,7 +1289,7 @@ class ProgressS(Subscriber):
         if self.plot:
             if learn.training: self.pending.append(learn.loss.detach())
             else:
-                n = len(learn.batch[1])
+                n = learn.n_samples()
                 self.valid_sum, self.valid_count = self.valid_sum + learn.loss.detach() * n, self.valid_count + n
         if self.lines: return
         now = time.perf_counter()
