@@ -179,7 +179,7 @@ def _check_part(part, role: str, optional: bool):
     if isinstance(part, (tuple, list)) and part and all(map(_is_key, part)): return tuple(part)
     none = ', None (no targets)' if optional else ''
     raise TypeError(f"Learner expected {role} to be a position in the batch (an int), a key of a dict batch (a str), a tuple of "
-                    f"them, or a function of the batch{none}; got {_describe(part)}")
+                    f"them, or a function of the batch{none}; got {repr(part)[:80] if isinstance(part, (tuple, list)) else _describe(part)}")
 
 def _shape_of(value) -> str:
     "A short description of one part of a batch, for error messages."
@@ -918,9 +918,11 @@ class MetricsS(Subscriber):
         self._targets_unchecked = learn.training in self._passes_to_check
         self._passes_to_check.discard(learn.training)
 
+    def after_loss(self, learn):   # checked before the first step, so that a bad description of the batch costs no training
+        if self._targets_unchecked: self._check_batch(_detach(learn.preds), learn.get_targets(), learn)
+
     def after_batch(self, learn):
         preds, targets = _detach(learn.preds), learn.get_targets()
-        if self._targets_unchecked: self._check_batch(preds, targets, learn)
         n = learn.n_samples()
         self.loss_sum.add_(learn.loss.detach(), alpha=n)
         self.count += n

@@ -1,0 +1,393 @@
+"Batches and models of any shape (issue 12): dict batches, several inputs and outputs, metric transforms, lr_find."
+import copy
+import math
+import warnings
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torcheval.metrics import BinaryAccuracy, MulticlassAccuracy, MultilabelAccuracy
+
+from nntrain.dataloaders import DataLoaders, load_mnist
+from nntrain.learner import Learner, LRFinder, LRFindS, MetricsS, TransformedMetric, n_samples
+
+
+def _data(n=64, features=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=g)
+    return x, (x.sum(1) > 0).long()
+
+
+def _dict_batches(bs=16):
+    x, y = _data()
+    return [{'pixels': x[i:i + bs], 'label': y[i:i + bs], 'id': torch.arange(i, i + bs)} for i in range(0, len(x), bs)]
+
+
+class TwoInTwoOut(nn.Module):
+    "Two inputs, two outputs: class logits from `a`, a regression from `b`."
+    def __init__(self):
+        super().__init__()
+        self.classify, self.regress = nn.Linear(3, 2), nn.Linear(3, 1)
+
+    def forward(self, a, b): return self.classify(a), self.regress(b).squeeze(1)
+
+
+def _two_batches(bs=16):
+    x, y = _data()
+    x2 = torch.randn(len(x), 3, generator=torch.Generator().manual_seed(1))
+    return [(x[i:i + bs], x2[i:i + bs], y[i:i + bs], x2[i:i + bs].sum(1)) for i in range(0, len(x), bs)]
+
+
+def _two_loss(preds, labels, values): return F.cross_entropy(preds[0], labels) + F.mse_loss(preds[1], values)
+
+
+# --- dict batches ---
+
+def test_dict_batch_fit_metrics_save_and_load(tmp_path):
+    batches = _dict_batches()
+    def make():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 2), DataLoaders(batches, batches), inputs='pixels', targets='label',
+                       subs=[MetricsS(accuracy=MulticlassAccuracy())])
+    learn = make()
+    learn.fit(3)
+    history = learn.metrics.history
+    assert [h['mode'] for h in history] == ['train', 'eval'] * 3
+    x = torch.cat([b['pixels'] for b in batches]); y = torch.cat([b['label'] for b in batches])
+    with torch.no_grad(): expected = (learn.model(x).argmax(1) == y).float().mean().item()
+    assert history[-1]['accuracy'] == pytest.approx(expected)
+    # resume: two epochs, save, a third resumed, equals three unbroken
+    broken = make()
+    broken.fit(2)
+    path = broken.save(tmp_path / 'two.pt')
+    loaded = make().load(path)
+    for p, q in zip(broken.model.parameters(), loaded.model.parameters()): assert torch.equal(p, q)
+
+
+def test_dict_batch_checkpoint_resume_is_exact(tmp_path):
+    from nntrain.checkpoints import CheckpointS
+    batches = _dict_batches()
+    def make(*subs):
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 2), DataLoaders(batches, batches), inputs='pixels', targets='label', subs=[MetricsS(), *subs])
+    unbroken = make()
+    unbroken.fit(3)
+    first = make(CheckpointS(tmp_path, every_epochs=1))
+    first.fit(2)
+    resumed = make(CheckpointS(tmp_path, every_epochs=1))
+    resumed.fit(3, resume=tmp_path)
+    for a, b in zip(unbroken.model.parameters(), resumed.model.parameters()): assert torch.equal(a, b)
+    assert resumed.metrics.history[-1] == unbroken.metrics.history[-1]
+
+
+def test_dict_batch_without_keys_says_what_to_give():
+    batches = _dict_batches()
+    with pytest.raises(TypeError) as e: Learner(nn.Linear(3, 2), DataLoaders(batches, batches)).fit(1)
+    assert str(e.value) == ("the Learner takes its inputs from batch[0], but got a dict with keys ['pixels', 'label', 'id']; a dict batch "
+                            "needs keys: tell the Learner which hold the inputs and the targets, e.g. Learner(..., inputs='pixels', targets=...)")
+
+
+def test_wrong_key_names_the_batch():
+    batches = _dict_batches()
+    with pytest.raises(TypeError, match=r"the Learner takes its targets from batch\['labels'\], but got a dict with keys \['pixels', 'label', 'id'\]"):
+        Learner(nn.Linear(3, 2), DataLoaders(batches, batches), inputs='pixels', targets='labels').fit(1)
+
+
+@pytest.mark.parametrize('inputs, message', [
+    (1.5, "Learner expected inputs to be a position in the batch (an int), a key of a dict batch (a str), a tuple of them, or a function of the batch; got 1.5"),
+    ((), "Learner expected inputs to be a position in the batch (an int), a key of a dict batch (a str), a tuple of them, or a function of the batch; got ()"),
+    (None, "Learner expected inputs to be a position in the batch (an int), a key of a dict batch (a str), a tuple of them, or a function of the batch; got None"),
+    (True, "got True"),
+])
+def test_bad_inputs_argument(inputs, message):
+    with pytest.raises(TypeError) as e: Learner(nn.Linear(3, 2), DataLoaders([], []), inputs=inputs)
+    assert message in str(e.value)
+
+
+def test_targets_none_with_a_loss_is_refused_before_training():
+    x, _ = _data()
+    model = nn.Linear(3, 2); before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"the Learner has targets=None \(batches without targets\), but loss_fn=the function cross_entropy needs them"):
+        Learner(model, DataLoaders([(x,)], [(x,)]), targets=None).fit(1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_function_selectors_spread_a_tuple():
+    batches = _two_batches()
+    seen = []
+    class Record(nn.Module):
+        def __init__(self): super().__init__(); self.inner = TwoInTwoOut()
+        def forward(self, a, b):
+            seen.append((a.shape, b.shape))
+            return self.inner(a, b)
+    learn = Learner(Record(), DataLoaders(batches, batches), _two_loss, inputs=lambda b: (b[0], b[1]), targets=lambda b: (b[2], b[3]))
+    learn.fit(1)
+    assert seen[0] == (torch.Size([16, 3]), torch.Size([16, 3]))
+
+
+# --- several inputs and outputs ---
+
+def test_two_inputs_two_outputs_fit_metrics_and_exact_resume(tmp_path):
+    from nntrain.checkpoints import CheckpointS
+    batches = _two_batches()
+    def make(*subs):
+        torch.manual_seed(0)
+        metrics = MetricsS(accuracy=TransformedMetric(MulticlassAccuracy(), preds=0, targets=0))
+        return Learner(TwoInTwoOut(), DataLoaders(batches, batches), _two_loss, inputs=(0, 1), targets=(2, 3), subs=[metrics, *subs])
+    unbroken = make(); unbroken.fit(3)
+    a, b = torch.cat([t[0] for t in batches]), torch.cat([t[1] for t in batches])
+    y = torch.cat([t[2] for t in batches])
+    with torch.no_grad(): logits, _ = unbroken.model(a, b)
+    assert unbroken.metrics.history[-1]['accuracy'] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    make(CheckpointS(tmp_path, every_epochs=1)).fit(2)
+    resumed = make(CheckpointS(tmp_path, every_epochs=1)); resumed.fit(3, resume=tmp_path)
+    for p, q in zip(unbroken.model.parameters(), resumed.model.parameters()): assert torch.equal(p, q)
+
+
+def test_plain_metric_on_two_outputs_says_which_to_pick():
+    batches = _two_batches()
+    learn = Learner(TwoInTwoOut(), DataLoaders(batches, batches), _two_loss, inputs=(0, 1), targets=(2, 3),
+                    subs=[MetricsS(accuracy=MulticlassAccuracy())])
+    model_before = copy.deepcopy(learn.model.state_dict())
+    with pytest.raises(ValueError) as e: learn.fit(1)
+    assert str(e.value).startswith("MetricsS: metric 'accuracy' takes one tensor of preds, got a tuple of 2 (tensor (16, 2) float32, "
+                                   "tensor (16,) float32); pick one with TransformedMetric(MulticlassAccuracy(), preds=0)")
+    # refused at the first batch, before its step
+    assert all(torch.equal(model_before[k], v) for k, v in learn.model.state_dict().items())
+
+
+def test_metric_without_targets_is_refused():
+    x, _ = _data()
+    learn = Learner(nn.Linear(3, 2), DataLoaders([(x,)], [(x,)]), loss_fn=None, targets=None, subs=[MetricsS(accuracy=MulticlassAccuracy())])
+    with pytest.raises(ValueError, match="MetricsS: metric 'accuracy' needs targets, but the Learner has targets=None"):
+        learn.fit(1, train=False)
+
+
+def test_loss_only_metrics_without_targets_weigh_by_inputs():
+    x, _ = _data()
+    batches = [(x[:10],), (x[10:40],)]
+    learn = Learner(nn.Linear(3, 2), DataLoaders(batches, batches), loss_fn=None, targets=None, subs=[metrics := MetricsS()])
+    from nntrain.trial import on
+    add = on('after_loss')(lambda learn: setattr(learn, 'loss', learn.loss + learn.preds.pow(2).mean()))
+    learn.fit(1, train=False, subs=[add])
+    with torch.no_grad():
+        per_batch = [learn.model(b[0]).pow(2).mean() for b in batches]
+    expected = (per_batch[0] * 10 + per_batch[1] * 30) / 40
+    assert metrics.history[-1]['loss'] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_n_samples():
+    assert n_samples(torch.zeros(5, 2)) == 5
+    assert n_samples((None, {'a': torch.zeros(3)})) == 3
+    assert n_samples(torch.tensor(2.)) == 1
+    assert n_samples(['text']) is None
+
+
+# --- metric transforms ---
+
+def _multilabel(n=200, labels=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    w = torch.randn(6, labels, generator=g)
+    y = ((x @ w + 0.5 * torch.randn(n, labels, generator=g)) > 0).long()
+    return x, y
+
+
+def test_multilabel_accuracy_with_sigmoid_equals_hand_computation():
+    x, y = _multilabel()
+    batches = [(x[i:i + 50], y[i:i + 50]) for i in range(0, len(x), 50)]
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4)
+    metrics = MetricsS(right=TransformedMetric(MultilabelAccuracy(criteria='hamming'), preds=torch.sigmoid),
+                       raw=MultilabelAccuracy(criteria='hamming'))
+    learn = Learner(model, DataLoaders(batches, batches), loss_fn=lambda p, t: F.binary_cross_entropy_with_logits(p, t.float()),
+                    lr=0.5, subs=[metrics])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        learn.fit(2)
+    with torch.no_grad(): probs = torch.sigmoid(model(x))
+    hand = ((probs > 0.5).long() == y).float().mean().item()
+    assert metrics.history[-1]['right'] == pytest.approx(hand)
+    # the untransformed metric thresholds logits at 0.5: a different (wrong) figure, and a warning that says so
+    assert metrics.history[-1]['raw'] != pytest.approx(hand)
+    messages = [str(w.message) for w in caught if 'thresholds its predictions' in str(w.message)]
+    assert len(messages) == 1 and messages[0].startswith("MetricsS: metric 'raw' (MultilabelAccuracy) thresholds its predictions at 0.5")
+    assert 'TransformedMetric(MultilabelAccuracy(), preds=torch.sigmoid)' in messages[0]
+
+
+def test_binary_accuracy_on_logits_with_sigmoid():
+    x, y = _data(200)
+    batches = [(x[i:i + 50], y[i:i + 50]) for i in range(0, len(x), 50)]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
+    metrics = MetricsS(accuracy=TransformedMetric(BinaryAccuracy(), preds=torch.sigmoid))
+    learn = Learner(model, DataLoaders(batches, batches), loss_fn=lambda p, t: F.binary_cross_entropy_with_logits(p, t.float()), subs=[metrics])
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')   # probabilities in [0, 1]: no warning
+        learn.fit(2)
+    with torch.no_grad(): hand = ((model(x) > 0).long() == y).float().mean().item()
+    assert metrics.history[-1]['accuracy'] == pytest.approx(hand)
+
+
+def test_transformed_metric_steps_in_turn_and_repr():
+    m = TransformedMetric(MultilabelAccuracy(), preds=('logits', torch.sigmoid), targets='labels')
+    m.update({'logits': torch.tensor([[5., -5.]])}, {'labels': torch.tensor([[1, 0]])})
+    assert m.compute().item() == 1.0
+    assert repr(m).startswith('TransformedMetric(') and "preds=('logits'," in repr(m)
+
+
+@pytest.mark.parametrize('make, error, message', [
+    (lambda: TransformedMetric(MulticlassAccuracy, preds=0), TypeError, "TransformedMetric expected metric to be a torcheval metric instance"),
+    (lambda: TransformedMetric(MulticlassAccuracy(), preds=1.5), TypeError,
+     "TransformedMetric expected preds to be a position or key picking one of several (an int or a str), a function such as torch.sigmoid, "
+     "a tuple of those applied in turn, or None; got 1.5"),
+    (lambda: TransformedMetric(MulticlassAccuracy(), targets=[0]), TypeError, "TransformedMetric expected targets to be a position or key"),
+])
+def test_transformed_metric_refuses_bad_arguments(make, error, message):
+    with pytest.raises(error) as e: make()
+    assert message in str(e.value)
+
+
+def test_transformed_metric_picking_a_missing_output():
+    m = TransformedMetric(MulticlassAccuracy(), preds=2)
+    with pytest.raises(TypeError, match=r"TransformedMetric picks preds\[2\], but got a tuple of 2"):
+        m.update((torch.zeros(2, 3), torch.zeros(2)), torch.zeros(2, dtype=torch.long))
+
+
+def test_transformed_metric_state_round_trip_through_metrics():
+    metrics = MetricsS(acc=TransformedMetric(MulticlassAccuracy(), preds=0))
+    twin = MetricsS(acc=TransformedMetric(MulticlassAccuracy(), preds=0))
+    metrics.metrics['acc'].update((torch.tensor([[0., 1.], [1., 0.]]),), torch.tensor([1, 1]))
+    twin.load_state_dict(metrics.state_dict())
+    assert twin.compute()['acc'] == 0.5
+
+
+# --- the learning-rate finder ---
+
+@pytest.fixture(scope='module')
+def mnist_20():
+    dd = load_mnist()
+    dd = {'train': dd['train'].select(range(1280)), 'test': dd['test'].select(range(1000))}
+    return dd
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
+
+
+def test_lr_find_on_20_batches_diverges_restores_and_suggests_a_rate_that_trains(mnist_20):
+    dls = DataLoaders.from_hf_dd(mnist_20, 64, seed=0)
+    assert len(dls.train) == 20
+    torch.manual_seed(0)
+    learn = Learner(_mlp(), dls, optim_class=torch.optim.Adam, lr=1e-3, subs=[MetricsS()])
+    learn.fit(1)   # an optimizer with state, to see that it comes back
+    opt, opt_state = learn.opt, copy.deepcopy(learn.opt.state_dict())
+    weights, iteration, history = copy.deepcopy(learn.model.state_dict()), learn.iteration, list(learn.metrics.history)
+    rng, loader = torch.get_rng_state(), dls.train.generator.get_state()
+    found = learn.lr_find()
+    assert isinstance(found, LRFinder) and found.stopped == 'divergence'
+    assert len(found.lrs) > 20   # it cycled the 20-batch loader
+    assert found.lrs[0] == pytest.approx(1e-7) and found.lrs[-1] < 10
+    assert all(torch.equal(weights[k], v) for k, v in learn.model.state_dict().items())
+    assert learn.opt is opt and str(learn.opt.state_dict()) == str(opt_state)
+    assert learn.iteration == iteration and learn.metrics.history == history
+    assert torch.equal(torch.get_rng_state(), rng) and torch.equal(dls.train.generator.get_state(), loader)
+    assert 1e-5 < found.suggestion < found.lrs[-1]
+    # the suggestion trains well: from a fresh model, two epochs at it beat two at a tenth of it and reach a good accuracy
+    def valid_loss(lr):
+        torch.manual_seed(0)
+        fresh = Learner(_mlp(), DataLoaders.from_hf_dd(mnist_20, 64, seed=0), optim_class=torch.optim.Adam, subs=[MetricsS()])
+        fresh.fit(2, lr=lr)
+        return fresh.metrics.history[-1]['loss']
+    at_suggestion = valid_loss(found.suggestion)
+    assert at_suggestion < 0.6 and at_suggestion < valid_loss(found.suggestion / 10)
+
+
+def test_lr_find_leaves_the_next_fit_unchanged(mnist_20):
+    def run(find):
+        torch.manual_seed(0)
+        learn = Learner(_mlp(), DataLoaders.from_hf_dd(mnist_20, 64, seed=0), subs=[MetricsS()])
+        if find: learn.lr_find(num_it=30)
+        learn.fit(1)
+        return learn.model.state_dict()
+    a, b = run(False), run(True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_find_plot_marks_the_suggestion(mnist_20):
+    import matplotlib
+    matplotlib.use('Agg')
+    torch.manual_seed(0)
+    found = Learner(_mlp(), DataLoaders.from_hf_dd(mnist_20, 64, seed=0)).lr_find(num_it=40)
+    ax = found.plot()
+    assert ax.get_xscale() == 'log'
+    assert any(line.get_xdata()[0] == found.suggestion for line in ax.get_lines())
+    assert f'suggestion {found.suggestion:.2g}' in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert repr(found).startswith(f'LRFinder(suggestion={found.suggestion:.3g}: 40 rates from 1e-07')
+
+
+def test_lr_find_leaves_out_checkpoints_and_loggers(tmp_path, mnist_20):
+    from nntrain.checkpoints import CheckpointS
+    from nntrain.logging import CSVLoggerS
+    torch.manual_seed(0)
+    learn = Learner(_mlp(), DataLoaders.from_hf_dd(mnist_20, 64, seed=0),
+                    subs=[MetricsS(), CheckpointS(tmp_path / 'ckpt', every_batches=1), CSVLoggerS(tmp_path / 'log.csv')])
+    learn.lr_find(num_it=10)
+    assert not (tmp_path / 'ckpt').exists() or not any((tmp_path / 'ckpt').iterdir())
+    assert not (tmp_path / 'log.csv').exists()
+
+
+def test_lr_find_stops_at_a_nan():
+    x = torch.randn(32, 3); y = torch.randint(0, 2, (32,))
+    class NaNAt(nn.Module):
+        def __init__(self): super().__init__(); self.lin, self.calls = nn.Linear(3, 2), 0
+        def forward(self, x):
+            self.calls += 1
+            out = self.lin(x)
+            return out * math.nan if self.calls == 15 else out
+    found = Learner(NaNAt(), DataLoaders([(x, y)] * 4, [])).lr_find()
+    assert found.stopped == 'divergence' and len(found.lrs) == 15 and math.isfinite(found.suggestion)
+
+
+@pytest.mark.parametrize('kwargs, error, message', [
+    ({'start_lr': 0}, ValueError, 'lr_find (start_lr) expected lr to be a finite number > 0'),
+    ({'start_lr': 1, 'end_lr': 0.1}, ValueError, 'lr_find expected end_lr > start_lr, got start_lr=1, end_lr=0.1'),
+    ({'num_it': 1}, ValueError, 'lr_find expected num_it to be an int >= 2'),
+    ({'num_it': True}, ValueError, 'lr_find expected num_it to be an int >= 2 (not a bool)'),
+    ({'stop_div': 'yes'}, TypeError, 'stop_div'),
+])
+def test_lr_find_refuses_bad_arguments(kwargs, error, message):
+    x = torch.randn(8, 3); y = torch.randint(0, 2, (8,))
+    learn = Learner(nn.Linear(3, 2), DataLoaders([(x, y)], []))
+    with pytest.raises((ValueError, TypeError)) as e: learn.lr_find(**kwargs)
+    assert message in str(e.value)
+
+
+def test_lr_find_during_a_fit_is_refused():
+    x = torch.randn(8, 3); y = torch.randint(0, 2, (8,))
+    from nntrain.trial import on
+    calls = []
+    def find(learn):
+        try: learn.lr_find()
+        except RuntimeError as e: calls.append(str(e))
+    Learner(nn.Linear(3, 2), DataLoaders([(x, y)], [])).fit(1, valid=False, subs=[on('after_batch')(find)])
+    assert calls == ['lr_find was called during a fit; expected a call between fits (it runs a fit of its own)']
+
+
+def test_lrfinds_keeps_the_spec_behaviour():
+    x = torch.randn(8, 3); y = torch.randint(0, 2, (8,))
+    finder = LRFindS(mult=2)
+    Learner(nn.Linear(3, 2), DataLoaders([(x, y)] * 3, [(x, y)]), lr=1e-3).fit(1, subs=[finder])
+    assert finder.lrs == [1e-3, 2e-3, 4e-3]
+
+
+# --- the Learner's parts ---
+
+def test_swapped_arguments_name_what_was_given():
+    dls = DataLoaders([], [])
+    with pytest.raises(TypeError) as e: Learner(dls, nn.Linear(3, 2))
+    assert str(e.value) == "Learner expected model to be an nn.Module (its .parameters() are trained), got a DataLoaders"
+    with pytest.raises(TypeError) as e: Learner(nn.Linear(3, 2), nn.Linear(3, 2))
+    assert str(e.value).startswith("Learner expected dls to be a DataLoaders (or any object with .train and .valid loaders), got a Linear")
