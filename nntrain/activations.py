@@ -9,7 +9,7 @@ import math
 import os
 import random
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -245,8 +245,15 @@ def init_weights(module: nn.Module, leaky: float = 0.):
 def _as_float64(x: torch.Tensor) -> torch.Tensor:
     return x.to('cpu' if x.device.type == 'mps' else x.device, torch.float64)  # MPS has no float64
 
+def _replace(batch, key, value):
+    "A copy of `batch` (a list, tuple or dict) with its part `key` replaced by `value`."
+    if isinstance(batch, Mapping): return {**batch, key: value}
+    parts = list(batch)
+    parts[key] = value
+    return parts
+
 class NormalizationS(Subscriber):
-    "Normalize `batch[0]` of every batch with `mean` and `std`; measured on the training data when not given."
+    "Normalize the inputs of every batch (`batch[0]`, or the part the learner's `inputs` names) with `mean` and `std`; measured on the training data when not given."
     order = DeviceS.order + 1   # after the batch is on its device
 
     def __init__(self, mean: float | None = None, std: float | None = None):
@@ -256,33 +263,37 @@ class NormalizationS(Subscriber):
         self.measure, self.measured_on, self.cache = mean is None, None, {}
 
     def before_fit(self, learn):
+        self.key = getattr(learn, 'inputs', 0)
+        if not (isinstance(self.key, str) or (isinstance(self.key, int) and not isinstance(self.key, bool))):
+            raise ValueError(f"NormalizationS normalizes one input, the part of the batch at a position or key; the Learner's inputs are "
+                             f"{self.key!r}: normalize each input yourself (e.g. in the model), or give the Learner one input")
         if self.measure and self.measured_on is not learn.dls.train:
-            self.mean, self.std = self.measure_dataset(learn.dls.train)
+            self.mean, self.std = self.measure_dataset(learn.dls.train, self.key)
             self.measured_on, self.cache = learn.dls.train, {}
 
     @staticmethod
-    def measure_dataset(loader) -> tuple[float, float]:
-        "The mean and standard deviation of `batch[0]` over all of `loader`, in float64."
+    def measure_dataset(loader, key: int | str = 0) -> tuple[float, float]:
+        "The mean and standard deviation of `batch[key]` (the inputs) over all of `loader`, in float64."
         shift, total, squares, count = None, 0., 0., 0
         for batch in loader:
-            x = _as_float64(batch[0])
+            x = _as_float64(batch[key])
             if shift is None: shift = x.mean()
             x = x - shift
             total, squares, count = total + x.sum(), squares + (x * x).sum(), count + x.numel()
-        if count < 2: raise ValueError(f"NormalizationS needs at least two values in the training loader's batch[0] to measure a std, got {count}")
+        if count < 2: raise ValueError(f"NormalizationS needs at least two values in the training loader's batch[{key!r}] to measure a std, got {count}")
         mean = total / count
         std = ((squares - total * mean) / (count - 1)).clamp_min(0).sqrt().item()
         if not std > 0: raise ValueError("NormalizationS measured a standard deviation of 0 on the training data: every input value is the same")
         return (shift + mean).item(), std
 
     def before_batch(self, learn):
-        x, *rest = learn.batch
+        x = learn.batch[self.key]
         key = (x.device, x.dtype)
         if key not in self.cache:
             dtype = x.dtype if x.is_floating_point() else torch.float32
             self.cache[key] = tuple(torch.tensor(v, dtype=dtype, device=x.device) for v in (self.mean, self.std))
         mean, std = self.cache[key]
-        learn.batch = [(x - mean) / std, *rest]
+        learn.batch = _replace(learn.batch, self.key, (x - mean) / std)
 
 # %% ../nbs/03_activations.ipynb #e8d8ef45
 class BatchNorm(nn.Module):

@@ -22,8 +22,11 @@ __all__ = ['export_onnx', 'onnx_predict']
 def _example_input(model_or_learn, example):
     if example is not None: return example
     if isinstance(model_or_learn, Learner):
-        batch = next(iter(model_or_learn.dls.valid))
-        return batch[0][:2]
+        inputs = model_or_learn.get_inputs(next(iter(model_or_learn.dls.valid)))
+        if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+            raise ValueError(f"export_onnx exports a model of one tensor input; this learner's model takes {len(inputs)} inputs "
+                             f"(inputs={model_or_learn.inputs!r}): wrap it in a module of one input and pass example=")
+        return inputs[0][:2]
     raise ValueError("export_onnx needs an `example` input when given a module rather than a Learner")
 
 def export_onnx(model_or_learn: nn.Module | Learner, path, example: torch.Tensor | None = None, opset: int = 17) -> Path:

@@ -24,6 +24,11 @@ from .learner import MetricsS, Subscriber, every, find_metrics
 __all__ = ['CSVLoggerS', 'TensorBoardS', 'ConsoleLogS']
 
 # %% ../nbs/07_logging.ipynb #4f18965f
+def _rates(learn) -> dict:
+    "With named optimizers, each one's learning rate (its first param group's) as `lr_<name>`; else nothing (the one rate is `lr`)."
+    if getattr(learn, 'optimizers', None) is None: return {}
+    return {f'lr_{name}': opt.param_groups[0]['lr'] for name, opt in learn.opts.items()}
+
 def _format(value) -> str:
     "A CSV cell: floats to six significant digits, anything else as `str`."
     return f'{value:.6g}' if isinstance(value, float) else str(value)
@@ -146,9 +151,9 @@ class CSVLoggerS(Subscriber):
         train = self.train_values if self.train_values is not None and self.train_values['epoch'] == entry['epoch'] else {}
         if self.columns is None:  # the header goes with the first row, so that it names the values given to `learn.log`
             extra = [k for k in {**train, **entry, **dict.fromkeys(self.logged)} if k not in ('epoch', 'mode') and k not in self.names]
-            self.columns = self.header + [f'{mode}_{name}' for mode in ('train', 'valid') for name in extra]
+            self.columns = self.header + list(_rates(learn)) + [f'{mode}_{name}' for mode in ('train', 'valid') for name in extra]
             self._write(self.columns, row=False)
-        values = {'epoch': entry['epoch'], 'iteration': learn.iteration, 'lr': learn.opt.param_groups[0]['lr'],
+        values = {'epoch': entry['epoch'], 'iteration': learn.iteration, 'lr': learn.opt.param_groups[0]['lr'], **_rates(learn),
                   **{f'{mode}_{k}': v for mode, e in (('train', train), ('valid', entry)) for k, v in e.items() if k not in ('epoch', 'mode')}}
         if missing := [k for k in values if k not in self.columns and k not in self.left_out]:
             warnings.warn(f"CSVLoggerS: {self.path} has no column for {missing} (its header was written before these values "
@@ -203,7 +208,7 @@ class TensorBoardS(Subscriber):
 
     @every('log_every')
     def after_batch(self, learn):
-        self.pending.append((learn.iteration, learn.loss.detach(), learn.opt.param_groups[0]['lr']))
+        self.pending.append((learn.iteration, learn.loss.detach(), _rates(learn) or learn.opt.param_groups[0]['lr']))
         self.noted = learn.iteration
 
     def _write_pending(self):
@@ -214,7 +219,7 @@ class TensorBoardS(Subscriber):
         writer = self._writer('train')
         for step, loss, lr in zip(steps, torch.stack(losses).float().cpu().tolist(), lrs):
             writer.add_scalar('batch/loss', loss, step)
-            writer.add_scalar('optimizer/lr', lr, step)
+            for name, rate in (lr.items() if isinstance(lr, dict) else [('lr', lr)]): writer.add_scalar(f'optimizer/{name}', rate, step)
 
     def after_log(self, learn):
         entry, self.noted = learn.log_entry, learn.iteration

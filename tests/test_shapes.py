@@ -391,3 +391,52 @@ def test_swapped_arguments_name_what_was_given():
     assert str(e.value) == "Learner expected model to be an nn.Module (its .parameters() are trained), got a DataLoaders"
     with pytest.raises(TypeError) as e: Learner(nn.Linear(3, 2), nn.Linear(3, 2))
     assert str(e.value).startswith("Learner expected dls to be a DataLoaders (or any object with .train and .valid loaders), got a Linear")
+
+
+# --- other subscribers read the batch through the learner ---
+
+class _TwoParts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 2), nn.Linear(2, 2)
+
+    def forward(self, x): return self.b(self.a(x))
+
+
+def test_csv_logger_writes_each_named_optimizers_rate(tmp_path):
+    from nntrain.logging import CSVLoggerS
+    x, y = _data()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    learn = Learner(_TwoParts(), DataLoaders(batches, batches), optimizers={'a': 'a', 'b': ('b', torch.optim.SGD, 0.01)},
+                    subs=[MetricsS(), CSVLoggerS(tmp_path / 'm.csv')])
+    learn.fit(1)
+    header, row = (tmp_path / 'm.csv').read_text().splitlines()
+    columns = dict(zip(header.split(','), row.split(',')))
+    assert (float(columns['lr_a']), float(columns['lr_b'])) == (0.1, 0.01)
+
+
+def test_normalization_reads_the_named_input():
+    from nntrain.activations import NormalizationS
+    x = torch.rand(64, 3) * 5 + 2
+    y = (x.sum(1) > 10).long()
+    batches = [{'px': x[i:i + 16], 'y': y[i:i + 16]} for i in range(0, 64, 16)]
+    seen = []
+    class Record(nn.Linear):
+        def forward(self, x):
+            seen.append(x)
+            return super().forward(x)
+    norm = NormalizationS()
+    Learner(Record(3, 2), DataLoaders(batches, batches), inputs='px', targets='y', subs=[norm]).fit(1)
+    assert norm.mean == pytest.approx(x.double().mean().item()) and norm.std == pytest.approx(x.double().std().item())
+    assert torch.allclose(seen[0], (x[:16] - norm.mean) / norm.std, atol=1e-6)
+    with pytest.raises(ValueError, match=r"NormalizationS normalizes one input, the part of the batch at a position or key; the Learner's inputs are \('px',\)"):
+        Learner(Record(3, 2), DataLoaders(batches, batches), inputs=('px',), targets='y', subs=[NormalizationS()]).fit(1)
+
+
+def test_export_refuses_a_model_of_two_inputs(tmp_path):
+    pytest.importorskip('onnx')
+    from nntrain.export import export_onnx
+    batches = _two_batches()
+    learn = Learner(TwoInTwoOut(), DataLoaders(batches, batches), _two_loss, inputs=(0, 1), targets=(2, 3))
+    with pytest.raises(ValueError, match=r"export_onnx exports a model of one tensor input; this learner's model takes 2 inputs \(inputs=\(0, 1\)\)"):
+        export_onnx(learn, tmp_path / 'm.onnx')
