@@ -440,3 +440,18 @@ def test_export_refuses_a_model_of_two_inputs(tmp_path):
     learn = Learner(TwoInTwoOut(), DataLoaders(batches, batches), _two_loss, inputs=(0, 1), targets=(2, 3))
     with pytest.raises(ValueError, match=r"export_onnx exports a model of one tensor input; this learner's model takes 2 inputs \(inputs=\(0, 1\)\)"):
         export_onnx(learn, tmp_path / 'm.onnx')
+
+
+def test_progress_plot_with_dict_batches_and_two_outputs(capsys):
+    from nntrain.learner import ProgressS
+    batches = _two_batches()
+    dict_batches = [{'a': a, 'b': b, 'y': y, 'v': v} for a, b, y, v in batches]
+    progress = ProgressS(plot=True, plain=True)
+    learn = Learner(TwoInTwoOut(), DataLoaders(dict_batches, dict_batches[:2]), _two_loss, inputs=('a', 'b'), targets=('y', 'v'),
+                    subs=[MetricsS(), progress])
+    learn.fit(2)
+    assert len(progress.train_losses) == 8 and len(progress.valid_losses) == 2
+    with torch.no_grad():
+        expected = sum(_two_loss(learn.model(d['a'], d['b']), d['y'], d['v']) * 16 for d in dict_batches[:2]) / 32
+    assert progress.valid_losses[-1] == pytest.approx(expected.item(), rel=1e-5)
+    assert 'eval' in capsys.readouterr().out
