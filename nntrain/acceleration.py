@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
 from .activations import Hooks, conv_block
-from .core import _check_int
+from .core import _check_int, _describe
 from .learner import CancelStepException, DeviceS, Learner, Subscriber
 
 # %% auto #0
@@ -91,12 +91,12 @@ def _scheduler_name(make) -> str:
     return getattr(make.func if isinstance(make, partial) else make, '__name__', type(make).__name__)
 
 def optimizer_steps_per_epoch(learn) -> int:
-    "How many optimizer steps one training pass of `learn` takes, allowing for gradient accumulation."
+    "How many optimizer steps one training pass of `learn` takes, allowing for gradient accumulation; with named optimizers, each one's."
     if learn.iterations_per_pass is None: raise ValueError("the training loader has no length, so the number of optimizer steps cannot be counted")
     return math.ceil(learn.iterations_per_pass / getattr(learn, 'grad_accumulation', 1))
 
 def optimizer_steps(learn) -> int:
-    "How many optimizer steps the whole fit takes: one per planned training iteration (`learn.n_iterations`), or with `GradAccumS` one per `n` batches and at each pass's end."
+    "How many optimizer steps the whole fit takes (each named optimizer's: one per phase): one per planned training iteration (`learn.n_iterations`), or with `GradAccumS` one per `n` batches and at each pass's end."
     if learn.n_iterations is None: raise ValueError("the training loader has no length, so the number of optimizer steps cannot be counted")
     n, per_pass = getattr(learn, 'grad_accumulation', 1), learn.iterations_per_pass
     full, rest = divmod(learn.n_iterations, per_pass)  # the last pass of an iteration-based fit may be shorter
@@ -105,80 +105,165 @@ def optimizer_steps(learn) -> int:
 _SCHEDULE_SHAPE = ('total_steps', 'T_max', 'step_size', 'milestones', 'gamma', 'T_0', 'T_mult', 'total_iters', '_schedule_phases')  # what fixes a schedule's course
 _GROUP_BOUNDS = ('max_lr', 'min_lr', 'initial_lr', 'max_momentum', 'base_momentum')  # what a scheduler writes into the optimizer's groups
 
+def _check_make(make):
+    "`make` when it is a scheduler factory, or a non-empty dict of optimizer names to factories; else a TypeError."
+    if isinstance(make, dict):
+        bad = next(((k, f) for k, f in make.items() if not isinstance(k, str) or not callable(f)), None)
+        if make and bad is None: return make
+        got = f"{bad[0]!r}: {_describe(bad[1])}" if bad else 'an empty dict'
+        raise TypeError(f"SchedulerS expected make to be a dict of optimizer names (str) to scheduler classes or partials, got {got}")
+    if callable(make) and not isinstance(make, (str, bytes)): return make
+    raise TypeError("SchedulerS expected make to be a scheduler class or a partial of one, called as make(optimizer), "
+                    f"or a dict of them by optimizer name; got {_describe(make)}")
+
+def _current_optimizer(learn) -> str:
+    "The name of the optimizer whose phase is running: `learn.opt_name` with named optimizers, else 'opt'."
+    return 'opt' if learn.optimizers is None else learn.opt_name
+
 class SchedulerS(Subscriber):
-    "Build `make(opt)` (a `torch.optim.lr_scheduler` class or partial) at each fit; step it per optimizer step or per epoch."
+    "Build `make(opt)` (a `torch.optim.lr_scheduler` class or partial) for every optimizer of the fit, or a dict of them by optimizer name; step each per its optimizer's step or per epoch."
     order, in_evaluation = 5, False
     def __init__(self, make, per: str = 'batch'):
         if per not in ('batch', 'epoch'): raise ValueError(f"expected per to be 'batch' or 'epoch', got {per!r}")
-        self.make, self.per, self.steps = make, per, 0
+        self.make, self.per, self.schedulers, self.counts, self.named = _check_make(make), per, {}, {}, False
 
-    def _length_arguments(self, learn) -> dict:
-        params = inspect.signature(self.make).parameters
-        given = self.make.keywords if isinstance(self.make, partial) else {}
+    def _makes(self, learn) -> dict:
+        "The factory for each optimizer this schedules, by name."
+        if not isinstance(self.make, dict): return {name: self.make for name in learn.opts}
+        if unknown := [name for name in self.make if name not in learn.opts]:
+            raise ValueError(f"SchedulerS was given schedules for the optimizers {list(self.make)}, but this learner has no {unknown}; "
+                             f"its optimizers are {list(learn.opts)}")
+        return dict(self.make)
+
+    def _length_arguments(self, make, learn) -> dict:
+        params = inspect.signature(make).parameters
+        given = make.keywords if isinstance(make, partial) else {}
         if given.get('total_steps') is not None or given.get('steps_per_epoch') is not None or given.get('T_max') is not None: return {}
         if not {'total_steps', 'steps_per_epoch', 'T_max'} & set(params): return {}
         try:
             per_epoch = optimizer_steps_per_epoch(learn) if self.per == 'batch' else 1
             total = optimizer_steps(learn) if self.per == 'batch' else learn.n_epochs
         except ValueError as e:
-            raise ValueError(f"{_scheduler_name(self.make)} needs the number of steps, but {e}: pass total_steps "
+            raise ValueError(f"{_scheduler_name(make)} needs the number of steps, but {e}: pass total_steps "
                              f"(or epochs and steps_per_epoch, or T_max) to it yourself") from None
         if given.get('epochs') is not None and 'steps_per_epoch' in params: return {'steps_per_epoch': per_epoch}
         if 'total_steps' in params: return {'total_steps': total}
         return {'T_max': total} if 'T_max' in params else {}
 
     def before_fit(self, learn):
-        self.scheduler, self.steps = self.make(learn.opt, **self._length_arguments(learn)), 0
-        self.group_bounds = [{k: group[k] for k in _GROUP_BOUNDS if k in group} for group in learn.opt.param_groups]
+        makes = self._makes(learn)
+        self.schedulers = {name: make(learn.opts[name], **self._length_arguments(make, learn)) for name, make in makes.items()}
+        self.counts = dict.fromkeys(self.schedulers, 0)
+        self.group_bounds = {name: [{k: group[k] for k in _GROUP_BOUNDS if k in group} for group in learn.opts[name].param_groups]
+                             for name in self.schedulers}
+        self.named = learn.optimizers is not None   # the state is kept by optimizer name
 
-    def _step(self):
-        self.scheduler.step()
-        self.steps += 1
+    @property
+    def scheduler(self):
+        "The scheduler, when this schedules one optimizer; with several, `schedulers[name]`."
+        if len(self.schedulers) == 1: return next(iter(self.schedulers.values()))
+        raise AttributeError(f"SchedulerS.scheduler is the scheduler of a single optimizer; this one schedules "
+                             f"{list(self.schedulers) or 'none yet (before a fit)'}: use schedulers[name]")
+
+    @property
+    def steps(self) -> int | dict:
+        "How many steps the scheduler took; with several, a dict of the count for each optimizer by name."
+        if len(self.counts) == 1: return next(iter(self.counts.values()))
+        return dict(self.counts) if self.counts else 0
+
+    def _step(self, name: str):
+        self.schedulers[name].step()
+        self.counts[name] += 1
 
     def after_step(self, learn):
-        if self.per == 'batch': self._step()
+        if self.per == 'batch' and (name := _current_optimizer(learn)) in self.schedulers: self._step(name)
 
     def after_epoch(self, learn):
-        if self.per == 'epoch' and learn.training: self._step()
+        if self.per == 'epoch' and learn.training:
+            for name in self.schedulers: self._step(name)
 
     def state_dict(self) -> dict:
-        "The scheduler's state and the number of steps taken."
-        return {'scheduler': self.scheduler.state_dict(), 'steps': self.steps}
+        "The scheduler's state and the number of steps taken; with named optimizers, those of each by name."
+        if not self.schedulers: raise RuntimeError("SchedulerS has no scheduler before a fit built one; expected state_dict during or after a fit")
+        states = {name: {'scheduler': s.state_dict(), 'steps': self.counts[name]} for name, s in self.schedulers.items()}
+        return {'schedulers': states} if self.named else next(iter(states.values()))
 
     def load_state_dict(self, state: dict):
-        "Restore what `state_dict` returned (after `before_fit` built the scheduler); a schedule of another length or shape is refused."
-        built = self.scheduler.state_dict()
-        saved_groups = self.scheduler.optimizer.param_groups   # the checkpoint's, loaded just before this state
+        "Restore what `state_dict` returned (after `before_fit` built the schedulers); a schedule of another length or shape, or of other optimizers, is refused."
+        if not self.named:
+            if 'schedulers' in state:
+                raise ValueError(f"the checkpoint holds the schedules of the named optimizers {list(state['schedulers'])}, but this "
+                                 "learner has one optimizer; expected a checkpoint of a run with the same optimizers=")
+            states = {'opt': state}
+        elif 'schedulers' not in state:
+            raise ValueError(f"the checkpoint holds the schedule of one optimizer, but this SchedulerS schedules the named optimizers "
+                             f"{list(self.schedulers)}; expected a checkpoint of a run with the same optimizers=")
+        elif list(state['schedulers']) != list(self.schedulers):
+            raise ValueError(f"the checkpoint holds the schedules of the optimizers {list(state['schedulers'])}, but this SchedulerS "
+                             f"schedules {list(self.schedulers)}; expected the same names")
+        else: states = state['schedulers']
+        for name, saved in states.items(): self._check_schedule(name, saved)   # all are checked before any is loaded
+        for name, saved in states.items():
+            self.schedulers[name].load_state_dict(saved['scheduler']); self.counts[name] = saved['steps']
+
+    def _check_schedule(self, name: str, state: dict):
+        "Refuse the saved state of optimizer `name`'s schedule when its course differs from the one built now."
+        scheduler = self.schedulers[name]
+        built, saved_groups = scheduler.state_dict(), scheduler.optimizer.param_groups   # the checkpoint's groups, loaded just before this state
         changed = [f"{key}={state['scheduler'][key]!r} in the checkpoint, {built[key]!r} now" for key in _SCHEDULE_SHAPE
                    if key in built and key in state['scheduler'] and state['scheduler'][key] != built[key]]
-        changed += [f"{key}={saved[key]!r} in the checkpoint, {bounds[key]!r} now" for bounds, saved in zip(getattr(self, 'group_bounds', []), saved_groups)
+        changed += [f"{key}={saved[key]!r} in the checkpoint, {bounds[key]!r} now" for bounds, saved in zip(self.group_bounds.get(name, []), saved_groups)
                     for key in bounds if key in saved and saved[key] != bounds[key]][:1]
         if changed:
-            raise ValueError(f"the checkpoint's {type(self.scheduler).__name__} has another schedule: {'; '.join(changed)}; "
+            which = f" of optimizer {name!r}" if self.named else ''
+            raise ValueError(f"the checkpoint's {type(scheduler).__name__}{which} has another schedule: {'; '.join(changed)}; "
                              "expected the same epochs and scheduler arguments as the run that wrote it")
-        self.scheduler.load_state_dict(state['scheduler']); self.steps = state['steps']
 
-def fit_one_cycle(learn: Learner, epochs: int, max_lr: float | None = None, subs=(), resume=None, resume_fallback: bool = False, **kwargs):
-    "Fit `learn` for `epochs` with `OneCycleLR` up to `max_lr` (default `learn.lr`), resuming as `fit` does; other `kwargs` go to `OneCycleLR`."
-    learn.fit(epochs, subs=[SchedulerS(partial(OneCycleLR, max_lr=max_lr or learn.lr, **kwargs)), *subs], resume=resume, resume_fallback=resume_fallback)
+def _own_lr(learn, name: str) -> float:
+    "The learning rate named optimizer `name` starts from: its own in `optimizers=`, else the learner's."
+    own = learn.optimizers[name][2]
+    return learn.lr if own is None else own
+
+def fit_one_cycle(learn: Learner, epochs: int, max_lr: float | dict | None = None, subs=(), resume=None, resume_fallback: bool = False, **kwargs):
+    "Fit `learn` for `epochs` with `OneCycleLR` up to `max_lr` (default `learn.lr`; with named optimizers each one's own lr, or a dict by name), resuming as `fit` does; other `kwargs` go to `OneCycleLR`."
+    if learn.optimizers is None:
+        if isinstance(max_lr, dict):
+            raise TypeError(f"fit_one_cycle was given max_lr by optimizer name ({list(max_lr)}), but this learner has one optimizer; expected a number")
+        make = partial(OneCycleLR, max_lr=max_lr or learn.lr, **kwargs)
+    else:
+        peaks = max_lr if isinstance(max_lr, dict) else dict.fromkeys(learn.optimizers, max_lr) if max_lr else {}
+        if unknown := [name for name in peaks if name not in learn.optimizers]:
+            raise ValueError(f"fit_one_cycle was given max_lr for the optimizers {list(peaks)}, but this learner has no {unknown}; "
+                             f"its optimizers are {list(learn.optimizers)}")
+        make = {name: partial(OneCycleLR, max_lr=peaks.get(name) or _own_lr(learn, name), **kwargs) for name in learn.optimizers}
+    learn.fit(epochs, subs=[SchedulerS(make), *subs], resume=resume, resume_fallback=resume_fallback)
+
+def _momentum(group: dict):
+    return group['momentum'] if 'momentum' in group else group['betas'][0] if 'betas' in group else None
 
 class RecorderS(Subscriber):
-    "Record the learning rate and momentum (or Adam's first beta) of every optimizer step; `plot` them."
+    "Record the learning rate and momentum (or Adam's first beta) of every optimizer step, in `lrs` and `moms`; with named optimizers, each one's in `lrs_by_optimizer` and `moms_by_optimizer`; `plot` them."
     order, in_evaluation = 50, False
-    def before_fit(self, learn): self.lrs, self.moms = [], []
+    def before_fit(self, learn):
+        self.lrs_by_optimizer, self.moms_by_optimizer = {name: [] for name in learn.opts}, {name: [] for name in learn.opts}
+        first = next(iter(learn.opts))
+        self.lrs, self.moms = self.lrs_by_optimizer[first], self.moms_by_optimizer[first]   # the only (or first) optimizer's
 
     def before_step(self, learn):
-        group = learn.opt.param_groups[0]
-        self.lrs.append(group['lr'])
-        self.moms.append(group['momentum'] if 'momentum' in group else group['betas'][0] if 'betas' in group else None)
+        name, group = _current_optimizer(learn), learn.opt.param_groups[0]
+        self.lrs_by_optimizer[name].append(group['lr'])
+        self.moms_by_optimizer[name].append(_momentum(group))
 
     def plot(self):
-        "Learning rate and momentum against the optimizer step."
+        "Learning rate and momentum against the optimizer step, one line per optimizer."
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-        axes[0].plot(self.lrs); axes[0].set_title('learning rate')
-        axes[1].plot(self.moms); axes[1].set_title('momentum')
-        for ax in axes: ax.set_xlabel('optimizer step')
+        for name in self.lrs_by_optimizer:
+            axes[0].plot(self.lrs_by_optimizer[name], label=name); axes[1].plot(self.moms_by_optimizer[name], label=name)
+        axes[0].set_title('learning rate'); axes[1].set_title('momentum')
+        for ax in axes:
+            ax.set_xlabel('optimizer step')
+            if len(self.lrs_by_optimizer) > 1: ax.legend()
         return fig
 
 # %% ../nbs/04_acceleration.ipynb #c423d518
@@ -188,7 +273,12 @@ class GradAccumS(Subscriber):
     def __init__(self, n: int):
         self.n = _check_int(n, 'n (the number of batches to accumulate)', 'GradAccumS')
 
-    def before_fit(self, learn): learn.grad_accumulation = self.n
+    def before_fit(self, learn):
+        if learn.optimizers is not None:
+            raise ValueError(f"GradAccumS accumulates gradients over {self.n} batches, but this learner has the named optimizers "
+                             f"{list(learn.optimizers)}, whose phases zero every gradient after each one's step, so nothing carries over "
+                             "to the next batch; expected a Learner with one optimizer (no optimizers=)")
+        learn.grad_accumulation = self.n
 
     def before_epoch(self, learn): self.count = 0
 
@@ -209,14 +299,26 @@ class GradAccumS(Subscriber):
 
     def load_state_dict(self, state: dict): self.count = state['count']
 
+def _stepped_parameters(opt) -> list:
+    "The parameters `opt` steps, in its groups' order."
+    return [p for group in opt.param_groups for p in group['params']]
+
 class GradClipS(Subscriber):
-    "Rescale the gradients before each step so that their total norm is at most `max_norm`."
-    order = 20
+    "Rescale the gradients of the parameters the step updates (the current phase's optimizer's) so that their total norm is at most `max_norm`."
+    order, in_evaluation = 20, False
     def __init__(self, max_norm: float, norm_type: float = 2.0):
         if not max_norm > 0: raise ValueError(f"expected max_norm > 0, got {max_norm!r}")
-        self.max_norm, self.norm_type = max_norm, norm_type
+        self.max_norm, self.norm_type, self.params = max_norm, norm_type, {}
 
-    def before_step(self, learn): nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)
+    def before_fit(self, learn): self.params = {}   # this fit's optimizers are new
+
+    def before_step(self, learn):
+        opt = learn.opt
+        key = (id(opt), len(opt.param_groups))   # a group added during the fit is seen
+        if (params := self.params.get(key)) is None: params = self.params[key] = _stepped_parameters(opt)
+        nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type)
+
+    def cleanup_fit(self, learn): self.params = {}
 
 def _found_inf(scaler, opt) -> bool:
     per_device = scaler._found_inf_per_device(opt) if hasattr(scaler, '_found_inf_per_device') else None
@@ -246,6 +348,8 @@ class MixedPrecisionS(Subscriber):
         self._leave_autocast()  # in case the previous batch was cancelled before its loss
         self.autocast = torch.autocast(self.device_type, dtype=self.dtype)
         self.autocast.__enter__()
+
+    def before_phase(self, learn): self.before_batch(learn)   # each named optimizer's phase has its own forward and loss
 
     def after_loss(self, learn):
         self._leave_autocast()

@@ -242,9 +242,10 @@ def _parameters(model: nn.Module, params) -> list:
 def _check_optimizers(optimizers, model: nn.Module, optim_class) -> dict | None:
     "`optimizers` as {name: (params, optim_class, lr or None)}, checked against `model`: each names parameters of it, none shared."
     if optimizers is None: return None
-    form = ("a dict of name to the parameters it steps: a submodule's name, a module, or a function of the model, "
-            "alone or as (parameters, optim_class) or (parameters, optim_class, lr)")
-    if not isinstance(optimizers, Mapping) or not optimizers: raise TypeError(f"Learner expected optimizers to be {form}; got {_describe(optimizers)}")
+    one = "the parameters it steps (a submodule's name, a module, or a function of the model), alone or as (parameters, optim_class) or (parameters, optim_class, lr)"
+    form = f"a dict of name to {one}"
+    if not isinstance(optimizers, Mapping) or not optimizers:
+        raise TypeError(f"Learner expected optimizers to be {form}; got {'an empty dict' if isinstance(optimizers, Mapping) else _describe(optimizers)}")
     checked, owner = {}, {}
     for name, spec in optimizers.items():
         if not isinstance(name, str) or not name.isidentifier() or name in ('state', 'param_groups'):
@@ -252,7 +253,7 @@ def _check_optimizers(optimizers, model: nn.Module, optim_class) -> dict | None:
                              f"other than 'state' and 'param_groups', got {_describe(name)}")
         params, cls, lr = (*spec, None, None)[:3] if isinstance(spec, tuple) and 2 <= len(spec) <= 3 else (spec, optim_class, None)
         if isinstance(cls, torch.optim.Optimizer) or not callable(cls) or isinstance(params, tuple):
-            raise TypeError(f"Learner expected optimizers[{name!r}] to be {form}; got {_describe(spec)}")
+            raise TypeError(f"Learner expected optimizers[{name!r}] to be {one}; got {_describe(spec)}")
         if lr is not None: _check_lr(lr, f'Learner (optimizers[{name!r}])')
         if isinstance(params, str):
             try: model.get_submodule(params)
@@ -261,7 +262,9 @@ def _check_optimizers(optimizers, model: nn.Module, optim_class) -> dict | None:
                 raise ValueError(f"Learner expected optimizers[{name!r}] to name a submodule of the model, got {params!r}; "
                                  f"its submodules are {children}") from None
         elif not (isinstance(params, nn.Module) or callable(params)):
-            raise TypeError(f"Learner expected optimizers[{name!r}] to be {form}; got {_describe(spec)}")
+            used_up = (" (a generator is used up after one fit, and optimizers are built at each: pass a function of the model, "
+                       "e.g. lambda m: m.critic.parameters())") if isinstance(params, Iterator) else ''
+            raise TypeError(f"Learner expected optimizers[{name!r}] to be {one}; got {_describe(spec)}{used_up}")
         found = _parameters(model, params)
         tensors = [p for g in found for p in (g['params'] if isinstance(g, dict) else [g])]
         if not tensors: raise ValueError(f"Learner expected optimizers[{name!r}] to have parameters to step, got none from {_describe(params)}")
@@ -471,7 +474,7 @@ class Learner:
             if self.training:
                 self.backward(); self.publish('after_backward')
                 self._update()
-                self.zero_grad()   # a phase's loss reaches other optimizers' parameters too (a GAN's critic): the next phase starts clean
+                for opt in self.opts.values(): opt.zero_grad()   # a phase's loss reaches other optimizers' parameters too (a GAN's critic): the next phase starts clean
         if self.training: self.position['next_iter'] = self.iter + 1
 
     def make_optimizers(self, lr: float):
