@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
-from .activations import Hooks, conv_block
+from .activations import Hooks, _replace, conv_block
 from .core import _check_int, _describe
 from .learner import CancelStepException, DeviceS, Learner, Subscriber
 
@@ -498,8 +498,14 @@ class AugmentS(Subscriber):
     order = DeviceS.order + 0.5
     def __init__(self, *transforms): self.transforms = transforms
 
+    def before_fit(self, learn):
+        self.key = getattr(learn, 'inputs', 0)
+        if not (isinstance(self.key, str) or (isinstance(self.key, int) and not isinstance(self.key, bool))):
+            raise ValueError(f"AugmentS transforms one input, the part of the batch at a position or key; the Learner's inputs are "
+                             f"{self.key!r}: augment each input yourself (e.g. in a before_batch subscriber), or give the Learner one input")
+
     def before_batch(self, learn):
         if not learn.training: return
-        x, *rest = learn.batch
+        x = learn.batch[self.key]
         for transform in self.transforms: x = transform(x)
-        learn.batch = [x, *rest]
+        learn.batch = _replace(learn.batch, self.key, x)

@@ -455,3 +455,18 @@ def test_progress_plot_with_dict_batches_and_two_outputs(capsys):
         expected = sum(_two_loss(learn.model(d['a'], d['b']), d['y'], d['v']) * 16 for d in dict_batches[:2]) / 32
     assert progress.valid_losses[-1] == pytest.approx(expected.item(), rel=1e-5)
     assert 'eval' in capsys.readouterr().out
+
+
+def test_augment_transforms_the_named_input():
+    from nntrain.acceleration import AugmentS
+    x, y = _data()
+    batches = [{'px': x[i:i + 16], 'y': y[i:i + 16]} for i in range(0, 64, 16)]
+    seen = []
+    class Record(nn.Linear):
+        def forward(self, x):
+            seen.append(x)
+            return super().forward(x)
+    Learner(Record(3, 2), DataLoaders(batches, batches[:1]), inputs='px', targets='y', subs=[AugmentS(lambda t: t * 0)]).fit(1)
+    assert all(not s.any() for s in seen[:4]) and torch.equal(seen[4], batches[0]['px'])   # training batches only
+    with pytest.raises(ValueError, match=r"AugmentS transforms one input, the part of the batch at a position or key; the Learner's inputs are \(0, 1\)"):
+        Learner(TwoInTwoOut(), DataLoaders(_two_batches(), []), _two_loss, inputs=(0, 1), targets=(2, 3), subs=[AugmentS()]).fit(1, valid=False)
