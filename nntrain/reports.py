@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import nntrain.trial  # noqa: F401 (attaches Learner.get_preds, which ReportS uses)
-from .core import _check_int, write_atomically
-from .learner import Learner, Subscriber, find_metrics
+from .core import _check_int, _describe, write_atomically
+from .learner import Learner, Subscriber, _batch_structure, _is_key, find_metrics
 
 if TYPE_CHECKING: import matplotlib.pyplot as plt  # for the annotations; plotting imports it when it draws
 
@@ -264,10 +264,39 @@ def plot_samples(images, titles: Sequence[str] | None = None, ncols: int = 8) ->
     return fig
 
 # %% ../nbs/08_reports.ipynb #d6084f94
+_WHAT = {'preds': "the model's output", 'targets': 'the targets'}
+_ONE = {'preds': 'one tensor of class scores', 'targets': 'one tensor of class indices'}
+def _is(what: str) -> str: return 'are' if what == 'the targets' else 'is'
+
+def _check_selector(part, role: str, who: str):
+    "`part` when it can pick one tensor of `role` ('preds' or 'targets'): None (it is one already), a position or key, or a function."
+    if part is None or _is_key(part) or (callable(part) and not isinstance(part, type)): return part
+    raise TypeError(f"{who} expected {role} to be None ({_WHAT[role]} {_is(_WHAT[role])} {_ONE[role]}), a position or key picking one of several "
+                    f"(an int or a str), or a function of them; got {_describe(part)}")
+
+def _select(value, part, role: str, who: str) -> torch.Tensor:
+    "The one tensor of `role` in `value` (the model's output or the batch's targets) that `part` picks; a structure without `part` is refused, naming the argument."
+    what = _WHAT[role]
+    if value is None and role == 'targets':
+        raise ValueError(f"{who} needs class targets, but the Learner has targets=None (batches without targets); "
+                         "expected targets= to say where they are in a batch")
+    if callable(part): value, what = part(value), f"the result of {role}={_describe(part)}"
+    elif part is not None:
+        if isinstance(value, torch.Tensor):
+            raise TypeError(f"{who} picks {role}[{part!r}], but {what} {_is(what)} {_batch_structure(value)}, one tensor; expected {role}=None")
+        try: value, what = value[part], f"{what}[{part!r}]"
+        except (KeyError, IndexError, TypeError): raise TypeError(f"{who} picks {role}[{part!r}], but {what} {_is(what)} {_batch_structure(value)}") from None
+    if isinstance(value, torch.Tensor): return value
+    hint = '' if part is not None or not isinstance(value, (list, tuple, dict)) else \
+           f"; choose one with {who}(..., {role}={0 if isinstance(value, (list, tuple)) else next(iter(value), 'key')!r})"
+    raise TypeError(f"{who} expected {what} to be {_ONE[role]}, got {_batch_structure(value)}{hint}")
+
 class MisclassifiedS(Subscriber):
-    "Record, at each validation pass of a training fit, which validation samples are misclassified; `matrix()` is [samples, epochs]."
+    "Record, at each validation pass of a training fit, which validation samples are misclassified; `matrix()` is [samples, epochs]; `preds`/`targets` pick one of several outputs or targets."
     in_evaluation = False
-    def __init__(self): self.passes, self.pending, self.recording = [], [], False
+    def __init__(self, preds=None, targets=None):
+        self.preds, self.targets = _check_selector(preds, 'preds', 'MisclassifiedS'), _check_selector(targets, 'targets', 'MisclassifiedS')
+        self.passes, self.pending, self.recording = [], [], False
 
     def before_fit(self, learn): self.recording = False
 
@@ -277,7 +306,8 @@ class MisclassifiedS(Subscriber):
 
     def after_batch(self, learn):
         if learn.training or not self.recording: return
-        preds, targets = learn.preds.detach(), learn.batch[1]
+        preds = _select(learn.preds, self.preds, 'preds', 'MisclassifiedS').detach()
+        targets = _select(learn.get_targets(), self.targets, 'targets', 'MisclassifiedS')
         if preds.ndim != 2 or preds.shape[1] < 2:
             raise ValueError(f"MisclassifiedS expected class scores [N, C] as predictions, got shape {tuple(preds.shape)}")
         self.pending.append(preds.argmax(1) != targets)
@@ -341,12 +371,12 @@ def _dataset_images(dataset, indices: torch.Tensor) -> tuple[torch.Tensor, list]
     if images.ndim == 4: images = images.permute(0, 3, 1, 2)
     return images, rows.get('label', [None] * len(indices))
 
-def _loader_rows(dl, indices: torch.Tensor) -> torch.Tensor:
-    "Rows `indices` (positions in loader order) of the inputs `batch[0]`, gathered in one pass over `dl`."
+def _loader_rows(dl, indices: torch.Tensor, images_of: Callable = lambda batch: batch[0]) -> torch.Tensor:
+    "Rows `indices` (positions in loader order) of each batch's images (`images_of(batch)`, default `batch[0]`), gathered in one pass over `dl`."
     wanted, found, start = indices.tolist(), {}, 0
     targets = set(wanted)
     for batch in dl:
-        x = batch[0]
+        x = images_of(batch)
         for i in range(start, start + len(x)):
             if i in targets: found[i] = x[i - start].detach().cpu()
         start += len(x)
@@ -354,16 +384,23 @@ def _loader_rows(dl, indices: torch.Tensor) -> torch.Tensor:
     return torch.stack([found[i] for i in wanted])
 
 class ReportS(Subscriber):
-    "At the end of a fit that trains, write confusion matrix, classification report, ROC, history and sample images to `folder`."
+    "At the end of a fit that trains, write confusion matrix, classification report, ROC, history and sample images to `folder`; `preds`/`targets` pick one of several outputs or targets."
     in_evaluation = False
     order = 100
 
-    def __init__(self, folder, class_names: Sequence[str] | None = None, k_worst: int = 16, n_samples: int = 16):
+    def __init__(self, folder, class_names: Sequence[str] | None = None, k_worst: int = 16, n_samples: int = 16, preds=None, targets=None):
         self.folder, self.class_names = _check_folder(folder), class_names
         self.k_worst, self.n_samples = _check_int(k_worst, 'k_worst', 'ReportS'), _check_int(n_samples, 'n_samples', 'ReportS')
-        self.files, self.report, self.worst, self.trained = [], None, None, False
+        self.preds, self.targets = _check_selector(preds, 'preds', 'ReportS'), _check_selector(targets, 'targets', 'ReportS')
+        self.files, self.report, self.worst, self.trained, self.checked = [], None, None, False, False
 
-    def before_fit(self, learn): self.trained = False
+    def before_fit(self, learn): self.trained = self.checked = False
+
+    def after_batch(self, learn):
+        "At the fit's first batch, check that one tensor of scores and one of class targets can be picked: a mismatch fails now, not after the training."
+        if self.checked: return
+        self.checked = True
+        _select(learn.preds, self.preds, 'preds', 'ReportS'); _select(learn.get_targets(), self.targets, 'targets', 'ReportS')
 
     def before_epoch(self, learn):
         if learn.training: self.trained = True
@@ -387,6 +424,7 @@ class ReportS(Subscriber):
         folder.mkdir(parents=True, exist_ok=True)
         self.files = []
         preds, targets = learn.get_preds()
+        preds, targets = _select(preds, self.preds, 'preds', 'ReportS'), _select(targets, self.targets, 'targets', 'ReportS')
         names = self._names(learn, preds.shape[1] if preds.ndim == 2 else None)
         self.report = classification_report(preds, targets, names)
         self._save_figure('confusion_matrix.png', plot_confusion_matrix(confusion_matrix(preds, targets), names))
@@ -412,7 +450,7 @@ class ReportS(Subscriber):
         losses = F.cross_entropy(preds.float(), targets.long(), reduction='none')
         self.worst = worst_samples(losses, self.k_worst)
         rows = _image_rows(learn.dls.valid)
-        images = _dataset_images(rows, self.worst)[0] if rows is not None else _loader_rows(learn.dls.valid, self.worst)
+        images = _dataset_images(rows, self.worst)[0] if rows is not None else _loader_rows(learn.dls.valid, self.worst, lambda batch: learn.get_inputs(batch)[0])
         name = (lambda i: str(i)) if names is None else (lambda i: names[i])
         titles = [f'{name(int(targets[i]))}/{name(int(preds[i].argmax()))}' for i in self.worst]
         self._save_figure('worst_samples.png', plot_samples(images, titles))
@@ -423,9 +461,11 @@ class ReportS(Subscriber):
         if rows is not None:
             images, labels = _dataset_images(rows, torch.randperm(len(rows), generator=generator)[:self.n_samples])
         else:
-            x, labels = next(iter(dl))[:2]
+            batch = next(iter(dl))
+            x, labels = learn.get_inputs(batch)[0], learn.get_targets(batch)
             chosen = torch.randperm(len(x), generator=generator)[:self.n_samples]
-            images, labels = x.detach().cpu()[chosen], labels.detach().cpu()[chosen].tolist()
+            if labels is not None: labels = _select(labels, self.targets, 'targets', 'ReportS').detach().cpu()[chosen].tolist()
+            images = x.detach().cpu()[chosen]
         titles = None if labels is None or any(label is None for label in labels) else \
                  [str(label) if names is None else names[int(label)] for label in labels]
         self._save_figure(f'samples_{split}.png', plot_samples(images, titles))

@@ -5,13 +5,14 @@
 # %% ../nbs/06_trial.ipynb #2c868bbe
 from __future__ import annotations
 
+import numbers
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from .core import _check_int
-from .learner import EVENTS, Learner, MetricsS, Subscriber, find_metrics
+from .core import _check_flag, _check_int, _describe
+from .learner import EVENTS, Learner, MetricsS, Subscriber, _batch_structure, find_metrics
 from .learner import every as every_
 
 # %% auto #0
@@ -24,23 +25,162 @@ def _loader(learn: Learner, dl, who: str):
     if learn.dls.valid is None: raise ValueError(f"{who} has no loader to run over: dl is None and the learner's validation loader is None; expected {who}(dl)")
     return learn.dls.valid
 
-class _CollectS(Subscriber):
-    "Keep each batch's detached predictions and targets where they are."
-    order = 100
-    def __init__(self): self.preds, self.targets = [], []
-    def after_batch(self, learn):
-        self.preds.append(learn.preds.detach())
-        self.targets.append(learn.batch[1].detach())
+def _detached(x, what: str):
+    "`x` (a tensor, or a tuple, list or dict of them; None kept) detached from the graph; anything else is refused, naming `what` it is."
+    if x is None: return None
+    if isinstance(x, torch.Tensor): return x.detach()
+    if isinstance(x, Mapping): return {k: _detached(v, f'{what}[{k!r}]') for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        items = [_detached(v, f'{what}[{i}]') for i, v in enumerate(x)]
+        return type(x)(*items) if hasattr(x, '_fields') else type(x)(items)   # a namedtuple takes its fields one by one
+    raise TypeError(f"get_preds expected {what} to be a tensor, or a tuple, list or dict of tensors, got {_describe(x)}")
 
-def get_preds(self: Learner, dl=None) -> tuple[torch.Tensor, torch.Tensor]:
-    "Predictions and targets over `dl` (default the validation loader), on the CPU, from one evaluation pass of the learner's loop."
-    collect = _CollectS()
-    self.evaluation(_loader(self, dl, 'get_preds'), [collect])
-    return torch.cat(collect.preds).cpu(), torch.cat(collect.targets).cpu()
+def _concat(parts: list, what: str):
+    "Batches of like structures joined into one: tensors concatenated (0-d ones, one per batch, stacked), tuples item by item, dicts key by key."
+    first = parts[0]
+    if first is None: return None
+    if isinstance(first, torch.Tensor): return torch.stack(parts) if first.ndim == 0 else torch.cat(parts)
+    if isinstance(first, Mapping):
+        if other := next((p for p in parts if list(p) != list(first)), None):
+            raise ValueError(f"get_preds expected {what} to have the same keys in every batch, got {list(first)} and {list(other)}")
+        return {k: _concat([p[k] for p in parts], f'{what}[{k!r}]') for k in first}
+    if other := next((p for p in parts if len(p) != len(first)), None):
+        raise ValueError(f"get_preds expected {what} to have the same length in every batch, got {len(first)} and {len(other)}")
+    items = [_concat(list(column), f'{what}[{i}]') for i, column in enumerate(zip(*parts))]
+    return type(first)(*items) if hasattr(first, '_fields') else type(first)(items)
+
+def _on_cpu(x):
+    "`x` (a tensor or a structure of them) on the CPU, floating-point tensors narrower than float32 (bfloat16, float16) widened to float32."
+    if isinstance(x, torch.Tensor):
+        x = x.cpu()
+        return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+    if isinstance(x, Mapping): return {k: _on_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        items = [_on_cpu(v) for v in x]
+        return type(x)(*items) if hasattr(x, '_fields') else type(x)(items)
+    return x
+
+class _CollectS(Subscriber):
+    "Keep each batch's detached predictions (and, when `labelled`, targets) where they are."
+    order = 100
+    def __init__(self, labelled: bool = True): self.labelled, self.preds, self.targets = labelled, [], []
+    def after_batch(self, learn):
+        self.preds.append(_detached(learn.preds, "the model's output"))
+        if self.labelled: self.targets.append(_detached(learn.get_targets(), 'the targets'))
+
+    def result(self, labelled: bool):
+        "The predictions (and targets) of the whole pass, on the CPU."
+        preds = _on_cpu(_concat(self.preds, "the model's output"))
+        return (preds, _on_cpu(_concat(self.targets, 'the targets'))) if labelled else preds
+
+# %% ../nbs/06_trial.ipynb #04dcc9f8
+_DEFAULT_BATCH_SIZE = 256
+
+def _in_memory(x) -> bool:
+    "Whether `x` is inputs held in memory (a tensor, a tuple of tensors, a dict) rather than a loader of batches."
+    return isinstance(x, (torch.Tensor, Mapping)) or (type(x) is tuple and len(x) > 0 and any(isinstance(v, torch.Tensor) for v in x))
+
+def _n_samples_of(data) -> int:
+    "The number of samples in `data` (a tensor, or a tuple or dict of tensors): their common first dimension; else an error saying what differs."
+    parts = data.items() if isinstance(data, Mapping) else enumerate(data) if isinstance(data, tuple) else [(None, data)]
+    kind = 'a dict' if isinstance(data, Mapping) else 'a tuple' if isinstance(data, tuple) else 'a tensor'
+    if isinstance(data, Mapping) and not data: raise ValueError("get_preds expected a dict of input tensors, got an empty dict")
+    sizes = {}
+    for key, value in parts:
+        where = '' if key is None else f'[{key!r}]'
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"get_preds expected {kind} of tensors (inputs, which it splits into batches) or a loader of batches, "
+                            f"got {_batch_structure(data)}" + (f"; {where} is {_describe(value)}" if isinstance(data, Mapping) else ''))
+        if value.ndim == 0:
+            raise ValueError(f"get_preds expected tensors of samples along their first dimension, got a 0-d tensor{' at ' + where if where else ''}; "
+                             "for a single sample, pass x[None]")
+        sizes[where] = len(value)
+    (first, n), *rest = sizes.items()
+    if other := next(((where, m) for where, m in rest if m != n), None):
+        raise ValueError(f"get_preds expected the tensors of {kind} to hold the same number of samples (their first dimension), "
+                         f"got {n} in {first} and {other[1]} in {other[0]}")
+    if n == 0: raise ValueError(f"get_preds expected at least one sample, got {_batch_structure(data)}")
+    return n
+
+def _batch_maker(learn: Learner, data) -> Callable:
+    "How a slice of `data` becomes a batch the learner reads its inputs from: a tensor is the input; a dict is read with `inputs`; a tuple holds the model's arguments, put where `inputs` looks."
+    inputs = learn.inputs
+    if isinstance(data, Mapping) or (isinstance(data, torch.Tensor) and not (isinstance(inputs, tuple) and len(inputs) > 1)):
+        return lambda part: part
+    given = f"a tuple of {len(data)} tensors, the model's inputs" if isinstance(data, tuple) else "a tensor, the model's one input"
+    if callable(inputs):
+        raise TypeError(f"get_preds got {given}, but the Learner reads its inputs with {_describe(inputs)}, so which tensor goes "
+                        "where is not known; expected a loader of batches that function reads, with labelled=False")
+    keys = inputs if isinstance(inputs, tuple) else (inputs,)
+    if isinstance(data, torch.Tensor) or len(keys) != len(data):
+        raise ValueError(f"get_preds got {given}, but the Learner gives its model {len(keys)} input{'s' if len(keys) > 1 else ''} "
+                         f"(inputs={inputs!r}); expected a tuple of {len(keys)}" + (", or the tensor itself" if len(keys) == 1 else ' tensors'))
+    if not all(isinstance(k, numbers.Integral) for k in keys): return lambda part: dict(zip(keys, part))
+    size = max(k + 1 if k >= 0 else -k for k in keys)
+    def positioned(part):
+        batch = [None] * size
+        for k, value in zip(keys, part): batch[k] = value
+        return batch
+    return positioned
+
+def _check_dict_inputs(learn: Learner, data: Mapping):
+    "Refuse a dict of inputs that lacks the keys the learner reads its inputs from, before the pass."
+    inputs = learn.inputs
+    if callable(inputs): return   # the user's function reads the dict, and says what it misses
+    keys = inputs if isinstance(inputs, tuple) else (inputs,)
+    if missing := [k for k in keys if k not in data]:
+        hint = (f"expected it to hold {missing}" if all(isinstance(k, str) for k in keys) else
+                f"a dict is read by key: expected the Learner's inputs= to name its keys, e.g. Learner(..., inputs={next(iter(data))!r})")
+        raise TypeError(f"get_preds reads a dict of inputs as the Learner reads a batch (inputs={inputs!r}), but got a dict with keys "
+                       f"{list(data)}; {hint}")
+
+class _InMemoryBatches:
+    "The samples of `data` (a tensor, or a tuple or dict of tensors) in order, in batches of `batch_size`, each made a batch by `make`."
+    def __init__(self, data, n: int, batch_size: int, make: Callable): self.data, self.n, self.batch_size, self.make = data, n, batch_size, make
+    def __len__(self): return -(-self.n // self.batch_size)
+    def __iter__(self):
+        for start in range(0, self.n, self.batch_size):
+            part = slice(start, start + self.batch_size)
+            if isinstance(self.data, Mapping): yield self.make({k: v[part] for k, v in self.data.items()})
+            elif isinstance(self.data, tuple): yield self.make(tuple(v[part] for v in self.data))
+            else: yield self.make(self.data[part])
+
+def _default_batch_size(learn: Learner) -> int:
+    "The validation loader's batch size when it has one, else 256."
+    size = getattr(learn.dls.valid, 'batch_size', None)
+    return size if isinstance(size, numbers.Integral) and not isinstance(size, bool) and size >= 1 else _DEFAULT_BATCH_SIZE
+
+def _passes_over(learn: Learner, dl, labelled, batch_size) -> tuple:
+    "What `get_preds` runs over, and whether its batches are labelled: a loader as it is, inputs in memory split into batches."
+    labelled = None if labelled is None else _check_flag(labelled, 'labelled', 'get_preds')
+    batch_size = _check_int(batch_size, 'batch_size', 'get_preds', optional=True)
+    if not _in_memory(dl):
+        if batch_size is not None:
+            raise ValueError(f"get_preds takes batch_size only with inputs in memory (a tensor, or a tuple or dict of tensors), which it "
+                             f"splits into batches; a loader brings its own batches, got batch_size={batch_size} with "
+                             f"{'the validation loader' if dl is None else _describe(dl)}")
+        return _loader(learn, dl, 'get_preds'), labelled is not False
+    if labelled:
+        raise ValueError(f"get_preds takes {_batch_structure(dl)} as inputs without targets, got labelled=True; for the targets "
+                         "too, pass a loader of batches, e.g. [(x, y)]")
+    n, make = _n_samples_of(dl), _batch_maker(learn, dl)
+    batches = _InMemoryBatches(dl, n, batch_size or _default_batch_size(learn), make)
+    if isinstance(dl, Mapping): _check_dict_inputs(learn, dl)
+    return batches, False
+
+def get_preds(self: Learner, dl=None, labelled: bool | None = None, batch_size: int | None = None):
+    "Predictions over `dl` from one evaluation pass, on the CPU (half floats as float32): `(preds, targets)` for a loader (default the validation loader); preds alone for inputs in memory (a tensor, a tuple or dict of tensors, in batches of `batch_size`) or `labelled=False`."
+    dl, labelled = _passes_over(self, dl, labelled, batch_size)
+    collect = _CollectS(labelled)
+    self.evaluation(dl, [collect], labelled=labelled)
+    return collect.result(labelled)
 
 # %% ../nbs/06_trial.ipynb #76182e7f
 def evaluate(self: Learner, dl=None) -> dict:
     "The loss and metrics of one pass over `dl` (default the validation loader), using the learner's `MetricsS` if any."
+    if _in_memory(dl):
+        raise TypeError(f"evaluate expected dl to be a loader of batches with targets (a list such as [(x, y)], a DataLoader), got "
+                        f"{_batch_structure(dl)}: inputs without targets have no loss to compute; get_preds(x) gives their predictions")
     metrics = find_metrics(self)
     extra = [] if metrics is not None else [metrics := MetricsS()]
     self.evaluation(_loader(self, dl, 'evaluate'), extra)
