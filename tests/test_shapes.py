@@ -415,16 +415,22 @@ def test_csv_logger_writes_each_named_optimizers_rate(tmp_path):
     assert (float(columns['lr_a']), float(columns['lr_b'])) == (0.1, 0.01)
 
 
-def test_normalization_reads_the_named_input():
-    from nntrain.activations import NormalizationS
-    x = torch.rand(64, 3) * 5 + 2
-    y = (x.sum(1) > 10).long()
-    batches = [{'px': x[i:i + 16], 'y': y[i:i + 16]} for i in range(0, 64, 16)]
+def _recording_linear():
+    "A list, and a Linear class that appends each input it is called on to it."
     seen = []
     class Record(nn.Linear):
         def forward(self, x):
             seen.append(x)
             return super().forward(x)
+    return seen, Record
+
+
+def test_normalization_reads_the_named_input():
+    from nntrain.activations import NormalizationS
+    x = torch.rand(64, 3) * 5 + 2
+    y = (x.sum(1) > 10).long()
+    batches = [{'px': x[i:i + 16], 'y': y[i:i + 16]} for i in range(0, 64, 16)]
+    seen, Record = _recording_linear()
     norm = NormalizationS()
     Learner(Record(3, 2), DataLoaders(batches, batches), inputs='px', targets='y', subs=[norm]).fit(1)
     assert norm.mean == pytest.approx(x.double().mean().item()) and norm.std == pytest.approx(x.double().std().item())
@@ -461,11 +467,7 @@ def test_augment_transforms_the_named_input():
     from nntrain.acceleration import AugmentS
     x, y = _data()
     batches = [{'px': x[i:i + 16], 'y': y[i:i + 16]} for i in range(0, 64, 16)]
-    seen = []
-    class Record(nn.Linear):
-        def forward(self, x):
-            seen.append(x)
-            return super().forward(x)
+    seen, Record = _recording_linear()
     Learner(Record(3, 2), DataLoaders(batches, batches[:1]), inputs='px', targets='y', subs=[AugmentS(lambda t: t * 0)]).fit(1)
     assert all(not s.any() for s in seen[:4]) and torch.equal(seen[4], batches[0]['px'])   # training batches only
     with pytest.raises(ValueError, match=r"AugmentS transforms one input, the part of the batch at a position or key; the Learner's inputs are \(0, 1\)"):
