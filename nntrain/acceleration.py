@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from .activations import Hooks, _replace, conv_block
 from .core import _check_int, _describe
-from .learner import CancelStepException, DeviceS, Learner, Subscriber
+from .learner import CancelStepException, DeviceS, Learner, Subscriber, _check_lr
 
 # %% auto #0
 __all__ = ['ScratchOptimizer', 'SGD', 'Momentum', 'RMSProp', 'Adam', 'optimizer_steps_per_epoch', 'optimizer_steps', 'SchedulerS',
@@ -226,6 +226,10 @@ def _own_lr(learn, name: str) -> float:
 
 def fit_one_cycle(learn: Learner, epochs: int, max_lr: float | dict | None = None, subs=(), resume=None, resume_fallback: bool = False, **kwargs):
     "Fit `learn` for `epochs` with `OneCycleLR` up to `max_lr` (default `learn.lr`; with named optimizers each one's own lr, or a dict by name), resuming as `fit` does; other `kwargs` go to `OneCycleLR`."
+    if isinstance(max_lr, dict):
+        if not max_lr: raise ValueError("fit_one_cycle expected max_lr to be a number, None (each optimizer's own lr), or a dict by optimizer name; got an empty dict")
+        for name, peak in max_lr.items(): _check_lr(peak, f'fit_one_cycle (max_lr[{name!r}])')
+    elif max_lr is not None: _check_lr(max_lr, 'fit_one_cycle (max_lr)')
     if learn.optimizers is None:
         if isinstance(max_lr, dict):
             raise TypeError(f"fit_one_cycle was given max_lr by optimizer name ({list(max_lr)}), but this learner has one optimizer; expected a number")
@@ -270,11 +274,12 @@ class RecorderS(Subscriber):
 class GradAccumS(Subscriber):
     "Take an optimizer step every `n` batches (and at each epoch's end), on gradients averaged over those batches."
     order, in_evaluation = -2, False   # an evaluation pass takes no steps, and must not reset the count of the pass it interrupts
+    in_lr_find = True                  # the learning-rate search steps as the fit will
     def __init__(self, n: int):
         self.n = _check_int(n, 'n (the number of batches to accumulate)', 'GradAccumS')
 
     def before_fit(self, learn):
-        if learn.optimizers is not None:
+        if learn.optimizers is not None and self.n > 1:
             raise ValueError(f"GradAccumS accumulates gradients over {self.n} batches, but this learner has the named optimizers "
                              f"{list(learn.optimizers)}, whose phases zero every gradient after each one's step, so nothing carries over "
                              "to the next batch; expected a Learner with one optimizer (no optimizers=)")
@@ -305,7 +310,7 @@ def _stepped_parameters(opt) -> list:
 
 class GradClipS(Subscriber):
     "Rescale the gradients of the parameters the step updates (the current phase's optimizer's) so that their total norm is at most `max_norm`."
-    order, in_evaluation = 20, False
+    order, in_evaluation, in_lr_find = 20, False, True   # the learning-rate search clips as the fit will
     def __init__(self, max_norm: float, norm_type: float = 2.0):
         if not max_norm > 0: raise ValueError(f"expected max_norm > 0, got {max_norm!r}")
         self.max_norm, self.norm_type, self.params = max_norm, norm_type, {}

@@ -74,6 +74,7 @@ class Subscriber:
     in_evaluation = True  # False: leave me out of evaluation passes (`get_preds`, `evaluate`) run during or after a fit
     # a subscriber that keeps per-pass state and takes part in evaluation defines `for_evaluation()`, the twin the pass uses
     shows_log = False     # True: I show each pass's log myself (as ProgressS does), so MetricsS does not print it
+    # `in_lr_find` (default: `in_evaluation`) says whether `learn.lr_find()` runs me: those that shape the loop do, those that record it do not
 
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'before_phase', 'after_predict', 'after_loss', 'after_backward', 'before_step',
           'after_step', 'after_batch', 'after_epoch', 'after_log', 'after_fit', 'after_cancel_fit', 'cleanup_fit')
@@ -207,15 +208,27 @@ def _picker(part, role: str) -> Callable:
             raise TypeError(f"expected each batch to be a list or tuple (x, y, *rest), or a dict whose keys the Learner is given "
                             f"(inputs=, targets=), got {_batch_structure(batch)}") from None
         raise TypeError(f"the Learner takes its {role} from batch{wanted}, but got {_batch_structure(batch)}{hint}") from None
+    def field(batch, key):   # a namedtuple batch is read by field name too
+        if isinstance(key, str) and key in getattr(batch, '_fields', ()): return getattr(batch, key)
+        return batch[key]
     def pick_one(batch):
         if not isinstance(batch, (list, tuple, Mapping)): fail(batch, None)
         try: return batch[part]
-        except (KeyError, IndexError, TypeError) as e: fail(batch, e)
+        except (KeyError, IndexError, TypeError) as e:
+            try: return field(batch, part)
+            except (KeyError, IndexError, TypeError): fail(batch, e)
     def pick_several(batch):
         if not isinstance(batch, (list, tuple, Mapping)): fail(batch, None)
-        try: return tuple(batch[k] for k in keys)
+        try: return tuple(field(batch, k) for k in keys)
         except (KeyError, IndexError, TypeError) as e: fail(batch, e)
     return pick_several if isinstance(part, tuple) else pick_one
+
+def _tensor_or(pick: Callable) -> Callable:
+    "`pick`, except that a batch which is a tensor is taken whole: the input of a batch without targets."
+    if getattr(pick, 'takes_tensors', False): return pick
+    def picking(batch): return batch if isinstance(batch, torch.Tensor) else pick(batch)
+    picking.takes_tensors = True
+    return picking
 
 def n_samples(x) -> int | None:
     "The number of samples in `x`, a tensor or a (nested) tuple, list or dict of them: the length of the first tensor, 1 for a 0-d one; None without any."
@@ -251,8 +264,13 @@ def _check_optimizers(optimizers, model: nn.Module, optim_class) -> dict | None:
         if not isinstance(name, str) or not name.isidentifier() or name in ('state', 'param_groups'):
             raise ValueError(f"Learner expected each optimizer's name to be an identifier (it names a phase, a checkpoint entry and a log column) "
                              f"other than 'state' and 'param_groups', got {_describe(name)}")
-        params, cls, lr = (*spec, None, None)[:3] if isinstance(spec, tuple) and 2 <= len(spec) <= 3 else (spec, optim_class, None)
-        if isinstance(cls, torch.optim.Optimizer) or not callable(cls) or isinstance(params, tuple):
+        if isinstance(spec, tuple) and not 2 <= len(spec) <= 3:
+            raise TypeError(f"Learner expected optimizers[{name!r}] to be {one}; got a tuple of {len(spec)}, expected 2 or 3 items")
+        params, cls, lr = (*spec, None, None)[:3] if isinstance(spec, tuple) else (spec, optim_class, None)
+        if isinstance(cls, torch.optim.Optimizer):
+            raise TypeError(f"Learner expected optimizers[{name!r}] to be {one}; its optim_class is an optimizer already made ({type(cls).__name__}): "
+                            f"pass its class, e.g. torch.optim.{type(cls).__name__}, which each fit calls with the parameters")
+        if not callable(cls) or isinstance(cls, nn.Module) or isinstance(params, tuple):
             raise TypeError(f"Learner expected optimizers[{name!r}] to be {one}; got {_describe(spec)}")
         if lr is not None: _check_lr(lr, f'Learner (optimizers[{name!r}])')
         if isinstance(params, str):
@@ -274,6 +292,9 @@ def _check_optimizers(optimizers, model: nn.Module, optim_class) -> dict | None:
                                  "share parameters; give each its own part of the model")
             owner[id(t)] = name
         checked[name] = (params, cls, lr)
+    if left := sorted({name.rsplit('.', 1)[0] if '.' in name else name for name, p in model.named_parameters() if p.requires_grad and id(p) not in owner}):
+        warnings.warn(f"Learner: no optimizer steps the parameters of {left[:5]}{' ...' if len(left) > 5 else ''}, so they are not trained; "
+                      "name them in one of optimizers=, or set requires_grad=False on what is frozen on purpose", stacklevel=3)
     return checked
 
 # %% ../nbs/02_learner.ipynb #653639a5
@@ -325,6 +346,7 @@ class Learner:
         self.subs = _check_subs(subs, 'Learner')
         self.inputs, self.targets = _check_part(inputs, 'inputs', optional=False), _check_part(targets, 'targets', optional=True)
         self._pick_inputs, self._pick_targets = _picker(self.inputs, 'inputs'), _picker(self.targets, 'targets') if targets is not None else None
+        if targets is None: self._pick_inputs = _tensor_or(self._pick_inputs)   # batches without targets may be the input itself
         self._spread_inputs, self._spread_targets = not _is_key(self.inputs), not _is_key(self.targets)  # a tuple from several parts or a function is spread
         self.optimizers = _check_optimizers(optimizers, model, optim_class)
         self.iteration, self.position, self.logged, self.evaluating, self._log_open = 0, None, {}, False, False
@@ -568,9 +590,7 @@ class Learner:
         view.evaluating, view._passes_to_check, view.position = True, {False}, None
         if not _check_flag(labelled, 'labelled', 'evaluation'):   # a tensor batch is the input; a sequence or dict holds the inputs where `inputs` says
             view.subs = [s for s in view.subs if not isinstance(s, MetricsS)]
-            pick = self._pick_inputs
-            view._pick_inputs = lambda batch: batch if isinstance(batch, torch.Tensor) else pick(batch)
-            view._pick_targets, view.loss_fn = None, None
+            view._pick_inputs, view._pick_targets, view.loss_fn = _tensor_or(self._pick_inputs), None, None
         view.subscribers_changed()
         try:
             try: view._evaluate(dl)
@@ -642,7 +662,12 @@ def _missing_hyper_parameters(opt, opt_state: dict) -> str | None:
     "A hyper-parameter `opt` steps with that a param group of `opt_state` lacks, or None."
     for i, (group, saved) in enumerate(zip(opt.param_groups, opt_state['param_groups'])):
         if missing := sorted(k for k in group if k in _HYPER_PARAMETERS and k not in saved):
-            return f"its param group {i} lacks {missing}, which this {type(opt).__name__} steps with"
+            written = [k for k in missing if k in _SCHEDULER_KEYS]
+            why = (f" ({', '.join(written)} {'is' if len(written) == 1 else 'are'} written by a learning-rate scheduler: this fit schedules "
+                   "the rate, the run that wrote the checkpoint did not, or scheduled another optimizer; expected the same SchedulerS)") if written else ''
+            return f"its param group {i} lacks {missing}, which this {type(opt).__name__} steps with{why}"
+
+_SCHEDULER_KEYS = ('initial_lr', 'max_lr', 'min_lr', 'max_momentum', 'base_momentum')   # what torch's schedulers add to a param group
 
 def _optimizer_state(learn: Learner):
     "The optimizers' states for a checkpoint: None before a fit made one, one state dict, or with named optimizers a dict of them by name."
@@ -662,7 +687,8 @@ def _optimizer_pairs(learn: Learner, saved) -> list:
         raise CheckpointError(f"the checkpoint holds the state of one optimizer, but this learner has the named optimizers {list(opts)}; "
                               "expected a checkpoint of a run with the same optimizers=")
     if list(saved) != list(opts):
-        raise CheckpointError(f"the checkpoint holds the optimizers {list(saved)}, but this learner has {list(opts)}; expected the same names")
+        raise CheckpointError(f"the checkpoint holds the optimizers {list(saved)}, but this learner has {list(opts)}; expected the same names "
+                              "in the same order (the order is the order of the phases)")
     return [(name, opt, saved[name]) for name, opt in opts.items()]
 
 def _snapshot(learn: Learner, opts: list, subs: dict) -> dict:
@@ -782,8 +808,6 @@ def _logged_from_state(state: dict) -> dict:
     "What `_logged_state` saved, as the learner keeps it."
     return {name: [entry['tensor'], entry['number'], entry['count']] for name, entry in state.items()}
 
-
-
 # %% ../nbs/02_learner.ipynb #b779cee2
 def _as_number(value):
     return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
@@ -815,6 +839,10 @@ def _step(part, role: str) -> Callable:
                     f"such as torch.sigmoid, a tuple of those applied in turn, or None; got {_describe(part)}")
 
 def _pick_output(x, key, role: str):
+    if isinstance(key, str) and hasattr(x, '_fields') and key in x._fields: return getattr(x, key)   # a namedtuple's field by name
+    if isinstance(x, torch.Tensor):   # indexing would take a row: a silent wrong figure
+        raise TypeError(f"TransformedMetric picks {role}[{key!r}], but got a single tensor {tuple(x.shape)}, not several {role}; "
+                        f"leave {role}= out, or give a function of the tensor")
     try: return x[key]
     except (KeyError, IndexError, TypeError):
         raise TypeError(f"TransformedMetric picks {role}[{key!r}], but got {_batch_structure(x)}") from None
@@ -850,19 +878,41 @@ class TransformedMetric:
         parts = ''.join(f', {k}={getattr(self, k)!r}' for k in ('preds', 'targets') if getattr(self, k) is not None)
         return f'TransformedMetric({self.metric!r}{parts})'
 
+def _rebuild(like, items: list):
+    "A sequence of `like`'s type holding `items`: a namedtuple takes its fields one by one."
+    return type(like)(*items) if hasattr(like, '_fields') else type(like)(items)
+
 def _detach(x):
-    "`x` (a tensor, or a tuple, list or dict of them) detached from the graph."
+    "`x` (a tensor, or a tuple, list or dict of them, namedtuples included) detached from the graph; anything else as it is."
     if isinstance(x, torch.Tensor): return x.detach()
     if isinstance(x, Mapping): return {k: _detach(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(_detach(v) for v in x)
+    if isinstance(x, (list, tuple)): return _rebuild(x, [_detach(v) for v in x])
     return x
 
-def _cat(parts: list):
-    "Concatenate a list of like structures (tensors, or tuples, lists or dicts of them) along the batch dimension, part by part."
+class _Ragged(ValueError):
+    "Batches whose tensors cannot be joined into one: their shapes differ past the batch dimension (sequences padded per batch, say)."
+
+def _cat(parts: list, what: str = 'the outputs'):
+    "Join like structures of several batches (tensors concatenated, 0-d ones stacked; tuples item by item; dicts key by key); a ValueError says where the structures differ, a `_Ragged` where the shapes do."
     first = parts[0]
-    if isinstance(first, torch.Tensor): return torch.cat(parts) if len(parts) > 1 else first
-    if isinstance(first, Mapping): return {k: _cat([p[k] for p in parts]) for k in first}
-    if isinstance(first, (list, tuple)): return type(first)(_cat(list(column)) for column in zip(*parts))
+    kind = lambda p: 'a tensor' if isinstance(p, torch.Tensor) else _batch_structure(p)
+    if (other := next((i for i, p in enumerate(parts) if type(p) is not type(first)), None)) is not None:
+        raise ValueError(f"{what}: batch {other + 1} gives {kind(parts[other])}, batch 1 gave {kind(first)}; expected the same structure in every batch")
+    if isinstance(first, torch.Tensor):
+        if len(parts) == 1: return first
+        if first.ndim == 0: return torch.stack(parts)
+        if (other := next((i for i, p in enumerate(parts) if p.shape[1:] != first.shape[1:]), None)) is not None:
+            raise _Ragged(f"{what}: batch {other + 1} gives the shape {tuple(parts[other].shape)}, batch 1 gave {tuple(first.shape)}; "
+                              "they can be joined only when they agree past the batch dimension")
+        return torch.cat(parts)
+    if isinstance(first, Mapping):
+        if (other := next((i for i, p in enumerate(parts) if list(p) != list(first)), None)) is not None:
+            raise ValueError(f"{what}: batch {other + 1} gives the keys {list(parts[other])}, batch 1 gave {list(first)}")
+        return {k: _cat([p[k] for p in parts], f'{what}[{k!r}]') for k in first}
+    if isinstance(first, (list, tuple)):
+        if (other := next((i for i, p in enumerate(parts) if len(p) != len(first)), None)) is not None:
+            raise ValueError(f"{what}: batch {other + 1} gives {len(parts[other])} parts, batch 1 gave {len(first)}")
+        return _rebuild(first, [_cat(list(column), f'{what}[{i}]') for i, column in enumerate(zip(*parts))])
     return parts
 
 def _numel(x) -> int:
@@ -888,7 +938,8 @@ _THRESHOLD_RANGE = (0.0, 1.0)
 def _warn_logits(name: str, metric, preds, targets):
     "Warn when a thresholding metric (torcheval's binary and multilabel ones) is given scores outside [0, 1]: logits, which it would threshold at 0.5."
     inner = _inner(metric)
-    if not isinstance(getattr(inner, 'threshold', None), float): return
+    threshold = getattr(inner, 'threshold', None)
+    if not isinstance(threshold, float) or not 0 < threshold < 1: return   # a threshold outside (0, 1) was chosen for scores that are not probabilities
     p = metric.transform(preds, targets)[0] if isinstance(metric, TransformedMetric) else preds
     if not (isinstance(p, torch.Tensor) and p.is_floating_point() and p.numel()): return
     low, high = torch.aminmax(p.float())
@@ -900,6 +951,7 @@ def _warn_logits(name: str, metric, preds, targets):
 class MetricsS(Subscriber):
     "Track torcheval `metrics` by name and the size-weighted mean loss; at each pass's end, `output` the log."
     flush_elements = 2**20  # buffered prediction elements that trigger an update of the metrics
+    in_lr_find = False      # the finder's batches are not a pass to report
 
     def __init__(self, **metrics):
         _check_metrics(metrics)
@@ -926,7 +978,8 @@ class MetricsS(Subscriber):
 
     def after_batch(self, learn):
         preds, targets = _detach(learn.preds), learn.get_targets()
-        n = learn.n_samples()
+        n = len(targets) if type(targets) is torch.Tensor and targets.ndim else learn.n_samples()   # the common case without a walk
+        if n == 0: return   # an empty batch weighs nothing (its mean loss is nan, and nan * 0 is nan)
         self.loss_sum.add_(learn.loss.detach(), alpha=n)
         self.count += n
         if self.metrics:
@@ -945,11 +998,13 @@ class MetricsS(Subscriber):
 
     def _update_metrics(self):
         if self.preds:
-            preds, targets = _cat(self.preds), _cat(self.targets)
+            try: joined = [(_cat(self.preds), _cat(self.targets, 'the targets'))]
+            except _Ragged: joined = list(zip(self.preds, self.targets))   # e.g. sequences padded per batch: the metrics take them one by one
             if self._ranges_unchecked:   # once per fit: a thresholding metric given logits is worth a warning
                 self._ranges_unchecked = False
-                for name, metric in self.metrics.items(): _warn_logits(name, metric, preds, targets)
-            for metric in self.metrics.values(): metric.update(preds, targets)
+                for name, metric in self.metrics.items(): _warn_logits(name, metric, *joined[0])
+            for preds, targets in joined:
+                for metric in self.metrics.values(): metric.update(preds, targets)
         self.preds, self.targets, self.buffered = [], [], 0
 
     def compute(self) -> dict:
@@ -1138,16 +1193,17 @@ class LRFinder:
         self.lrs, self.losses, self.raw_losses, self.suggestion, self.stopped = lrs, losses, raw_losses, suggestion, stopped
 
     def __repr__(self):
-        return (f"LRFinder(suggestion={self.suggestion:.3g}: {len(self.lrs)} rates from {self.lrs[0]:.3g} to {self.lrs[-1]:.3g}, "
-                f"stopped by {self.stopped})")
+        suggestion = 'None' if self.suggestion is None else f'{self.suggestion:.3g}'
+        return f"LRFinder(suggestion={suggestion}: {len(self.lrs)} rates from {self.lrs[0]:.3g} to {self.lrs[-1]:.3g}, stopped by {self.stopped})"
 
     def plot(self, ax=None):
         "The smoothed loss against the learning rate on a log axis, the suggestion marked."
         import matplotlib.pyplot as plt
         if ax is None: _, ax = plt.subplots()
         ax.plot(self.lrs, self.losses, label='smoothed loss')
-        ax.axvline(self.suggestion, color='tab:red', linestyle='--', label=f'suggestion {self.suggestion:.2g}')
-        ax.plot([self.suggestion], [_loss_at(self, self.suggestion)], 'o', color='tab:red')
+        if self.suggestion is not None:
+            ax.axvline(self.suggestion, color='tab:red', linestyle='--', label=f'suggestion {self.suggestion:.2g}')
+            ax.plot([self.suggestion], [_loss_at(self, self.suggestion)], 'o', color='tab:red')
         ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss'); ax.legend()
         return ax
 
@@ -1161,7 +1217,7 @@ class _LRRangeS(Subscriber):
 
     def __init__(self, start: float, end: float, n: int, stop_div: bool):
         self.start, self.end, self.n, self.stop_div = start, end, n, stop_div
-        self.lrs, self.losses, self.raw_losses, self.average, self.stopped = [], [], [], 0.0, 'end_lr'
+        self.lrs, self.losses, self.raw_losses, self.average, self.stopped = [], [], [], 0.0, 'a cancel'   # until it stops itself
 
     def before_batch(self, learn):
         lr = self.start * (self.end / self.start) ** (len(self.lrs) / (self.n - 1))
@@ -1177,22 +1233,32 @@ class _LRRangeS(Subscriber):
         if not math.isfinite(loss) or (self.stop_div and self._diverged()):
             self.stopped = 'divergence'
             raise CancelFitException()
-        if len(self.lrs) >= self.n: raise CancelFitException()
+        if len(self.lrs) >= self.n:
+            self.stopped = 'end_lr'
+            raise CancelFitException()
 
     def _diverged(self) -> bool:
         "The smoothed loss is above `divergence` times its minimum, or it fell by a tenth and has climbed back above where it started."
         now, lowest, first = self.losses[-1], min(self.losses), self.losses[0]
         return now > self.divergence * lowest or (lowest < 0.9 * first and now > first)
 
-def _suggest(lrs: list, losses: list, stopped: str) -> float:
-    "The rate where the smoothed loss falls fastest against log(lr), before its minimum: where a step up in rate buys the most progress, an order of magnitude below where training stops improving."
+_MIN_POINTS, _NOISE = 5, 0.02   # a curve needs a few points before its minimum to show a slope, and a fall larger than noise
+
+def _suggest(lrs: list, losses: list, stopped: str) -> float | None:
+    "The rate where the smoothed loss falls fastest against log(lr), before its minimum: where a step up in rate buys the most progress, an order of magnitude below where training stops improving. None, with a warning saying why, when the curve shows no fall."
     kept = len(losses) - 1 if stopped == 'divergence' and len(losses) > 1 else len(losses)   # the last point is the one that diverged
     points = [(lr, loss) for lr, loss in zip(lrs[:kept], losses[:kept]) if math.isfinite(loss)]
     if not points: raise RuntimeError(f"lr_find saw no finite loss (the first, at lr={lrs[0]:.3g}, was {losses[0]}); start lower")
     lowest = min(range(len(points)), key=lambda i: points[i][1])
     skip = len(points) // 10   # the first tenth is too early to tell: the average is still settling
+    start, bottom = points[0][1], points[lowest][1]
+    why = (f"the loss never fell (from {start:.3g} to at best {bottom:.3g}, within the {_NOISE:.0%} a first batch's loss varies)" if not bottom < (1 - _NOISE) * start else
+           f"only {lowest - skip} rates were tried before the loss's minimum, too few to tell where it falls fastest" if lowest - skip < _MIN_POINTS else None)
+    if why is not None:
+        warnings.warn(f"lr_find has no rate to suggest: {why} over the rates {lrs[0]:.3g} to {lrs[-1]:.3g}; try other start_lr and end_lr, "
+                      "more iterations (num_it), or look at the model and the loss", stacklevel=3)
+        return None
     slopes = [((points[i + 1][1] - points[i][1]) / math.log(points[i + 1][0] / points[i][0]), i) for i in range(skip, lowest)]
-    if not slopes: return points[lowest][0] / 10   # too few points before the minimum to measure a slope: a tenth of the rate there
     return points[min(slopes)[1]][0]
 
 def _lr_find(learn, start_lr: float, end_lr: float, num_it: int, stop_div: bool) -> LRFinder:
@@ -1202,14 +1268,18 @@ def _lr_find(learn, start_lr: float, end_lr: float, num_it: int, stop_div: bool)
     num_it, stop_div = _check_int(num_it, 'num_it', 'lr_find', minimum=2), _check_flag(stop_div, 'stop_div', 'lr_find')
     if learn.position is not None or learn.evaluating:
         raise RuntimeError("lr_find was called during a fit; expected a call between fits (it runs a fit of its own)")
+    if learn.optimizers is not None:
+        raise ValueError(f"lr_find sweeps one learning rate against one loss, but this learner has the named optimizers {list(learn.optimizers)}, "
+                         "each with its own loss and rate; expected a Learner with one optimizer (find each part's rate on its own, "
+                         "or give each optimizer its rate in optimizers=)")
     saved, weights, rng = dict(learn.__dict__), copy.deepcopy(learn.model.state_dict()), rng_state()
     modes = [(module, module.training) for module in learn.model.modules()]
     generator = getattr(learn.dls.train, 'generator', None)
     loader_state = generator.get_state() if generator is not None else None
     finder = _LRRangeS(start_lr, end_lr, num_it, stop_div)
     n = _length(learn.dls.train)
-    try:   # only subscribers that shape the loop take part (they are the ones that take part in evaluation); metrics and loggers do not
-        learn.subs = [s for s in learn.subs if getattr(s, 'in_evaluation', True) and not isinstance(s, MetricsS)]
+    try:   # only subscribers that shape the loop take part: metrics, loggers, checkpoints and schedules do not
+        learn.subs = [s for s in learn.subs if getattr(s, 'in_lr_find', getattr(s, 'in_evaluation', True))]
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='learn.log was given')
             learn.fit(math.ceil(num_it / n) if n else num_it, valid=False, subs=[finder], lr=start_lr)

@@ -29,6 +29,11 @@ def _rates(learn) -> dict:
     if getattr(learn, 'optimizers', None) is None: return {}
     return {f'lr_{name}': opt.param_groups[0]['lr'] for name, opt in learn.opts.items()}
 
+def _first_rate(learn) -> float:
+    "The learning rate of the only optimizer, or of the first named one (as `RecorderS.lrs` records it)."
+    opts = learn.__dict__.get('opts') if getattr(learn, 'optimizers', None) is not None else None
+    return (next(iter(opts.values())) if opts else learn.opt).param_groups[0]['lr']
+
 def _format(value) -> str:
     "A CSV cell: floats to six significant digits, anything else as `str`."
     return f'{value:.6g}' if isinstance(value, float) else str(value)
@@ -153,7 +158,7 @@ class CSVLoggerS(Subscriber):
             extra = [k for k in {**train, **entry, **dict.fromkeys(self.logged)} if k not in ('epoch', 'mode') and k not in self.names]
             self.columns = self.header + list(_rates(learn)) + [f'{mode}_{name}' for mode in ('train', 'valid') for name in extra]
             self._write(self.columns, row=False)
-        values = {'epoch': entry['epoch'], 'iteration': learn.iteration, 'lr': learn.opt.param_groups[0]['lr'], **_rates(learn),
+        values = {'epoch': entry['epoch'], 'iteration': learn.iteration, 'lr': _first_rate(learn), **_rates(learn),
                   **{f'{mode}_{k}': v for mode, e in (('train', train), ('valid', entry)) for k, v in e.items() if k not in ('epoch', 'mode')}}
         if missing := [k for k in values if k not in self.columns and k not in self.left_out]:
             warnings.warn(f"CSVLoggerS: {self.path} has no column for {missing} (its header was written before these values "

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 
 from .core import _check_flag, _check_int, _describe
-from .learner import EVENTS, Learner, MetricsS, Subscriber, _batch_structure, find_metrics
+from .learner import EVENTS, Learner, MetricsS, Subscriber, _batch_structure, _cat, _rebuild, find_metrics
 from .learner import every as every_
 
 # %% auto #0
@@ -31,23 +31,14 @@ def _detached(x, what: str):
     if isinstance(x, torch.Tensor): return x.detach()
     if isinstance(x, Mapping): return {k: _detached(v, f'{what}[{k!r}]') for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        items = [_detached(v, f'{what}[{i}]') for i, v in enumerate(x)]
-        return type(x)(*items) if hasattr(x, '_fields') else type(x)(items)   # a namedtuple takes its fields one by one
+        return _rebuild(x, [_detached(v, f'{what}[{i}]') for i, v in enumerate(x)])
     raise TypeError(f"get_preds expected {what} to be a tensor, or a tuple, list or dict of tensors, got {_describe(x)}")
 
 def _concat(parts: list, what: str):
-    "Batches of like structures joined into one: tensors concatenated (0-d ones, one per batch, stacked), tuples item by item, dicts key by key."
-    first = parts[0]
-    if first is None: return None
-    if isinstance(first, torch.Tensor): return torch.stack(parts) if first.ndim == 0 else torch.cat(parts)
-    if isinstance(first, Mapping):
-        if other := next((p for p in parts if list(p) != list(first)), None):
-            raise ValueError(f"get_preds expected {what} to have the same keys in every batch, got {list(first)} and {list(other)}")
-        return {k: _concat([p[k] for p in parts], f'{what}[{k!r}]') for k in first}
-    if other := next((p for p in parts if len(p) != len(first)), None):
-        raise ValueError(f"get_preds expected {what} to have the same length in every batch, got {len(first)} and {len(other)}")
-    items = [_concat(list(column), f'{what}[{i}]') for i, column in enumerate(zip(*parts))]
-    return type(first)(*items) if hasattr(first, '_fields') else type(first)(items)
+    "Batches of like structures joined into one, as `MetricsS` joins them (None when there are no targets); batches that do not agree are refused, naming where."
+    if parts[0] is None: return None
+    try: return _cat(parts, what)
+    except ValueError as e: raise ValueError(f"get_preds cannot join the batches: {e}") from None
 
 def _on_cpu(x):
     "`x` (a tensor or a structure of them) on the CPU, floating-point tensors narrower than float32 (bfloat16, float16) widened to float32."
@@ -56,8 +47,7 @@ def _on_cpu(x):
         return x.float() if x.is_floating_point() and x.element_size() < 4 else x
     if isinstance(x, Mapping): return {k: _on_cpu(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        items = [_on_cpu(v) for v in x]
-        return type(x)(*items) if hasattr(x, '_fields') else type(x)(items)
+        return _rebuild(x, [_on_cpu(v) for v in x])
     return x
 
 class _CollectS(Subscriber):

@@ -347,8 +347,9 @@ def test_lr_find_stops_at_a_nan():
             self.calls += 1
             out = self.lin(x)
             return out * math.nan if self.calls == 15 else out
-    found = Learner(NaNAt(), DataLoaders([(x, y)] * 4, [])).lr_find()
-    assert found.stopped == 'divergence' and len(found.lrs) == 15 and math.isfinite(found.suggestion)
+    with pytest.warns(UserWarning, match='lr_find has no rate to suggest: the loss never fell'):
+        found = Learner(NaNAt(), DataLoaders([(x, y)] * 4, [])).lr_find()
+    assert found.stopped == 'divergence' and len(found.lrs) == 15 and found.suggestion is None
 
 
 @pytest.mark.parametrize('kwargs, error, message', [
@@ -472,3 +473,246 @@ def test_augment_transforms_the_named_input():
     assert all(not s.any() for s in seen[:4]) and torch.equal(seen[4], batches[0]['px'])   # training batches only
     with pytest.raises(ValueError, match=r"AugmentS transforms one input, the part of the batch at a position or key; the Learner's inputs are \(0, 1\)"):
         Learner(TwoInTwoOut(), DataLoaders(_two_batches(), []), _two_loss, inputs=(0, 1), targets=(2, 3), subs=[AugmentS()]).fit(1, valid=False)
+
+
+# --- found by the independent break-it passes ---
+
+def test_lr_find_never_suggests_outside_its_sweep_and_says_why():
+    x = torch.randn(32, 3); y = torch.randint(0, 2, (32,))
+    flat = lambda preds, targets: (preds * 0).sum() + 1.0   # a loss that never falls
+    with pytest.warns(UserWarning) as caught: found = Learner(nn.Linear(3, 2), DataLoaders([(x, y)] * 4, []), flat).lr_find()
+    assert found.suggestion is None and found.stopped == 'end_lr'
+    assert str(caught[0].message).startswith("lr_find has no rate to suggest: the loss never fell (from 1 to at best 1, within the 2% a first "
+                                             "batch's loss varies) over the rates 1e-07 to 10")
+    assert repr(found).startswith('LRFinder(suggestion=None: 100 rates')
+    found.plot()   # nothing to mark, the curve still drawn
+
+
+def test_lr_find_with_too_few_points_before_the_minimum_suggests_nothing():
+    x = torch.randn(32, 3); y = torch.randint(0, 2, (32,))
+    class NaNFrom3(nn.Linear):
+        calls = 0
+        def forward(self, x):
+            NaNFrom3.calls += 1
+            return super().forward(x) * (math.nan if NaNFrom3.calls >= 3 else 1)
+    with pytest.warns(UserWarning, match='lr_find has no rate to suggest'):
+        found = Learner(NaNFrom3(3, 2), DataLoaders([(x, y)] * 4, [])).lr_find()
+    assert found.suggestion is None and len(found.lrs) == 3
+
+
+def test_lr_find_refuses_named_optimizers():
+    learn = Learner(_TwoParts(), DataLoaders([(torch.randn(4, 3), torch.randint(0, 2, (4,)))], []), optimizers={'a': 'a', 'b': 'b'})
+    with pytest.raises(ValueError, match=r"lr_find sweeps one learning rate against one loss, but this learner has the named optimizers \['a', 'b'\]"):
+        learn.lr_find()
+
+
+def test_lr_find_runs_clipping_and_accumulation_as_the_fit_will():
+    from nntrain.acceleration import GradAccumS, GradClipS
+    x = torch.randn(32, 3); y = torch.randint(0, 2, (32,))
+    norms, steps = [], []
+    class Watch(nn.Linear):
+        pass
+    clip, accumulate = GradClipS(1e-3), GradAccumS(4)
+    from nntrain.trial import on
+    record = on('after_step')(lambda learn: (steps.append(learn.iteration),
+                                            norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in learn.model.parameters()])).item())))
+    record.in_lr_find = True
+    learn = Learner(nn.Linear(3, 2), DataLoaders([(x, y)] * 4, []), subs=[clip, accumulate, record])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        learn.lr_find(num_it=20)
+    assert steps == [4, 8, 12, 16, 20]   # accumulated over four batches
+    assert max(norms) <= 1e-3 * 1.0001   # clipped
+
+
+def test_lr_find_cancelled_by_a_subscriber_says_so():
+    from nntrain.learner import CancelFitException
+    from nntrain.trial import on
+    x = torch.randn(32, 3); y = torch.randint(0, 2, (32,))
+    def stop(learn):
+        if learn.iteration == 10: raise CancelFitException()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        found = Learner(nn.Linear(3, 2), DataLoaders([(x, y)] * 4, []), subs=[on('after_batch')(stop)]).lr_find(num_it=30)
+    assert found.stopped == 'a cancel' and len(found.lrs) == 10
+
+
+@pytest.mark.parametrize('max_lr, message', [
+    (-1.0, 'fit_one_cycle (max_lr) expected lr to be a finite number > 0'),
+    (0, 'fit_one_cycle (max_lr) expected lr to be a finite number > 0'),
+    (math.nan, 'fit_one_cycle (max_lr) expected lr to be a finite number > 0'),
+    ('1e-3', "fit_one_cycle (max_lr) expected lr to be a finite number > 0 and at most 3.4e+38 (the largest float32), got '1e-3'"),
+    (True, 'fit_one_cycle (max_lr) expected lr to be a finite number > 0'),
+    ({'a': -1.0}, "fit_one_cycle (max_lr['a']) expected lr to be a finite number > 0"),
+    ({}, "fit_one_cycle expected max_lr to be a number, None (each optimizer's own lr), or a dict by optimizer name; got an empty dict"),
+])
+def test_fit_one_cycle_checks_max_lr_before_training(max_lr, message):
+    from nntrain.acceleration import fit_one_cycle
+    learn = Learner(_TwoParts(), DataLoaders([(torch.randn(4, 3), torch.randint(0, 2, (4,)))], []), optimizers={'a': 'a', 'b': 'b'})
+    before = copy.deepcopy(learn.model.state_dict())
+    with pytest.raises((ValueError, TypeError)) as e: fit_one_cycle(learn, 1, max_lr=max_lr)
+    assert message in str(e.value)
+    assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+
+
+def test_grad_accumulation_of_one_batch_works_with_named_optimizers():
+    from nntrain.acceleration import GradAccumS
+    learn = Learner(_TwoParts(), DataLoaders([(torch.randn(4, 3), torch.randint(0, 2, (4,)))], []), optimizers={'a': 'a', 'b': 'b'},
+                    subs=[GradAccumS(1)])
+    learn.fit(1, valid=False)
+
+
+def test_resume_with_another_schedule_names_the_scheduler(tmp_path):
+    from nntrain.acceleration import SchedulerS
+    from nntrain.core import CheckpointError
+    from torch.optim.lr_scheduler import CosineAnnealingLR
+    batches = [(torch.randn(4, 3), torch.randint(0, 2, (4,)))] * 2
+    class SaveAt2(MetricsS): pass
+    first = Learner(nn.Linear(3, 2), DataLoaders(batches, []), optim_class=torch.optim.Adam)
+    from nntrain.trial import on
+    first.fit(2, valid=False, subs=[on('after_batch')(lambda learn: learn.save(tmp_path / 'c.pt') if learn.iteration == 2 else None)])
+    second = Learner(nn.Linear(3, 2), DataLoaders(batches, []), optim_class=torch.optim.Adam, subs=[SchedulerS(CosineAnnealingLR)])
+    with pytest.raises(CheckpointError) as e: second.fit(2, resume=tmp_path / 'c.pt')
+    assert ("its param group 0 lacks ['initial_lr'], which this Adam steps with (initial_lr is written by a learning-rate scheduler: "
+            "this fit schedules the rate, the run that wrote the checkpoint did not, or scheduled another optimizer; expected the same SchedulerS)") in str(e.value)
+
+
+def test_optimizers_in_another_order_are_refused_saying_order_matters():
+    from nntrain.core import CheckpointError
+    batches = [(torch.randn(4, 3), torch.randint(0, 2, (4,)))]
+    ab = Learner(_TwoParts(), DataLoaders(batches, []), optimizers={'a': 'a', 'b': 'b'}); ab.fit(1, valid=False)
+    ba = Learner(_TwoParts(), DataLoaders(batches, []), optimizers={'b': 'b', 'a': 'a'}); ba.fit(1, valid=False)
+    with pytest.raises(CheckpointError, match=r"expected the same names in the same order \(the order is the order of the phases\)"):
+        ba.load_state_dict(ab.state_dict())
+
+
+def test_parameters_no_optimizer_steps_are_named_in_a_warning():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.cls, self.reg = nn.Linear(3, 3), nn.Linear(3, 2), nn.Linear(3, 1)
+    with pytest.warns(UserWarning, match=r"Learner: no optimizer steps the parameters of \['body'\], so they are not trained"):
+        Learner(Shared(), DataLoaders([], []), optimizers={'a': 'cls', 'b': 'reg'})
+    model = Shared(); model.body.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')   # frozen on purpose: no warning
+        Learner(model, DataLoaders([], []), optimizers={'a': 'cls', 'b': 'reg'})
+
+
+@pytest.mark.parametrize('spec, message', [
+    (('a', torch.optim.SGD(nn.Linear(1, 1).parameters(), 0.1)), "its optim_class is an optimizer already made (SGD): pass its class, e.g. torch.optim.SGD"),
+    (('a', torch.optim.SGD, 0.1, 'x'), "got a tuple of 4, expected 2 or 3 items"),
+    (('a',), "got a tuple of 1, expected 2 or 3 items"),
+])
+def test_malformed_optimizer_entries_say_what_is_wrong(spec, message):
+    with pytest.raises(TypeError) as e: Learner(_TwoParts(), DataLoaders([], []), optimizers={'a': spec, 'b': 'b'})
+    assert message in str(e.value)
+
+
+def test_csv_lr_column_is_the_first_named_optimizers(tmp_path):
+    from nntrain.logging import CSVLoggerS
+    x, y = _data()
+    learn = Learner(_TwoParts(), DataLoaders([(x, y)], [(x, y)]), optimizers={'a': ('a', torch.optim.SGD, 0.5), 'b': 'b'},
+                    subs=[MetricsS(), CSVLoggerS(tmp_path / 'm.csv')])
+    learn.fit(1)
+    header, row = (tmp_path / 'm.csv').read_text().splitlines()
+    columns = dict(zip(header.split(','), row.split(',')))
+    assert float(columns['lr']) == float(columns['lr_a']) == 0.5
+
+
+def test_namedtuple_outputs_through_metrics():
+    import collections
+    NT = collections.namedtuple('NT', 'logits feats')
+    class NTOut(nn.Module):
+        def __init__(self): super().__init__(); self.l = nn.Linear(3, 2)
+        def forward(self, x): return NT(self.l(x), x)
+    x, y = _data()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    metrics = MetricsS(acc=TransformedMetric(MulticlassAccuracy(), preds='logits'))
+    learn = Learner(NTOut(), DataLoaders(batches, batches), lambda p, t: F.cross_entropy(p.logits, t), subs=[metrics])
+    learn.fit(1)
+    with torch.no_grad(): hand = (learn.model(x).logits.argmax(1) == y).float().mean().item()
+    assert metrics.history[-1]['acc'] == pytest.approx(hand)
+    preds, _ = learn.get_preds()
+    assert isinstance(preds, NT) and preds.logits.shape == (64, 2)
+
+
+def test_outputs_of_other_shapes_per_batch_are_measured_batch_by_batch():
+    g = torch.Generator().manual_seed(0)
+    seq = [(torch.randn(4, t, 3, generator=g), torch.randint(0, 5, (4, t), generator=g)) for t in (6, 9)]
+    flat = TransformedMetric(MulticlassAccuracy(), preds=lambda p: p.flatten(0, 1), targets=lambda t: t.flatten())
+    torch.manual_seed(0)
+    learn = Learner(nn.Linear(3, 5), DataLoaders(seq, seq), lambda p, t: F.cross_entropy(p.flatten(0, 1), t.flatten()), subs=[metrics := MetricsS(acc=flat)])
+    learn.fit(1)
+    with torch.no_grad():
+        right = sum((learn.model(x).argmax(-1) == t).sum().item() for x, t in seq)
+    assert metrics.history[-1]['acc'] == pytest.approx(right / sum(t.numel() for _, t in seq))
+    with pytest.raises(ValueError, match=r"get_preds cannot join the batches: the model's output: batch 2 gives the shape \(4, 9, 5\), batch 1 gave \(4, 6, 5\)"):
+        learn.get_preds()
+
+
+def test_an_empty_batch_weighs_nothing():
+    x, y = _data(8)
+    batches = [(x, y), (x[:0], y[:0])]
+    metrics = MetricsS()
+    learn = Learner(nn.Linear(3, 2), DataLoaders(batches, batches), subs=[metrics])
+    learn.fit(1, train=False)
+    with torch.no_grad(): expected = F.cross_entropy(learn.model(x), y).item()
+    assert metrics.history[-1]['loss'] == pytest.approx(expected)
+
+
+def test_tensor_batches_without_targets_are_the_input():
+    from nntrain.trial import on
+    x, _ = _data()
+    batches = [x[i:i + 16] for i in range(0, 64, 16)]
+    square = on('after_loss')(lambda learn: setattr(learn, 'loss', learn.loss + learn.preds.pow(2).mean()))
+    metrics = MetricsS()
+    learn = Learner(nn.Linear(3, 2), DataLoaders(batches, batches), None, targets=None, subs=[metrics, square])
+    learn.fit(1)
+    assert math.isfinite(metrics.history[-1]['loss'])
+
+
+def test_zero_dimensional_outputs_are_stacked_for_the_metrics():
+    from torcheval.metrics import MeanSquaredError
+    x, y = _data()
+    batches = [(x[i:i + 1], y[i:i + 1].float().squeeze()) for i in range(8)]
+    class Scalar(nn.Linear):
+        def forward(self, x): return super().forward(x).squeeze()
+    metrics = MetricsS(mse=MeanSquaredError())
+    learn = Learner(Scalar(3, 1), DataLoaders(batches, batches), F.mse_loss, subs=[metrics])
+    learn.fit(1, train=False)
+    with torch.no_grad(): hand = torch.stack([(learn.model(b[0]) - b[1]) ** 2 for b in batches]).mean().item()
+    assert metrics.history[-1]['mse'] == pytest.approx(hand, rel=1e-5)
+
+
+def test_an_int_pick_on_a_single_tensor_is_refused():
+    m = TransformedMetric(MulticlassAccuracy(), preds=0)
+    with pytest.raises(TypeError, match=r"TransformedMetric picks preds\[0\], but got a single tensor \(4, 2\), not several preds; leave preds= out"):
+        m.update(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+
+
+def test_a_threshold_chosen_for_logits_does_not_warn():
+    x, y = _data(64)
+    batches = [(x, y)]
+    model = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
+    metrics = MetricsS(acc=BinaryAccuracy(threshold=0.0))
+    learn = Learner(model, DataLoaders(batches, batches), lambda p, t: F.binary_cross_entropy_with_logits(p, t.float()), subs=[metrics])
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        learn.fit(1, train=False)
+    with torch.no_grad(): hand = ((model(x) >= 0).long() == y).float().mean().item()
+    assert metrics.history[-1]['acc'] == pytest.approx(hand)
+
+
+def test_an_output_that_changes_structure_is_named():
+    class Changing(nn.Linear):
+        calls = 0
+        def forward(self, x):
+            Changing.calls += 1
+            out = super().forward(x)
+            return out if Changing.calls == 1 else (out, out)
+    x, y = _data()
+    learn = Learner(Changing(3, 2), DataLoaders([], []), lambda p, t: F.cross_entropy(p if isinstance(p, torch.Tensor) else p[0], t))
+    with pytest.raises(ValueError, match=r"get_preds cannot join the batches: the model's output: batch 2 gives a tuple of 2 \(tensor \(16, 2\) float32, "
+                                         r"tensor \(16, 2\) float32\), batch 1 gave a tensor; expected the same structure in every batch"):
+        learn.get_preds([(x[:16], y[:16]), (x[16:32], y[16:32])])
