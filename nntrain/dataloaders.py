@@ -280,6 +280,28 @@ def _choose_columns(dd, splits: tuple[str, str], inputs, targets) -> tuple[str, 
                          f"split, but it lacks {missing}; its columns are {have[valid]}")
     return chosen
 
+def _refuse_text_columns(dd, splits: tuple[str, str], chosen: tuple[str, ...], inputs, targets):
+    "Refuse a chosen text column, which `hf_ds_collate_fn` cannot make a tensor of, saying how it was chosen; before any decoding."
+    from datasets import Value
+    inputs, targets = _column_names(inputs, 'inputs'), _column_names(targets, 'targets')
+    for split in splits:
+        features = dd[split].features
+        for name in chosen:
+            feature = features.get(name)
+            if not (isinstance(feature, Value) and feature.dtype in ('string', 'large_string')): continue
+            how = ('inputs names it' if name in (inputs or ()) else 'targets names it' if name in (targets or ()) else
+                   'targets, left out, takes the columns inputs does not name' if targets is None else
+                   'inputs, left out, takes the columns targets does not name')
+            raise ValueError(f"from_hf_dd cannot batch the text column {name!r} of the {split!r} split (a Value({feature.dtype!r}) "
+                             f"feature; {how}) with hf_ds_collate_fn, which makes tensors of images and numbers; leave it out of "
+                             "inputs and targets, or pass a collate_fn of your own")
+
+def _in_order_of(train, valid):
+    "`valid` with its columns in the order of `train`'s when both hold the same columns in other orders; else `valid` itself."
+    order, theirs = getattr(train, 'column_names', None), getattr(valid, 'column_names', None)
+    if not isinstance(order, list) or not isinstance(theirs, list) or order == theirs or set(order) != set(theirs): return valid
+    return valid.select_columns(order)
+
 class DataLoaders:
     "A training and a validation iterable of batches, as `.train` and `.valid`."
     def __init__(self, train, valid): self.train, self.valid = _iterable_or_none(train, 'train'), _iterable_or_none(valid, 'valid')
@@ -322,9 +344,11 @@ class DataLoaders:
             raise TypeError(f"from_hf_dd sets {', '.join(taken)} itself (training batches of batch_size, shuffled; validation of "
                             f"twice that, in order; seed= seeds the shuffling), got {', '.join(f'{k}={_describe(kwargs[k])}' for k in taken)}")
         chosen = _choose_columns(dd, (train, valid), inputs, targets)
+        collation = _default_collation(collate_fn)
+        if chosen is not None and collation is not None: _refuse_text_columns(dd, (train, valid), chosen, inputs, targets)
         # only the chosen columns, in the chosen order (select_columns keeps the order it is given), are decoded or collated
         source = {split: dd[split] if chosen is None else dd[split].select_columns(list(chosen)) for split in (train, valid)}
-        collation = _default_collation(collate_fn)
+        if chosen is None: source[valid] = _in_order_of(source[train], source[valid])   # batches of both splits alike
         if collation is not None and set(collation) <= {'flatten'} and not kwargs:
             try:
                 columns = {split: dataset_to_tensors(source[split], max_bytes) for split in (train, valid)}

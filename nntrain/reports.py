@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -231,18 +232,23 @@ def worst_samples(losses, k: int = 16) -> torch.Tensor:
     k = _check_int(k, 'k', 'worst_samples', minimum=0)
     return torch.topk(losses.float(), min(k, len(losses))).indices
 
+def _image_layout_problem(shape: Sequence[int]) -> str | None:
+    "Why a tensor of `shape` is not images that `plot_samples` can draw, or None when it is."
+    if len(shape) == 2 and math.isqrt(shape[1]) ** 2 != shape[1]:
+        return f"got flattened images of {shape[1]} values, which is not a square; pass them as [N, C, H, W]"
+    if len(shape) not in (2, 3) and not (len(shape) == 4 and shape[1] in (1, 3)):
+        return f"expected images [N, 1 or 3, H, W], [N, H, W] or [N, H*W], got shape {tuple(shape)}"
+    return None
+
 def _as_images(images) -> np.ndarray:
     "Images as a numpy array [N, H, W] or [N, H, W, 3]."
     x = _as_tensor(images)
+    if problem := _image_layout_problem(x.shape): raise ValueError(f"plot_samples {problem}")
     if x.ndim == 2:
         side = math.isqrt(x.shape[1])
-        if side * side != x.shape[1]:
-            raise ValueError(f"plot_samples got flattened images of {x.shape[1]} values, which is not a square; pass them as [N, C, H, W]")
         x = x.reshape(len(x), side, side)
     elif x.ndim == 4 and x.shape[1] == 1: x = x[:, 0]
-    elif x.ndim == 4 and x.shape[1] == 3: x = x.permute(0, 2, 3, 1)
-    elif x.ndim != 3:
-        raise ValueError(f"plot_samples expected images [N, 1 or 3, H, W], [N, H, W] or [N, H*W], got shape {tuple(x.shape)}")
+    elif x.ndim == 4: x = x.permute(0, 2, 3, 1)
     if len(x) == 0: raise ValueError("plot_samples got no images")
     if x.is_floating_point() and x.ndim == 4: x = x.clamp(0, 1)
     return x.float().numpy() if x.is_floating_point() else x.numpy()
@@ -291,26 +297,59 @@ def _select(value, part, role: str, who: str) -> torch.Tensor:
            f"; choose one with {who}(..., {role}={0 if isinstance(value, (list, tuple)) else next(iter(value), 'key')!r})"
     raise TypeError(f"{who} expected {what} to be {_ONE[role]}, got {_batch_structure(value)}{hint}")
 
+def _picked(role: str, part) -> str:
+    "Words for what `part` picks out of the model's output or the targets, for error messages."
+    if callable(part): return f"the result of {role}={_describe(part)}"
+    return _WHAT[role] if part is None else f"{_WHAT[role]}[{part!r}]"
+
+def _dtype_shape(x: torch.Tensor) -> str: return f"{str(x.dtype).removeprefix('torch.')} {tuple(x.shape)}"
+
+def _one_logit_hint(preds: torch.Tensor) -> str:
+    "How to turn one logit per sample into two class scores, when `preds` looks like that; else ''."
+    if not preds.is_floating_point(): return ''
+    if preds.ndim == 1: return "; for one logit per sample, give preds=lambda p: torch.stack([torch.zeros_like(p), p], 1)"
+    if preds.ndim == 2 and preds.shape[1] == 1: return "; for one logit per sample, give preds=lambda p: torch.cat([torch.zeros_like(p), p], 1)"
+    return ''
+
+def _check_classes(preds: torch.Tensor, targets: torch.Tensor, who: str, pick_preds, pick_targets) -> tuple[torch.Tensor, torch.Tensor]:
+    "`preds` and `targets` when they are class scores [N, C] (C >= 2) and class indices [N] of one N; else a ValueError naming what picked them."
+    if preds.ndim != 2 or preds.shape[1] < 2:
+        raise ValueError(f"{who} expected {_picked('preds', pick_preds)} to be class scores [N, C] (one score per class, C >= 2), "
+                         f"got {_dtype_shape(preds)}{_one_logit_hint(preds)}")
+    if targets.ndim != 1 or targets.is_floating_point() or targets.is_complex():
+        raise ValueError(f"{who} expected {_picked('targets', pick_targets)} to be class indices (an integer tensor) of shape [N], "
+                         f"got {_dtype_shape(targets)}")
+    if len(preds) != len(targets):
+        raise ValueError(f"{who} expected one target per prediction, got {len(preds)} predictions and {len(targets)} targets")
+    return preds, targets
+
 class MisclassifiedS(Subscriber):
     "Record, at each validation pass of a training fit, which validation samples are misclassified; `matrix()` is [samples, epochs]; `preds`/`targets` pick one of several outputs or targets."
     in_evaluation = False
     def __init__(self, preds=None, targets=None):
         self.preds, self.targets = _check_selector(preds, 'preds', 'MisclassifiedS'), _check_selector(targets, 'targets', 'MisclassifiedS')
-        self.passes, self.pending, self.recording = [], [], False
+        self.passes, self.pending, self.recording, self.checked = [], [], False, False
 
-    def before_fit(self, learn): self.recording = False
+    def before_fit(self, learn): self.recording = self.checked = False
 
     def before_epoch(self, learn):
         self.pending = []
         if learn.training: self.recording = True
 
+    def _pick(self, learn) -> tuple[torch.Tensor, torch.Tensor]:
+        "This batch's class scores and class indices, as `preds` and `targets` pick them, checked."
+        preds = _select(learn.preds, self.preds, 'preds', 'MisclassifiedS')
+        targets = _select(learn.get_targets(), self.targets, 'targets', 'MisclassifiedS')
+        return _check_classes(preds, targets, 'MisclassifiedS', self.preds, self.targets)
+
+    def after_predict(self, learn):
+        "At the fit's first batch, check the scores and class indices: a mismatch fails before the training, not at its first validation pass."
+        if not self.checked: self.checked = True; self._pick(learn)
+
     def after_batch(self, learn):
         if learn.training or not self.recording: return
-        preds = _select(learn.preds, self.preds, 'preds', 'MisclassifiedS').detach()
-        targets = _select(learn.get_targets(), self.targets, 'targets', 'MisclassifiedS')
-        if preds.ndim != 2 or preds.shape[1] < 2:
-            raise ValueError(f"MisclassifiedS expected class scores [N, C] as predictions, got shape {tuple(preds.shape)}")
-        self.pending.append(preds.argmax(1) != targets)
+        preds, targets = self._pick(learn)
+        self.pending.append(preds.detach().argmax(1) != targets)
 
     def after_epoch(self, learn):
         if learn.training or not self.pending: return
@@ -383,6 +422,19 @@ def _loader_rows(dl, indices: torch.Tensor, images_of: Callable = lambda batch: 
         if len(found) == len(targets): break
     return torch.stack([found[i] for i in wanted])
 
+class _NotImages(Exception):
+    "Inputs that `plot_samples` cannot draw: the report leaves its sample images out."
+
+def _checked_images(x, where: str) -> torch.Tensor:
+    "`x` when `plot_samples` can draw it; else `_NotImages`, saying where `x` comes from and what it is."
+    if not isinstance(x, torch.Tensor) or _image_layout_problem(x.shape) is not None:
+        raise _NotImages(f"the {where} are {_batch_structure(x)}, not images that plot_samples draws "
+                         "([N, 1 or 3, H, W], [N, H, W] or [N, H*W] with a square H*W)")
+    return x
+
+_SPLIT_WORDS = {'train': 'training', 'valid': 'validation'}
+_IMAGE_FILES = ('worst_samples.png', 'samples_train.png', 'samples_valid.png')
+
 class ReportS(Subscriber):
     "At the end of a fit that trains, write confusion matrix, classification report, ROC, history and sample images to `folder`; `preds`/`targets` pick one of several outputs or targets."
     in_evaluation = False
@@ -396,11 +448,14 @@ class ReportS(Subscriber):
 
     def before_fit(self, learn): self.trained = self.checked = False
 
-    def after_batch(self, learn):
-        "At the fit's first batch, check that one tensor of scores and one of class targets can be picked: a mismatch fails now, not after the training."
-        if self.checked: return
-        self.checked = True
-        _select(learn.preds, self.preds, 'preds', 'ReportS'); _select(learn.get_targets(), self.targets, 'targets', 'ReportS')
+    def _pick(self, preds, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        "The class scores and class indices that `preds` and `targets` pick from the model's output and the targets, checked."
+        preds, targets = _select(preds, self.preds, 'preds', 'ReportS'), _select(targets, self.targets, 'targets', 'ReportS')
+        return _check_classes(preds, targets, 'ReportS', self.preds, self.targets)
+
+    def after_predict(self, learn):
+        "At the fit's first batch, check that class scores [N, C] and class indices [N] can be picked: a mismatch fails before the training, not after it."
+        if not self.checked: self.checked = True; self._pick(learn.preds, learn.get_targets())
 
     def before_epoch(self, learn):
         if learn.training: self.trained = True
@@ -421,12 +476,16 @@ class ReportS(Subscriber):
     def write(self, learn: Learner) -> list[Path]:
         "Write the report for `learn`'s model on its validation loader now; return the paths written."
         folder = _check_folder(self.folder)
+        preds, targets = self._pick(*learn.get_preds())
+        names = self._names(learn, preds.shape[1])
+        self.report = classification_report(preds, targets, names)
+        self.worst = worst_samples(F.cross_entropy(preds.float(), targets.long(), reduction='none'), self.k_worst)
+        try: samples = [self._worst_images(learn, preds, targets, names), *(self._random_images(learn, split, names) for split in ('train', 'valid'))]
+        except _NotImages as e:   # tabular inputs, say: everything but the pictures
+            samples = []
+            warnings.warn(f"ReportS leaves out {', '.join(_IMAGE_FILES[:-1])} and {_IMAGE_FILES[-1]}: {e}")
         folder.mkdir(parents=True, exist_ok=True)
         self.files = []
-        preds, targets = learn.get_preds()
-        preds, targets = _select(preds, self.preds, 'preds', 'ReportS'), _select(targets, self.targets, 'targets', 'ReportS')
-        names = self._names(learn, preds.shape[1] if preds.ndim == 2 else None)
-        self.report = classification_report(preds, targets, names)
         self._save_figure('confusion_matrix.png', plot_confusion_matrix(confusion_matrix(preds, targets), names))
         text = format_classification_report(self.report) + '\n'
         self._save('classification_report.txt', lambda file: file.write(text.encode()))
@@ -434,8 +493,7 @@ class ReportS(Subscriber):
         self._save_figure('roc.png', plot_roc(preds.float().softmax(1), targets, names)[0])
         metrics = find_metrics(learn)
         if metrics is not None and metrics.history: self._save_figure('history.png', plot_history(metrics.history))
-        self._write_worst(learn, preds, targets, names)
-        for split in ('train', 'valid'): self._write_random_samples(learn, split, names)
+        for name, images, titles in samples: self._save_figure(name, plot_samples(images, titles))
         misclassified = next((s for s in learn.subs if isinstance(s, MisclassifiedS) and s.passes), None)
         if misclassified is not None: self._save_figure('misclassified.png', misclassified.plot())
         return self.files
@@ -446,26 +504,27 @@ class ReportS(Subscriber):
         names = getattr(features.get('label'), 'names', None)
         return list(names) if names is not None and len(names) == n_classes else None
 
-    def _write_worst(self, learn, preds, targets, names):
-        losses = F.cross_entropy(preds.float(), targets.long(), reduction='none')
-        self.worst = worst_samples(losses, self.k_worst)
+    def _worst_images(self, learn, preds, targets, names) -> tuple[str, torch.Tensor, list[str]]:
+        "The file name, images and `true/pred` titles of the worst validation samples."
         rows = _image_rows(learn.dls.valid)
-        images = _dataset_images(rows, self.worst)[0] if rows is not None else _loader_rows(learn.dls.valid, self.worst, lambda batch: learn.get_inputs(batch)[0])
+        if rows is not None: images = _checked_images(_dataset_images(rows, self.worst)[0], "images of the validation rows")
+        else: images = _loader_rows(learn.dls.valid, self.worst, lambda batch: _checked_images(learn.get_inputs(batch)[0], 'validation inputs'))
         name = (lambda i: str(i)) if names is None else (lambda i: names[i])
-        titles = [f'{name(int(targets[i]))}/{name(int(preds[i].argmax()))}' for i in self.worst]
-        self._save_figure('worst_samples.png', plot_samples(images, titles))
+        return 'worst_samples.png', images, [f'{name(int(targets[i]))}/{name(int(preds[i].argmax()))}' for i in self.worst]
 
-    def _write_random_samples(self, learn, split: str, names):
+    def _random_images(self, learn, split: str, names) -> tuple[str, torch.Tensor, list[str] | None]:
+        "The file name, images and label titles of `n_samples` random samples of `split` ('train' or 'valid')."
         dl = getattr(learn.dls, split)
         rows, generator = _image_rows(dl), torch.Generator().manual_seed(0)
         if rows is not None:
             images, labels = _dataset_images(rows, torch.randperm(len(rows), generator=generator)[:self.n_samples])
+            _checked_images(images, f"images of the {_SPLIT_WORDS[split]} rows")
         else:
             batch = next(iter(dl))
-            x, labels = learn.get_inputs(batch)[0], learn.get_targets(batch)
+            x, labels = _checked_images(learn.get_inputs(batch)[0], f"{_SPLIT_WORDS[split]} inputs"), learn.get_targets(batch)
             chosen = torch.randperm(len(x), generator=generator)[:self.n_samples]
             if labels is not None: labels = _select(labels, self.targets, 'targets', 'ReportS').detach().cpu()[chosen].tolist()
             images = x.detach().cpu()[chosen]
         titles = None if labels is None or any(label is None for label in labels) else \
                  [str(label) if names is None else names[int(label)] for label in labels]
-        self._save_figure(f'samples_{split}.png', plot_samples(images, titles))
+        return f'samples_{split}.png', images, titles

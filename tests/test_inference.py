@@ -256,7 +256,7 @@ def test_an_output_whose_structure_changes_between_batches_is_refused():
             self.calls += 1
             return {'a': self.lin(x)} if self.calls == 1 else {'a': self.lin(x), 'b': self.lin(x)}
     learn = Learner(Changing(), DataLoaders([], []), None)
-    with raises(ValueError, "get_preds expected the model's output to have the same keys in every batch, got ['a'] and ['a', 'b']"):
+    with raises(ValueError, "get_preds cannot join the batches: the model's output: batch 2 gives the keys ['a', 'b'], batch 1 gave ['a']"):
         learn.get_preds(torch.randn(10, 4), batch_size=5)
 
 # -- what stays as it was, and structures kept ---------------------------------------------------------------------------
@@ -324,9 +324,10 @@ def test_reports_refuse_several_outputs_without_a_selector(tmp_path):
     learn = report_learner(ReportS(tmp_path/'report'))
     seen = []
     class Count(Subscriber):
-        def after_batch(self, learn): seen.append(learn.iteration)
+        def before_batch(self, learn): seen.append(learn.iteration)
+        def after_step(self, learn): seen.append('step')
     with raises(TypeError, message): quiet_fit(learn, 1, subs=[Count()])
-    assert seen == [1]   # refused at the first batch, not after the training
+    assert seen == [1]   # refused at the first batch's predictions, before its step, not after the training
     with raises(TypeError, message.replace('ReportS', 'MisclassifiedS')): quiet_fit(report_learner(MisclassifiedS()), 1)
     with raises(TypeError, "ReportS picks preds[2], but the model's output is a tuple of 2 (tensor (8, 3) float32, tensor (8,) float32)"):
         quiet_fit(report_learner(ReportS(tmp_path/'report', preds=2)), 1)
@@ -343,3 +344,108 @@ def test_reports_refuse_several_outputs_without_a_selector(tmp_path):
     with raises(ValueError, "ReportS needs class targets, but the Learner has targets=None (batches without targets); expected targets= "
                             "to say where they are in a batch"):
         unlabelled.fit(1, train=False)
+
+# -- reports: inputs that are not images, one logit per sample, targets that are not class indices ------------------------
+
+def tabular_batches(n=40, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    y = (x.sum(1) > 0).long()
+    return [(x[i:i + size], y[i:i + size], torch.rand(len(y[i:i + size]), generator=g)) for i in range(0, n, size)]
+
+class Steps(Subscriber):
+    "Records the iteration of each batch started and each optimizer step taken."
+    def __init__(self): self.seen = []
+    def before_batch(self, learn): self.seen.append(learn.iteration)
+    def after_step(self, learn): self.seen.append('step')
+
+def tabular_learner(model, *subs, loss_fn=F.cross_entropy, **kwargs):
+    torch.manual_seed(0)
+    return Learner(model, DataLoaders(tabular_batches(), tabular_batches(seed=1)), loss_fn, subs=list(subs), **kwargs)
+
+REPORT_FILES = ['classification_report.json', 'classification_report.txt', 'confusion_matrix.png', 'roc.png']
+
+@pytest.mark.parametrize('features, shape', [(3, '(16, 3)'), (10, '(16, 10)')])
+def test_a_report_on_tabular_inputs_leaves_out_the_images_with_one_warning(tmp_path, features, shape):
+    torch.manual_seed(0)
+    x = torch.randn(40, features); y = (x.sum(1) > 0).long()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 40, 16)]
+    report = ReportS(tmp_path/'report')
+    with pytest.warns(UserWarning) as record: quiet_fit(Learner(nn.Linear(features, 2), DataLoaders(batches, batches), subs=[report]), 3)
+    assert [str(w.message) for w in record if 'ReportS' in str(w.message)] == [
+        "ReportS leaves out worst_samples.png, samples_train.png and samples_valid.png: the validation inputs are a tensor "
+        f"{shape} float32, not images that plot_samples draws ([N, 1 or 3, H, W], [N, H, W] or [N, H*W] with a square H*W)"]
+    assert sorted(p.name for p in (tmp_path/'report').iterdir()) == REPORT_FILES == sorted(p.name for p in report.files)
+    assert report.report['macro avg']['support'] == 40 and report.worst.shape == (16,)
+
+def test_a_report_on_inputs_of_four_channels_leaves_out_the_images(tmp_path):
+    batches = [(torch.rand(8, 4, 3, 3), torch.randint(0, 2, (8,)))]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))
+    with pytest.warns(UserWarning, match=r"the validation inputs are a tensor \(8, 4, 3, 3\) float32, not images"):
+        files = ReportS(tmp_path/'report').write(Learner(model, DataLoaders(batches, batches)))
+    assert sorted(p.name for p in files) == REPORT_FILES
+
+def test_image_inputs_still_give_the_sample_images(tmp_path):
+    batches = [(torch.rand(8, 16), torch.randint(0, 2, (8,)))]   # flattened 4x4 images
+    files = ReportS(tmp_path/'report', k_worst=4, n_samples=4).write(Learner(nn.Linear(16, 2), DataLoaders(batches, batches)))
+    assert sorted(p.name for p in files) == sorted(REPORT_FILES + ['samples_train.png', 'samples_valid.png', 'worst_samples.png'])
+
+ONE_LOGIT = ("ReportS expected the model's output to be class scores [N, C] (one score per class, C >= 2), got float32 {}; "
+             "for one logit per sample, give preds=lambda p: torch.{}([torch.zeros_like(p), p], 1)")
+bce = lambda p, y, w: F.binary_cross_entropy_with_logits(p.reshape(-1), y.float())
+
+@pytest.mark.parametrize('model, shape, join', [(lambda: nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), '(16,)', 'stack'),
+                                                (lambda: nn.Linear(3, 1), '(16, 1)', 'cat')])
+def test_a_report_refuses_one_logit_per_sample_at_the_first_batch(tmp_path, model, shape, join):
+    steps = Steps()
+    learn = tabular_learner(model(), ReportS(tmp_path/'report', targets=0), steps, loss_fn=bce, targets=(1, 2))
+    with raises(ValueError, ONE_LOGIT.format(shape, join)): quiet_fit(learn, 3)
+    assert steps.seen == [1] and not (tmp_path/'report').exists()   # before the first step, nothing written
+
+def test_one_logit_per_sample_reported_as_the_hint_says(tmp_path):
+    report = ReportS(tmp_path/'report', preds=lambda p: torch.stack([torch.zeros_like(p), p], 1), targets=0)
+    learn = tabular_learner(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), report, loss_fn=bce, targets=(1, 2))
+    with pytest.warns(UserWarning, match='ReportS leaves out worst_samples.png'): quiet_fit(learn, 3)
+    logits, (labels, _) = learn.get_preds()
+    assert report.report['accuracy'] == pytest.approx(((logits > 0).long() == labels).float().mean().item())
+    assert sorted(p.name for p in report.files) == REPORT_FILES
+
+def test_write_refuses_one_logit_per_sample_before_writing(tmp_path):
+    learn = tabular_learner(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), loss_fn=bce, targets=(1, 2))
+    with raises(ValueError, ONE_LOGIT.format('(40,)', 'stack')): ReportS(tmp_path/'report', targets=0).write(learn)
+    assert not (tmp_path/'report').exists()
+
+FLOAT_TARGETS = "{} expected {} to be class indices (an integer tensor) of shape [N], got float32 (16,)"
+def second(targets): return targets[1]
+def predicted_labels(scores): return scores.argmax(1)
+
+@pytest.mark.parametrize('sub, message', [
+    (lambda folder: ReportS(folder, targets=1), FLOAT_TARGETS.format('ReportS', 'the targets[1]')),
+    (lambda folder: MisclassifiedS(targets=1), FLOAT_TARGETS.format('MisclassifiedS', 'the targets[1]')),
+    (lambda folder: ReportS(folder, targets=second), FLOAT_TARGETS.format('ReportS', 'the result of targets=the function second')),
+])
+def test_reports_refuse_float_targets_at_the_first_batch(tmp_path, sub, message):
+    steps = Steps()
+    learn = tabular_learner(nn.Linear(3, 2), sub(tmp_path/'report'), steps, loss_fn=lambda p, y, w: F.cross_entropy(p, y), targets=(1, 2))
+    with raises(ValueError, message): quiet_fit(learn, 3)
+    assert steps.seen == [1] and not (tmp_path/'report').exists()
+
+def test_misclassified_refuses_float_targets_of_a_plain_learner(tmp_path):
+    batches = [(x, y.float()) for x, y, _ in tabular_batches()]
+    steps = Steps()
+    learn = Learner(nn.Linear(3, 2), DataLoaders(batches, batches), lambda p, y: F.cross_entropy(p, y.long()), subs=[MisclassifiedS(), steps])
+    with raises(ValueError, FLOAT_TARGETS.format('MisclassifiedS', 'the targets')): quiet_fit(learn, 2)
+    assert steps.seen == [1]
+    with raises(ValueError, "MisclassifiedS expected the model's output to be class scores [N, C] (one score per class, C >= 2), got float32 (16, 1); "
+                            "for one logit per sample, give preds=lambda p: torch.cat([torch.zeros_like(p), p], 1)"):
+        quiet_fit(Learner(nn.Linear(3, 1), DataLoaders(batches, batches), lambda p, y: F.mse_loss(p[:, 0], y), subs=[MisclassifiedS()]), 1)
+
+def test_reports_refuse_integer_labels_and_mismatched_lengths_at_the_first_batch(tmp_path):
+    learn = tabular_learner(nn.Linear(3, 2), ReportS(tmp_path/'report', preds=predicted_labels, targets=0),
+                            loss_fn=lambda p, y, w: F.cross_entropy(p, y), targets=(1, 2))
+    with raises(ValueError, "ReportS expected the result of preds=the function predicted_labels to be class scores [N, C] (one score per class, C >= 2), "
+                            "got int64 (16,)"):
+        quiet_fit(learn, 1)
+    learn = tabular_learner(nn.Linear(3, 2), MisclassifiedS(preds=lambda p: p[:4], targets=0),
+                            loss_fn=lambda p, y, w: F.cross_entropy(p, y), targets=(1, 2))
+    with raises(ValueError, "MisclassifiedS expected one target per prediction, got 4 predictions and 16 targets"): quiet_fit(learn, 1)
