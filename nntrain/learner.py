@@ -194,9 +194,14 @@ def _batch_structure(batch) -> str:
         return f"a {type(batch).__name__} of {len(batch)} ({', '.join(map(_shape_of, batch[:4]))}{', ...' if len(batch) > 4 else ''})"
     return f"a {_shape_of(batch)}" if isinstance(batch, torch.Tensor) else _describe(batch)
 
-def _picker(part, role: str) -> Callable:
-    "A function taking `role` out of a batch, as `part` says, with an error naming the batch's structure when it does not fit."
-    if callable(part): return part
+def _picker(part, role: str, arguments: bool = False) -> Callable:
+    "A function taking `role` out of a batch, as `part` says, with an error naming the batch's structure when it does not fit; `arguments`: as the tuple of the model's arguments (a tuple from several parts or a function is spread)."
+    if callable(part):
+        if not arguments: return part
+        def spread(batch):
+            x = part(batch)
+            return x if type(x) is tuple else (x,)
+        return spread
     keys = part if isinstance(part, tuple) else (part,)
     def fail(batch, e):
         wanted = ' and '.join(f'[{k!r}]' for k in keys)
@@ -217,16 +222,20 @@ def _picker(part, role: str) -> Callable:
         except (KeyError, IndexError, TypeError) as e:
             try: return field(batch, part)
             except (KeyError, IndexError, TypeError): fail(batch, e)
+    def pick_argument(batch):   # pick_one, as a one-argument tuple, in one call: this runs at every batch
+        if not isinstance(batch, (list, tuple, Mapping)): fail(batch, None)
+        try: return (batch[part],)
+        except (KeyError, IndexError, TypeError): return (pick_one(batch),)
     def pick_several(batch):
         if not isinstance(batch, (list, tuple, Mapping)): fail(batch, None)
         try: return tuple(field(batch, k) for k in keys)
         except (KeyError, IndexError, TypeError) as e: fail(batch, e)
-    return pick_several if isinstance(part, tuple) else pick_one
+    return pick_several if isinstance(part, tuple) else pick_argument if arguments else pick_one
 
-def _tensor_or(pick: Callable) -> Callable:
-    "`pick`, except that a batch which is a tensor is taken whole: the input of a batch without targets."
-    if getattr(pick, 'takes_tensors', False): return pick
-    def picking(batch): return batch if isinstance(batch, torch.Tensor) else pick(batch)
+def _tensor_or(arguments: Callable) -> Callable:
+    "`arguments` (a batch to the model's arguments), except that a batch which is a tensor is the one argument: the input of a batch without targets."
+    if getattr(arguments, 'takes_tensors', False): return arguments
+    def picking(batch): return (batch,) if isinstance(batch, torch.Tensor) else arguments(batch)
     picking.takes_tensors = True
     return picking
 
@@ -345,9 +354,9 @@ class Learner:
         self.model, self.dls, self.loss_fn, self.optim_class, self.lr = model, dls, loss_fn, optim_class, _check_lr(lr)
         self.subs = _check_subs(subs, 'Learner')
         self.inputs, self.targets = _check_part(inputs, 'inputs', optional=False), _check_part(targets, 'targets', optional=True)
-        self._pick_inputs, self._pick_targets = _picker(self.inputs, 'inputs'), _picker(self.targets, 'targets') if targets is not None else None
-        if targets is None: self._pick_inputs = _tensor_or(self._pick_inputs)   # batches without targets may be the input itself
-        self._spread_inputs, self._spread_targets = not _is_key(self.inputs), not _is_key(self.targets)  # a tuple from several parts or a function is spread
+        self._input_args, self._pick_targets = _picker(self.inputs, 'inputs', arguments=True), _picker(self.targets, 'targets') if targets is not None else None
+        if targets is None: self._input_args = _tensor_or(self._input_args)   # batches without targets may be the input itself
+        self._spread_targets = not _is_key(self.targets)  # a tuple from several parts or a function is spread into loss_fn
         self.optimizers = _check_optimizers(optimizers, model, optim_class)
         self.iteration, self.position, self.logged, self.evaluating, self._log_open = 0, None, {}, False, False
         self._passes_to_check, self._targets_unchecked, self._resume = set(), False, None  # see `_check_targets`, `fit`
@@ -511,8 +520,7 @@ class Learner:
 
     def get_inputs(self, batch=None) -> tuple:
         "The model's arguments from `batch` (default: the current one), as `inputs` says: `batch[0]` by default; a tuple of them is spread."
-        x = self._pick_inputs(self.batch if batch is None else batch)
-        return x if self._spread_inputs and type(x) is tuple else (x,)
+        return self._input_args(self.batch if batch is None else batch)
 
     def get_targets(self, batch=None):
         "The targets of `batch` (default: the current one), as `targets` says: `batch[1]` by default, a tuple for several, None without targets."
@@ -526,7 +534,7 @@ class Learner:
 
     def predict(self):
         "Set `self.preds` to the model's output for the batch's inputs (`batch[0]`, or as `inputs` says)."
-        self.preds = self.model(*self.get_inputs())
+        self.preds = self.model(*self._input_args(self.batch))   # what get_inputs() gives, without its call
 
     def get_loss(self):
         "Set `self.loss` from `preds` and the batch's targets (`batch[1]`, or as `targets` says; several are spread); with no `loss_fn`, start it at zero."
@@ -590,7 +598,7 @@ class Learner:
         view.evaluating, view._passes_to_check, view.position = True, {False}, None
         if not _check_flag(labelled, 'labelled', 'evaluation'):   # a tensor batch is the input; a sequence or dict holds the inputs where `inputs` says
             view.subs = [s for s in view.subs if not isinstance(s, MetricsS)]
-            view._pick_inputs, view._pick_targets, view.loss_fn = _tensor_or(self._pick_inputs), None, None
+            view._input_args, view._pick_targets, view.loss_fn = _tensor_or(self._input_args), None, None
         view.subscribers_changed()
         try:
             try: view._evaluate(dl)
@@ -977,14 +985,17 @@ class MetricsS(Subscriber):
         if self._targets_unchecked: self._check_batch(_detach(learn.preds), learn.get_targets(), learn)
 
     def after_batch(self, learn):
-        preds, targets = _detach(learn.preds), learn.get_targets()
-        n = len(targets) if type(targets) is torch.Tensor and targets.ndim else learn.n_samples()   # the common case without a walk
+        preds, targets = learn.preds, learn.get_targets()
+        one = type(preds) is torch.Tensor and type(targets) is torch.Tensor   # the common case, taken without walking structures
+        n = len(targets) if one and targets.ndim else learn.n_samples()
         if n == 0: return   # an empty batch weighs nothing (its mean loss is nan, and nan * 0 is nan)
         self.loss_sum.add_(learn.loss.detach(), alpha=n)
         self.count += n
         if self.metrics:
-            self.preds.append(preds); self.targets.append(_detach(targets))
-            self.buffered += _numel(preds)
+            if one: preds = preds.detach()   # a batch's targets carry no graph
+            else: preds, targets = _detach(preds), _detach(targets)
+            self.preds.append(preds); self.targets.append(targets)
+            self.buffered += preds.numel() if one else _numel(preds)
             if self.buffered >= self.flush_elements: self._update_metrics()
 
     def _check_batch(self, preds, targets, learn):
