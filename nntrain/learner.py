@@ -1107,7 +1107,7 @@ def to_device(x, device: torch.device, non_blocking: bool = False):
     "Move the tensors in `x` (a tensor, or lists, tuples and dicts of them) to `device`."
     if isinstance(x, torch.Tensor): return x.to(device, non_blocking=non_blocking)
     if isinstance(x, dict): return {k: to_device(v, device, non_blocking) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(to_device(v, device, non_blocking) for v in x)
+    if isinstance(x, (list, tuple)): return _rebuild(x, [to_device(v, device, non_blocking) for v in x])   # namedtuples too
     return x
 
 def _accelerator_available(kind: str) -> bool | None:

@@ -12,6 +12,7 @@ from torcheval.metrics import BinaryAccuracy, MulticlassAccuracy, MultilabelAccu
 
 from nntrain.dataloaders import DataLoaders, load_mnist
 from nntrain.learner import Learner, LRFinder, LRFindS, MetricsS, TransformedMetric, n_samples
+import nntrain.trial  # noqa: F401  (adds Learner.get_preds and Learner.evaluate)
 
 
 def _data(n=64, features=3, seed=0):
@@ -716,3 +717,16 @@ def test_an_output_that_changes_structure_is_named():
     with pytest.raises(ValueError, match=r"get_preds cannot join the batches: the model's output: batch 2 gives a tuple of 2 \(tensor \(16, 2\) float32, "
                                          r"tensor \(16, 2\) float32\), batch 1 gave a tensor; expected the same structure in every batch"):
         learn.get_preds([(x[:16], y[:16]), (x[16:32], y[16:32])])
+
+
+def test_namedtuple_batches_by_field_name_on_a_device():
+    import collections
+    from nntrain.learner import DeviceS
+    Batch = collections.namedtuple('Batch', 'pixels label')
+    x, y = _data()
+    batches = [Batch(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    metrics = MetricsS(accuracy=MulticlassAccuracy())
+    learn = Learner(nn.Linear(3, 2), DataLoaders(batches, batches), inputs='pixels', targets='label', subs=[metrics, DeviceS('cpu')])
+    learn.fit(1)
+    with torch.no_grad(): hand = (learn.model(x).argmax(1) == y).float().mean().item()
+    assert metrics.history[-1]['accuracy'] == pytest.approx(hand)
