@@ -190,6 +190,7 @@ def _shape_of(value) -> str:
 def _batch_structure(batch) -> str:
     "What `batch` is, for error messages: a dict with its keys, a sequence with its parts, or its type."
     if isinstance(batch, Mapping): return f"a dict with keys {list(batch)}"
+    if hasattr(batch, '_fields'): return f"a {type(batch).__name__} (a namedtuple) with the fields {list(batch._fields)}"
     if isinstance(batch, (list, tuple)):
         return f"a {type(batch).__name__} of {len(batch)} ({', '.join(map(_shape_of, batch[:4]))}{', ...' if len(batch) > 4 else ''})"
     return f"a {_shape_of(batch)}" if isinstance(batch, torch.Tensor) else _describe(batch)
@@ -240,8 +241,8 @@ def _tensor_or(arguments: Callable) -> Callable:
     return picking
 
 def n_samples(x) -> int | None:
-    "The number of samples in `x`, a tensor or a (nested) tuple, list or dict of them: the length of the first tensor, 1 for a 0-d one; None without any."
-    if isinstance(x, torch.Tensor): return len(x) if x.ndim else 1
+    "The number of samples in `x`, a tensor or a (nested) tuple, list or dict of them: the length of the first tensor that has one (0-d ones are passed over); None without any."
+    if isinstance(x, torch.Tensor): return len(x) if x.ndim else None
     if isinstance(x, Mapping): x = list(x.values())
     if isinstance(x, (list, tuple)):
         for v in x:
@@ -268,7 +269,7 @@ def _check_optimizers(optimizers, model: nn.Module, optim_class) -> dict | None:
     form = f"a dict of name to {one}"
     if not isinstance(optimizers, Mapping) or not optimizers:
         raise TypeError(f"Learner expected optimizers to be {form}; got {'an empty dict' if isinstance(optimizers, Mapping) else _describe(optimizers)}")
-    checked, owner = {}, {}
+    checked, owner, own = {}, {}, {id(p) for p in model.parameters()}
     for name, spec in optimizers.items():
         if not isinstance(name, str) or not name.isidentifier() or name in ('state', 'param_groups'):
             raise ValueError(f"Learner expected each optimizer's name to be an identifier (it names a phase, a checkpoint entry and a log column) "
@@ -295,6 +296,10 @@ def _check_optimizers(optimizers, model: nn.Module, optim_class) -> dict | None:
         found = _parameters(model, params)
         tensors = [p for g in found for p in (g['params'] if isinstance(g, dict) else [g])]
         if not tensors: raise ValueError(f"Learner expected optimizers[{name!r}] to have parameters to step, got none from {_describe(params)}")
+        if foreign := sum(id(t) not in own for t in tensors):
+            raise ValueError(f"Learner expected optimizers[{name!r}] to step parameters of the model, got {foreign} of {len(tensors)} that are not "
+                             f"its (from {_describe(params)}, a module outside the model?); name a submodule, e.g. one of "
+                             f"{[n for n, _ in model.named_children()]}")
         for t in tensors:
             if id(t) in owner and owner[id(t)] != name:
                 raise ValueError(f"Learner expected each parameter to belong to one optimizer, but optimizers {owner[id(t)]!r} and {name!r} "
@@ -345,6 +350,8 @@ def _length(loader) -> int | None:
     "The number of batches `loader` yields, or None when it has no length."
     try: return len(loader)
     except TypeError: return None
+
+_ADDED_BY = {'get_preds': 'nntrain.trial', 'evaluate': 'nntrain.trial'}   # Learner methods that later chapters add
 
 class Learner:
     "Train `model` on `dls` with `loss_fn` and `optim_class(params, lr)`, publishing events to `subs`; `inputs`/`targets` say where they are in a batch, `optimizers` names several."
@@ -527,7 +534,7 @@ class Learner:
         return None if self._pick_targets is None else self._pick_targets(self.batch if batch is None else batch)
 
     def n_samples(self) -> int:
-        "The number of samples in the current batch: the length of its (first) target, or of its first input without targets."
+        "The number of samples in the current batch: the length of its (first) target, or of its first input without targets (or with 0-d ones); 1 when nothing has a length."
         targets = self.get_targets()
         n = n_samples(targets) if targets is not None else None
         return n if n is not None else n_samples(self.get_inputs()) or 1
@@ -623,6 +630,12 @@ class Learner:
     def load_state_dict(self, state: dict, rng: bool = True, source=None):
         "Restore what `state_dict` returned, all or nothing (the optimizer's state only when a fit has made one); `source` names the file in errors."
         _load_learner_state(self, state, rng, source)
+
+    def __getattr__(self, name: str):   # only for names not found: a method another chapter adds is named with where it comes from
+        if name in _ADDED_BY:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}: it comes with {_ADDED_BY[name]}; "
+                                 f"import it first (import {_ADDED_BY[name]})")
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True) -> LRFinder:
         "Train `num_it` batches (cycling the loader) at rates growing from `start_lr` to `end_lr` until the loss diverges; put the weights, optimizer and random state back; return the suggestion (where the smoothed loss falls fastest) and the curve."
@@ -1015,7 +1028,12 @@ class MetricsS(Subscriber):
                 self._ranges_unchecked = False
                 for name, metric in self.metrics.items(): _warn_logits(name, metric, *joined[0])
             for preds, targets in joined:
-                for metric in self.metrics.values(): metric.update(preds, targets)
+                for name, metric in self.metrics.items():
+                    try: metric.update(preds, targets)
+                    except Exception as e:
+                        _add_note(e, f"nntrain: raised by MetricsS's metric {name!r} ({type(_inner(metric)).__name__}), given predictions "
+                                     f"{_batch_structure(preds)} and targets {_batch_structure(targets)}; a TransformedMetric can pick or reshape them")
+                        raise
         self.preds, self.targets, self.buffered = [], [], 0
 
     def compute(self) -> dict:
@@ -1255,16 +1273,27 @@ class _LRRangeS(Subscriber):
 
 _MIN_POINTS, _NOISE = 5, 0.02   # a curve needs a few points before its minimum to show a slope, and a fall larger than noise
 
-def _suggest(lrs: list, losses: list, stopped: str) -> float | None:
+def _start_and_noise(first: list) -> tuple[float, float]:
+    "The mean and standard deviation of the finite raw losses among the sweep's `first` ones: where the curve starts, and how much batches differ there."
+    finite = [loss for loss in first if math.isfinite(loss)]
+    if not finite: return math.nan, 0.0
+    mean = sum(finite) / len(finite)
+    return mean, (sum((loss - mean) ** 2 for loss in finite) / (len(finite) - 1)) ** 0.5 if len(finite) > 1 else 0.0
+
+def _suggest(lrs: list, losses: list, raw_losses: list, stopped: str) -> float | None:
     "The rate where the smoothed loss falls fastest against log(lr), before its minimum: where a step up in rate buys the most progress, an order of magnitude below where training stops improving. None, with a warning saying why, when the curve shows no fall."
     kept = len(losses) - 1 if stopped == 'divergence' and len(losses) > 1 else len(losses)   # the last point is the one that diverged
     points = [(lr, loss) for lr, loss in zip(lrs[:kept], losses[:kept]) if math.isfinite(loss)]
     if not points: raise RuntimeError(f"lr_find saw no finite loss (the first, at lr={lrs[0]:.3g}, was {losses[0]}); start lower")
     lowest = min(range(len(points)), key=lambda i: points[i][1])
     skip = len(points) // 10   # the first tenth is too early to tell: the average is still settling
-    start, bottom = points[0][1], points[lowest][1]
-    why = (f"the loss never fell (from {start:.3g} to at best {bottom:.3g}, within the {_NOISE:.0%} a first batch's loss varies)" if not bottom < (1 - _NOISE) * start else
-           f"only {lowest - skip} rates were tried before the loss's minimum, too few to tell where it falls fastest" if lowest - skip < _MIN_POINTS else None)
+    start, noise = _start_and_noise(raw_losses[:max(skip, _MIN_POINTS)])
+    bottom = points[lowest][1]
+    fall_needed = max(_NOISE * abs(start), 2 * noise)   # a fall the batches' own spread (at rates too small to move the weights) does not explain
+    why = (f"the loss never fell by more than its spread between batches (from about {start:.3g} to at best {bottom:.3g}; the first batches' "
+           f"losses vary by {noise:.2g})" if not start - bottom > fall_needed else
+           f"only {lowest - skip} rate{'s were' if lowest - skip != 1 else ' was'} tried before the loss's minimum, too few to tell where it falls fastest"
+           if lowest - skip < _MIN_POINTS else None)
     if why is not None:
         warnings.warn(f"lr_find has no rate to suggest: {why} over the rates {lrs[0]:.3g} to {lrs[-1]:.3g}; try other start_lr and end_lr, "
                       "more iterations (num_it), or look at the model and the loss", stacklevel=3)
@@ -1284,6 +1313,7 @@ def _lr_find(learn, start_lr: float, end_lr: float, num_it: int, stop_div: bool)
                          "each with its own loss and rate; expected a Learner with one optimizer (find each part's rate on its own, "
                          "or give each optimizer its rate in optimizers=)")
     saved, weights, rng = dict(learn.__dict__), copy.deepcopy(learn.model.state_dict()), rng_state()
+    grads = [(p, None if p.grad is None else p.grad.clone()) for p in learn.model.parameters()]   # a search may end part-way through an accumulation
     modes = [(module, module.training) for module in learn.model.modules()]
     generator = getattr(learn.dls.train, 'generator', None)
     loader_state = generator.get_state() if generator is not None else None
@@ -1296,13 +1326,17 @@ def _lr_find(learn, start_lr: float, end_lr: float, num_it: int, stop_div: bool)
             learn.fit(math.ceil(num_it / n) if n else num_it, valid=False, subs=[finder], lr=start_lr)
     finally:
         learn.model.load_state_dict(weights)
+        for p, grad in grads: p.grad = grad
         for module, training in modes: module.training = training
         learn.__dict__.clear(); learn.__dict__.update(saved)
         learn.subscribers_changed()
         set_rng_state(rng)
         if generator is not None: generator.set_state(loader_state)
     if not finder.lrs: raise RuntimeError("lr_find ran no training batch; expected a training loader with batches")
-    return LRFinder(finder.lrs, finder.losses, finder.raw_losses, _suggest(finder.lrs, finder.losses, finder.stopped), finder.stopped)
+    if not math.isfinite(finder.raw_losses[0]):
+        raise RuntimeError(f"lr_find: the loss of the first batch, before any step, is {finder.raw_losses[0]}: no learning rate caused it; "
+                           "check the data, the model and the loss")
+    return LRFinder(finder.lrs, finder.losses, finder.raw_losses, _suggest(finder.lrs, finder.losses, finder.raw_losses, finder.stopped), finder.stopped)
 
 # %% ../nbs/02_learner.ipynb #f23c3fef
 class MomentumLearner(Learner):

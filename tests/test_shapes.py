@@ -182,7 +182,7 @@ def test_loss_only_metrics_without_targets_weigh_by_inputs():
 def test_n_samples():
     assert n_samples(torch.zeros(5, 2)) == 5
     assert n_samples((None, {'a': torch.zeros(3)})) == 3
-    assert n_samples(torch.tensor(2.)) == 1
+    assert n_samples(torch.tensor(2.)) is None and n_samples((torch.tensor(2.), torch.zeros(4, 1))) == 4   # 0-d parts have no length
     assert n_samples(['text']) is None
 
 
@@ -483,8 +483,8 @@ def test_lr_find_never_suggests_outside_its_sweep_and_says_why():
     flat = lambda preds, targets: (preds * 0).sum() + 1.0   # a loss that never falls
     with pytest.warns(UserWarning) as caught: found = Learner(nn.Linear(3, 2), DataLoaders([(x, y)] * 4, []), flat).lr_find()
     assert found.suggestion is None and found.stopped == 'end_lr'
-    assert str(caught[0].message).startswith("lr_find has no rate to suggest: the loss never fell (from 1 to at best 1, within the 2% a first "
-                                             "batch's loss varies) over the rates 1e-07 to 10")
+    assert str(caught[0].message).startswith("lr_find has no rate to suggest: the loss never fell by more than its spread between batches "
+                                             "(from about 1 to at best 1; the first batches' losses vary by 0) over the rates 1e-07 to 10")
     assert repr(found).startswith('LRFinder(suggestion=None: 100 rates')
     found.plot()   # nothing to mark, the curve still drawn
 
@@ -730,3 +730,82 @@ def test_namedtuple_batches_by_field_name_on_a_device():
     learn.fit(1)
     with torch.no_grad(): hand = (learn.model(x).argmax(1) == y).float().mean().item()
     assert metrics.history[-1]['accuracy'] == pytest.approx(hand)
+
+
+def test_lr_find_sees_no_fall_in_the_spread_between_batches():
+    from nntrain.learner import CancelStepException, Subscriber
+    class Frozen(Subscriber):   # no step ever moves the weights: the curve is the batches' own spread
+        in_lr_find = True
+        def before_step(self, learn): raise CancelStepException()
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 10, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(8)]
+    torch.manual_seed(0)
+    learn = Learner(nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)), DataLoaders(batches, []), subs=[Frozen()])
+    with pytest.warns(UserWarning, match='the loss never fell by more than its spread between batches'): found = learn.lr_find()
+    assert found.suggestion is None
+
+
+def test_lr_find_puts_back_the_gradients_of_an_accumulation_it_ended():
+    from nntrain.acceleration import GradAccumS
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 10, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(8)]
+    def make():
+        torch.manual_seed(0)
+        return Learner(nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)), DataLoaders(batches, []), subs=[GradAccumS(2)])
+    a, b = make(), make()
+    a.fit(1, valid=False); b.fit(1, valid=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        b.lr_find(num_it=3, stop_div=False)   # ends half-way through an accumulation
+    assert all(p.grad is None for p in b.model.parameters())
+    a.fit(1, valid=False); b.fit(1, valid=False)
+    for p, q in zip(a.model.parameters(), b.model.parameters()): assert torch.equal(p, q)
+
+
+def test_lr_find_on_a_first_loss_that_is_nan_blames_no_rate():
+    nan_batches = [(torch.full((16, 10), math.nan), torch.zeros(16, dtype=torch.long))] * 4
+    with pytest.raises(RuntimeError, match=r"lr_find: the loss of the first batch, before any step, is nan: no learning rate caused it; "
+                                           r"check the data, the model and the loss"):
+        Learner(nn.Linear(10, 3), DataLoaders(nan_batches, [])).lr_find()
+
+
+def test_an_optimizer_of_a_module_outside_the_model_is_refused():
+    with pytest.raises(ValueError, match=r"Learner expected optimizers\['a'\] to step parameters of the model, got 2 of 2 that are not its "
+                                         r"\(from a Linear, a module outside the model\?\); name a submodule, e.g. one of \['a', 'b'\]"):
+        Learner(_TwoParts(), DataLoaders([], []), optimizers={'a': nn.Linear(3, 3), 'b': 'b'})
+
+
+def test_a_zero_dimensional_first_target_weighs_by_the_inputs():
+    class Identity(nn.Module):
+        def __init__(self): super().__init__(); self.w = nn.Parameter(torch.ones(()))
+        def forward(self, x): return x * self.w
+    batches = [(torch.ones(10, 1), torch.tensor(0.), torch.ones(10, 1) * 2), (torch.zeros(2, 1), torch.tensor(0.), torch.ones(2, 1))]
+    metrics = MetricsS()
+    Learner(Identity(), DataLoaders([], batches), lambda p, s, t: F.mse_loss(p, t), targets=(1, 2), subs=[metrics]).fit(1, train=False)
+    assert metrics.history[-1]['loss'] == pytest.approx((1.0 * 10 + 1.0 * 2) / 12)
+
+
+def test_a_metric_that_fails_is_named():
+    seq = [(torch.randn(2, 3, 4), torch.randint(0, 4, (2, 3)))]
+    learn = Learner(nn.Linear(4, 4), DataLoaders(seq, seq), lambda p, t: F.cross_entropy(p.flatten(0, 1), t.flatten()),
+                    subs=[MetricsS(acc=MulticlassAccuracy())])
+    with pytest.raises(ValueError) as e: learn.fit(1)
+    assert ("nntrain: raised by MetricsS's metric 'acc' (MulticlassAccuracy), given predictions a tensor (2, 3, 4) float32 and targets "
+            "a tensor (2, 3) int64; a TransformedMetric can pick or reshape them") in e.value.__notes__
+
+
+def test_a_namedtuple_output_missing_a_field_lists_the_fields():
+    import collections
+    Out = collections.namedtuple('Out', 'logits emb')
+    m = TransformedMetric(MulticlassAccuracy(), preds='nope')
+    with pytest.raises(TypeError, match=r"TransformedMetric picks preds\['nope'\], but got a Out \(a namedtuple\) with the fields \['logits', 'emb'\]"):
+        m.update(Out(torch.zeros(2, 3), torch.zeros(2, 5)), torch.zeros(2, dtype=torch.long))
+
+
+def test_get_preds_without_the_trial_chapter_says_where_it_comes_from():
+    import subprocess, sys
+    code = ("import torch; from torch import nn; from nntrain.learner import Learner; from nntrain.dataloaders import DataLoaders\n"
+            "try: Learner(nn.Linear(2, 2), DataLoaders([], [])).get_preds()\n"
+            "except AttributeError as e: print(e)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120).stdout.strip()
+    assert out == "'Learner' object has no attribute 'get_preds': it comes with nntrain.trial; import it first (import nntrain.trial)"
