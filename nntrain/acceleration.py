@@ -312,7 +312,8 @@ class GradClipS(Subscriber):
     "Rescale the gradients of the parameters the step updates (the current phase's optimizer's) so that their total norm is at most `max_norm`."
     order, in_evaluation, in_lr_find = 20, False, True   # the learning-rate search clips as the fit will
     def __init__(self, max_norm: float, norm_type: float = 2.0):
-        if not max_norm > 0: raise ValueError(f"expected max_norm > 0, got {max_norm!r}")
+        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not 0 < max_norm < math.inf:
+            raise ValueError(f"GradClipS expected max_norm to be a finite number > 0, got {_describe(max_norm)}")
         self.max_norm, self.norm_type, self.params = max_norm, norm_type, {}
 
     def before_fit(self, learn): self.params = {}   # this fit's optimizers are new

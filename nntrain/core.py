@@ -390,4 +390,7 @@ def _resume_from(resume, fallback: bool) -> tuple[Path, dict]:
     "The checkpoint to resume from, a file or a folder's newest valid one, and its state."
     resume = Path(resume)
     if resume.is_dir(): return _latest(resume, fallback)
+    if not resume.exists() and not resume.suffix:   # a folder a run was to create, killed before its first checkpoint
+        raise CheckpointError(f"{resume}: no such checkpoint file or folder (a run that was stopped before its first checkpoint has "
+                              "nothing to resume from: start it without resume)")
     return resume, load_checkpoint(resume)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 
 from .core import _check_flag, _check_int, _describe
-from .learner import EVENTS, Learner, MetricsS, Subscriber, _batch_structure, _cat, _rebuild, find_metrics
+from .learner import EVENTS, Learner, MetricsS, Subscriber, _batch_structure, _cat, _rebuild, find_metrics, n_samples
 from .learner import every as every_
 
 # %% auto #0
@@ -153,9 +153,12 @@ def _passes_over(learn: Learner, dl, labelled, batch_size) -> tuple:
     if labelled:
         raise ValueError(f"get_preds takes {_batch_structure(dl)} as inputs without targets, got labelled=True; for the targets "
                          "too, pass a loader of batches, e.g. [(x, y)]")
+    if isinstance(dl, Mapping) and dl:   # (an empty dict is refused below)
+        _check_dict_inputs(learn, dl)
+        keys = learn.inputs if isinstance(learn.inputs, tuple) else (learn.inputs,)
+        if all(isinstance(k, str) for k in keys): dl = {k: dl[k] for k in keys}   # the keys the model reads; others are not its business
     n, make = _n_samples_of(dl), _batch_maker(learn, dl)
     batches = _InMemoryBatches(dl, n, batch_size or _default_batch_size(learn), make)
-    if isinstance(dl, Mapping): _check_dict_inputs(learn, dl)
     return batches, False
 
 def get_preds(self: Learner, dl=None, labelled: bool | None = None, batch_size: int | None = None):
@@ -163,7 +166,11 @@ def get_preds(self: Learner, dl=None, labelled: bool | None = None, batch_size: 
     dl, labelled = _passes_over(self, dl, labelled, batch_size)
     collect = _CollectS(labelled)
     self.evaluation(dl, [collect], labelled=labelled)
-    return collect.result(labelled)
+    result = collect.result(labelled)
+    if isinstance(dl, _InMemoryBatches) and (given := n_samples(result)) is not None and given != dl.n:
+        raise ValueError(f"get_preds got {dl.n} samples (the first dimension of the inputs), but the model gave {given} predictions; "
+                         "for a single sample, pass x[None]")
+    return result
 
 # %% ../nbs/06_trial.ipynb #76182e7f
 def evaluate(self: Learner, dl=None) -> dict:

@@ -234,12 +234,13 @@ def test_bad_tuples_and_dicts_of_inputs_are_refused():
     with raises(TypeError, "get_preds reads a dict of inputs as the Learner reads a batch (inputs=0), but got a dict with keys ['image']; "
                            "a dict is read by key: expected the Learner's inputs= to name its keys, e.g. Learner(..., inputs='image')"):
         learn.get_preds({'image': torch.randn(5, 4)})
+    # keys the model does not read are not checked: a list, or another length
+    assert keyed.get_preds({'image': torch.randn(5, 4), 'id': [1, 2, 3, 4, 5]}).shape[0] == 5
+    assert keyed.get_preds({'image': torch.randn(5, 4), 'id': torch.arange(3)}).shape[0] == 5
     with raises(TypeError, "get_preds expected a dict of tensors (inputs, which it splits into batches) or a loader of batches, got a dict "
-                           "with keys ['image', 'id']; ['id'] is a list"):
-        keyed.get_preds({'image': torch.randn(5, 4), 'id': [1, 2, 3, 4, 5]})
+                           "with keys ['image']; ['image'] is a list"):
+        keyed.get_preds({'image': [1, 2, 3, 4, 5]})
     with raises(ValueError, "get_preds expected a dict of input tensors, got an empty dict"): keyed.get_preds({})
-    with raises(ValueError, "get_preds expected the tensors of a dict to hold the same number of samples (their first dimension), got 5 in ['image'] and 3 in ['id']"):
-        keyed.get_preds({'image': torch.randn(5, 4), 'id': torch.arange(3)})
 
 def test_outputs_that_are_not_tensors_are_refused():
     class Words(nn.Module):

@@ -809,3 +809,34 @@ def test_get_preds_without_the_trial_chapter_says_where_it_comes_from():
             "except AttributeError as e: print(e)")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120).stdout.strip()
     assert out == "'Learner' object has no attribute 'get_preds': it comes with nntrain.trial; import it first (import nntrain.trial)"
+
+
+@pytest.mark.parametrize('max_norm', [0, math.nan, math.inf, -1, '1', True])
+def test_grad_clip_names_itself_in_its_refusals(max_norm):
+    from nntrain.acceleration import GradClipS
+    with pytest.raises(ValueError, match='GradClipS expected max_norm to be a finite number > 0, got'): GradClipS(max_norm)
+
+
+def test_get_preds_on_a_one_dimensional_tensor_says_how_to_pass_one_sample():
+    learn = Learner(nn.Linear(4, 3), DataLoaders([], []))
+    with pytest.raises(ValueError, match=r"get_preds got 4 samples \(the first dimension of the inputs\), but the model gave 3 predictions; "
+                                         r"for a single sample, pass x\[None\]"):
+        learn.get_preds(torch.randn(4))
+    assert learn.get_preds(torch.randn(4)[None]).shape == (1, 3)
+
+
+def test_get_preds_reads_only_the_dict_keys_the_model_takes():
+    class Two(nn.Module):
+        def __init__(self): super().__init__(); self.l = nn.Linear(3, 2)
+        def forward(self, p, q): return self.l(p + q)
+    learn = Learner(Two(), DataLoaders([], []), inputs=('p', 'q'))
+    preds = learn.get_preds({'p': torch.randn(10, 3), 'q': torch.randn(10, 3), 'z': torch.randn(3)})
+    assert preds.shape == (10, 2)
+
+
+def test_resume_from_a_folder_never_made_says_so(tmp_path):
+    from nntrain.core import CheckpointError
+    learn = Learner(nn.Linear(3, 2), DataLoaders([(torch.randn(4, 3), torch.randint(0, 2, (4,)))], []))
+    with pytest.raises(CheckpointError, match=r"no such checkpoint file or folder \(a run that was stopped before its first checkpoint has "
+                                              r"nothing to resume from: start it without resume\)"):
+        learn.fit(1, resume=tmp_path / 'never-made')
