@@ -67,6 +67,16 @@ def _images_to_tensor(images: list, flatten: bool) -> torch.Tensor:
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return x.flatten(1) if flatten else x
 
+def _column_tensor(values: list, name: str) -> torch.Tensor:
+    "One column of a batch as one tensor; else torch's error, naming the column and saying what to do."
+    try: return torch.as_tensor(values)
+    except (ValueError, TypeError, RuntimeError) as e:
+        if 'expected sequence of length' in str(e): why, fix = ' (rows of different lengths?)', 'pass a collate_fn of your own that pads it'
+        elif any(v is None for v in values):
+            why, fix = ' (it holds a missing value, None)', 'fill them (ds.map), drop those rows (ds.filter) or pass a collate_fn of your own'
+        else: why, fix = '', 'pass a collate_fn of your own that batches it'
+        raise type(e)(f"hf_ds_collate_fn cannot make one tensor of column {name!r}{why}: {e}; {fix}") from e
+
 def hf_ds_collate_fn(data: list, flatten: bool = True) -> list:
     "Collate rows of a Hugging Face dataset into `[x, y, ...]`: images to float32 in [0, 1], numbers to tensors."
     if isinstance(data, (Mapping, str)) or not isinstance(data, Sequence):
@@ -78,8 +88,8 @@ def hf_ds_collate_fn(data: list, flatten: bool = True) -> list:
         raise TypeError(f"hf_ds_collate_fn expected rows as dicts (rows of a Hugging Face Dataset), got {type(data[0]).__name__}")
     import PIL.Image
     columns = {k: [row[k] for row in data] for k in data[0]}
-    return [_images_to_tensor(v, flatten) if isinstance(v[0], PIL.Image.Image) else torch.as_tensor(v)
-            for v in columns.values()]
+    return [_images_to_tensor(v, flatten) if isinstance(v[0], PIL.Image.Image) else _column_tensor(v, name)
+            for name, v in columns.items()]
 
 # %% ../nbs/01_dataloaders.ipynb #198d800b
 class NotTensorizable(ValueError):
@@ -113,6 +123,15 @@ def _image_column(cells: list, name: str, max_bytes: int) -> torch.Tensor:
     x = torch.from_numpy(out)
     return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
 
+def _refuse_missing_values(column, name: str, split: str | None, who: str):
+    "Refuse an Arrow `column` holding missing values (nulls), naming it, the split (when known), their number and the first row."
+    if not column.null_count: return
+    import pyarrow.compute as pc
+    n, first = column.null_count, pc.index(pc.is_null(column), True).as_py()
+    of_split = '' if split is None else f" of the {split!r} split"
+    raise ValueError(f"{who}: column {name!r}{of_split} has {n} missing value{'s' if n > 1 else ''} (the first at row {first}); "
+                     "expected a value in every row: fill them (ds.map) or drop those rows (ds.filter)")
+
 def dataset_to_tensors(ds: Dataset, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     "Decode every column of `ds` once: images to `uint8 [N, C, H, W]`, labels and ints to int64, floats to float32."
     from datasets import ClassLabel, Dataset, Image, Value
@@ -121,6 +140,8 @@ def dataset_to_tensors(ds: Dataset, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
                         + (" (pick a split: dd['train'])" if isinstance(ds, Mapping) else ''))
     _check_int(max_bytes, 'max_bytes', 'dataset_to_tensors')
     table = ds.with_format('arrow')[:]
+    split = str(ds.split) if ds.split is not None else None
+    for name in ds.features: _refuse_missing_values(table.column(name), name, split, 'dataset_to_tensors')   # before any decoding
     columns = {}
     for name, feature in ds.features.items():
         column = table.column(name)
@@ -274,6 +295,9 @@ def _choose_columns(dd, splits: tuple[str, str], inputs, targets) -> tuple[str, 
                                  f"{', '.join(map(repr, missing))}; its columns are {have[split]}")
     train, valid = splits
     rest = tuple(n for n in have[train] if n not in (inputs or ()) + (targets or ()))
+    if inputs is None and not rest:
+        raise ValueError(f"from_hf_dd: targets names every column of the {train!r} split, which leaves no inputs (inputs, left out, "
+                         "takes the columns targets does not name); leave the input columns out of targets, or name them as inputs")
     chosen = (inputs if inputs is not None else rest) + (targets if targets is not None else rest)
     if missing := [n for n in chosen if n not in have[valid]]:
         raise ValueError(f"from_hf_dd expected the {valid!r} split to have the columns {list(chosen)} chosen from the {train!r} "
@@ -295,6 +319,15 @@ def _refuse_text_columns(dd, splits: tuple[str, str], chosen: tuple[str, ...], i
             raise ValueError(f"from_hf_dd cannot batch the text column {name!r} of the {split!r} split (a Value({feature.dtype!r}) "
                              f"feature; {how}) with hf_ds_collate_fn, which makes tensors of images and numbers; leave it out of "
                              "inputs and targets, or pass a collate_fn of your own")
+
+def _check_missing_values(source: dict, who: str = 'from_hf_dd'):
+    "Refuse a column of a split in `source` (split name to Dataset) holding missing values, before any decoding; reads Arrow's null counts."
+    from datasets import Dataset
+    for split, ds in source.items():
+        if not isinstance(ds, Dataset): continue
+        for name in ds.column_names:
+            if ds.data.column(name).null_count == 0: continue   # none in the whole table, so none in the rows `ds` selects from it
+            _refuse_missing_values(ds.select_columns([name]).with_format('arrow')[:].column(name), name, split, who)
 
 def _in_order_of(train, valid):
     "`valid` with its columns in the order of `train`'s when both hold the same columns in other orders; else `valid` itself."
@@ -349,6 +382,7 @@ class DataLoaders:
         # only the chosen columns, in the chosen order (select_columns keeps the order it is given), are decoded or collated
         source = {split: dd[split] if chosen is None else dd[split].select_columns(list(chosen)) for split in (train, valid)}
         if chosen is None: source[valid] = _in_order_of(source[train], source[valid])   # batches of both splits alike
+        if collation is not None: _check_missing_values(source)   # hf_ds_collate_fn would make numbers of them, or fail in torch
         if collation is not None and set(collation) <= {'flatten'} and not kwargs:
             try:
                 columns = {split: dataset_to_tensors(source[split], max_bytes) for split in (train, valid)}

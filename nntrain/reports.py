@@ -5,6 +5,7 @@
 # %% ../nbs/08_reports.ipynb #66646adb
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -22,7 +23,6 @@ from .core import _check_int, _describe, write_atomically
 from .learner import Learner, Subscriber, _batch_structure, _is_key, find_metrics
 
 if TYPE_CHECKING: import matplotlib.pyplot as plt  # for the annotations; plotting imports it when it draws
-
 
 # %% auto #0
 __all__ = ['confusion_matrix', 'plot_confusion_matrix', 'classification_report', 'format_classification_report', 'roc_curve',
@@ -323,6 +323,17 @@ def _check_classes(preds: torch.Tensor, targets: torch.Tensor, who: str, pick_pr
         raise ValueError(f"{who} expected one target per prediction, got {len(preds)} predictions and {len(targets)} targets")
     return preds, targets
 
+def _check_class_range(preds: torch.Tensor, targets: torch.Tensor, who: str, pick_preds, pick_targets):
+    "Refuse class indices `targets` outside [0, C) for class scores `preds` [N, C], naming the values found; one host read."
+    n_classes = preds.shape[1]
+    outside = (targets < 0) | (targets >= n_classes)
+    if not outside.any(): return
+    values = targets[outside].unique().tolist()
+    listed = ', '.join(map(str, values[:5])) + (', ...' if len(values) > 5 else '')
+    raise ValueError(f"{who} expected {_picked('targets', pick_targets)} to be class indices in [0, {n_classes}) for class scores of shape "
+                     f"{tuple(preds.shape)}, got {listed} ({int(outside.sum())} of {len(targets)} targets in the fit's first batch); "
+                     f"{_picked('preds', pick_preds)} has {n_classes} columns, one per class")
+
 class MisclassifiedS(Subscriber):
     "Record, at each validation pass of a training fit, which validation samples are misclassified; `matrix()` is [samples, epochs]; `preds`/`targets` pick one of several outputs or targets."
     in_evaluation = False
@@ -343,8 +354,10 @@ class MisclassifiedS(Subscriber):
         return _check_classes(preds, targets, 'MisclassifiedS', self.preds, self.targets)
 
     def after_predict(self, learn):
-        "At the fit's first batch, check the scores and class indices: a mismatch fails before the training, not at its first validation pass."
-        if not self.checked: self.checked = True; self._pick(learn)
+        "At the fit's first batch, check the scores and class indices (in [0, C)): a mismatch fails before the training, not at its first validation pass."
+        if self.checked: return
+        self.checked = True
+        _check_class_range(*self._pick(learn), 'MisclassifiedS', self.preds, self.targets)
 
     def after_batch(self, learn):
         if learn.training or not self.recording: return
@@ -435,6 +448,25 @@ def _checked_images(x, where: str) -> torch.Tensor:
 _SPLIT_WORDS = {'train': 'training', 'valid': 'validation'}
 _IMAGE_FILES = ('worst_samples.png', 'samples_train.png', 'samples_valid.png')
 
+def _png(fig: plt.Figure) -> bytes:
+    "The PNG bytes of `fig`, which is then closed: figures are made in memory, and written once all of them are made."
+    import matplotlib.pyplot as plt
+    try:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format='png', dpi=100)
+        return buffer.getvalue()
+    finally: plt.close(fig)
+
+def _refuse_nan_scores(probs: torch.Tensor, dl, pick_preds, folder: Path):
+    "Refuse validation class scores whose softmax is NaN, saying how many samples and where the first is; before any file is written."
+    bad = probs.isnan().any(1)
+    if not bad.any(): return
+    first, batch_size = int(bad.nonzero()[0, 0]), getattr(dl, 'batch_size', None)
+    where = f"sample {first}" + (f" (in batch {first // batch_size} of the validation pass, of {batch_size} samples each)"
+                                 if isinstance(batch_size, int) and batch_size >= 1 else '')
+    raise ValueError(f"ReportS got NaN class scores (NaN or infinite values in {_picked('preds', pick_preds)}) for {int(bad.sum())} of "
+                     f"{len(probs)} validation samples, the first at {where}; did the training diverge? Nothing was written to {str(folder)!r}")
+
 class ReportS(Subscriber):
     "At the end of a fit that trains, write confusion matrix, classification report, ROC, history and sample images to `folder`; `preds`/`targets` pick one of several outputs or targets."
     in_evaluation = False
@@ -454,8 +486,10 @@ class ReportS(Subscriber):
         return _check_classes(preds, targets, 'ReportS', self.preds, self.targets)
 
     def after_predict(self, learn):
-        "At the fit's first batch, check that class scores [N, C] and class indices [N] can be picked: a mismatch fails before the training, not after it."
-        if not self.checked: self.checked = True; self._pick(learn.preds, learn.get_targets())
+        "At the fit's first batch, check that class scores [N, C] and class indices [N] in [0, C) can be picked: a mismatch fails before the training, not after it."
+        if self.checked: return
+        self.checked = True
+        _check_class_range(*self._pick(learn.preds, learn.get_targets()), 'ReportS', self.preds, self.targets)
 
     def before_epoch(self, learn):
         if learn.training: self.trained = True
@@ -465,37 +499,31 @@ class ReportS(Subscriber):
 
     after_cancel_fit = after_fit   # a fit stopped early (early stopping, NaN) is reported too
 
-    def _save_figure(self, name: str, fig: plt.Figure):
-        import matplotlib.pyplot as plt
-        try: self._save(name, lambda file: fig.savefig(file, format='png', dpi=100))
-        finally: plt.close(fig)
-
-    def _save(self, name: str, write: Callable):
-        self.files.append(write_atomically(self.folder/name, write))
-
     def write(self, learn: Learner) -> list[Path]:
-        "Write the report for `learn`'s model on its validation loader now; return the paths written."
+        "Write the report for `learn`'s model on its validation loader now; return the paths written. Every file is made before the first is written."
         folder = _check_folder(self.folder)
         preds, targets = self._pick(*learn.get_preds())
+        probs = preds.float().softmax(1)
+        _refuse_nan_scores(probs, learn.dls.valid, self.preds, folder)
         names = self._names(learn, preds.shape[1])
-        self.report = classification_report(preds, targets, names)
-        self.worst = worst_samples(F.cross_entropy(preds.float(), targets.long(), reduction='none'), self.k_worst)
-        try: samples = [self._worst_images(learn, preds, targets, names), *(self._random_images(learn, split, names) for split in ('train', 'valid'))]
+        report = classification_report(preds, targets, names)
+        worst = worst_samples(F.cross_entropy(preds.float(), targets.long(), reduction='none'), self.k_worst)
+        try: samples = [self._worst_images(learn, preds, targets, worst, names), *(self._random_images(learn, split, names) for split in ('train', 'valid'))]
         except _NotImages as e:   # tabular inputs, say: everything but the pictures
             samples = []
             warnings.warn(f"ReportS leaves out {', '.join(_IMAGE_FILES[:-1])} and {_IMAGE_FILES[-1]}: {e}")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.files = []
-        self._save_figure('confusion_matrix.png', plot_confusion_matrix(confusion_matrix(preds, targets), names))
-        text = format_classification_report(self.report) + '\n'
-        self._save('classification_report.txt', lambda file: file.write(text.encode()))
-        self._save('classification_report.json', lambda file: file.write(json.dumps(self.report, indent=2).encode()))
-        self._save_figure('roc.png', plot_roc(preds.float().softmax(1), targets, names)[0])
+        contents = {'confusion_matrix.png': _png(plot_confusion_matrix(confusion_matrix(preds, targets), names)),
+                    'classification_report.txt': (format_classification_report(report) + '\n').encode(),
+                    'classification_report.json': json.dumps(report, indent=2).encode(),
+                    'roc.png': _png(plot_roc(probs, targets, names)[0])}
         metrics = find_metrics(learn)
-        if metrics is not None and metrics.history: self._save_figure('history.png', plot_history(metrics.history))
-        for name, images, titles in samples: self._save_figure(name, plot_samples(images, titles))
+        if metrics is not None and metrics.history: contents['history.png'] = _png(plot_history(metrics.history))
+        for name, images, titles in samples: contents[name] = _png(plot_samples(images, titles))
         misclassified = next((s for s in learn.subs if isinstance(s, MisclassifiedS) and s.passes), None)
-        if misclassified is not None: self._save_figure('misclassified.png', misclassified.plot())
+        if misclassified is not None: contents['misclassified.png'] = _png(misclassified.plot())
+        self.report, self.worst = report, worst
+        folder.mkdir(parents=True, exist_ok=True)
+        self.files = [write_atomically(folder/name, lambda file, data=data: file.write(data)) for name, data in contents.items()]
         return self.files
 
     def _names(self, learn, n_classes) -> list[str] | None:
@@ -504,13 +532,13 @@ class ReportS(Subscriber):
         names = getattr(features.get('label'), 'names', None)
         return list(names) if names is not None and len(names) == n_classes else None
 
-    def _worst_images(self, learn, preds, targets, names) -> tuple[str, torch.Tensor, list[str]]:
-        "The file name, images and `true/pred` titles of the worst validation samples."
+    def _worst_images(self, learn, preds, targets, worst, names) -> tuple[str, torch.Tensor, list[str]]:
+        "The file name, images and `true/pred` titles of the worst validation samples (`worst`, their indices)."
         rows = _image_rows(learn.dls.valid)
-        if rows is not None: images = _checked_images(_dataset_images(rows, self.worst)[0], "images of the validation rows")
-        else: images = _loader_rows(learn.dls.valid, self.worst, lambda batch: _checked_images(learn.get_inputs(batch)[0], 'validation inputs'))
+        if rows is not None: images = _checked_images(_dataset_images(rows, worst)[0], "images of the validation rows")
+        else: images = _loader_rows(learn.dls.valid, worst, lambda batch: _checked_images(learn.get_inputs(batch)[0], 'validation inputs'))
         name = (lambda i: str(i)) if names is None else (lambda i: names[i])
-        return 'worst_samples.png', images, [f'{name(int(targets[i]))}/{name(int(preds[i].argmax()))}' for i in self.worst]
+        return 'worst_samples.png', images, [f'{name(int(targets[i]))}/{name(int(preds[i].argmax()))}' for i in worst]
 
     def _random_images(self, learn, split: str, names) -> tuple[str, torch.Tensor, list[str] | None]:
         "The file name, images and label titles of `n_samples` random samples of `split` ('train' or 'valid')."

@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from torch import nn
 
 import nntrain.dataloaders as dataloaders_module
@@ -260,3 +260,93 @@ def test_without_names_other_column_sets_keep_their_own_order(swapped):
     extra = DatasetDict(train=swapped['train'].select_columns(['image', 'label']), test=swapped['test'].add_column('index', [0] * 256))
     rows = DataLoaders.from_hf_dd(extra, 64, collate_fn=RecordingCollate())
     assert rows.valid.dataset is extra['test']
+
+
+# -- missing values, ragged columns, and targets that take every column ---------------------------------------------
+
+MISSING = ("{who}: column '{name}'{split} has {n} (the first at row {row}); "
+           "expected a value in every row: fill them (ds.map) or drop those rows (ds.filter)")
+
+@pytest.fixture(scope='module')
+def eight():
+    "8 training and 8 validation digits, (image, label)."
+    dd = load_mnist()
+    return DatasetDict({name: split.select(range(8)) for name, split in dd.items()})
+
+def with_column(dd, name, values, splits=('train', 'test')):
+    return DatasetDict({k: v.add_column(name, values) if k in splits else v.add_column(name, [0] * len(v)) for k, v in dd.items()})
+
+GAP = [None if i == 5 else 3 for i in range(8)]
+
+@pytest.mark.parametrize('kwargs', [dict(inputs='image', targets='k'), {}, dict(num_workers=0), dict(collate_fn=hf_ds_collate_fn),
+                                    dict(collate_fn=partial(hf_ds_collate_fn, flatten=False), inputs='image')])
+def test_missing_int_values_are_refused_when_built(eight, no_decoding, kwargs):
+    "Once the fast path gave -9223372036854775808 at row 5, and the row path torch's 'Could not infer dtype of NoneType'."
+    with raises(ValueError, MISSING.format(who='from_hf_dd', name='k', split=" of the 'train' split", n='1 missing value', row=5)):
+        DataLoaders.from_hf_dd(with_column(eight, 'k', GAP), 8, **kwargs)
+
+def test_missing_float_values_and_the_validation_split(eight, no_decoding):
+    "Once nan; here only the validation split has gaps, two of them."
+    dd = with_column(eight, 'f', [None if i in (2, 6) else 0.5 for i in range(8)], splits=('test',))
+    with raises(ValueError, MISSING.format(who='from_hf_dd', name='f', split=" of the 'test' split", n='2 missing values', row=2)):
+        DataLoaders.from_hf_dd(dd, 8, targets='f')
+
+def test_missing_values_are_counted_in_the_rows_a_split_selects(eight):
+    dd = with_column(eight, 'k', GAP)
+    shuffled = DatasetDict({k: v.shuffle(seed=0) for k, v in dd.items()})
+    row = shuffled['train']['k'].index(None)
+    with raises(ValueError, MISSING.format(who='from_hf_dd', name='k', split=" of the 'train' split", n='1 missing value', row=row)):
+        DataLoaders.from_hf_dd(shuffled, 8)
+    without = DatasetDict({k: v.select([i for i in range(8) if i != 5]) for k, v in dd.items()})   # the table has a null, the rows none
+    dls = DataLoaders.from_hf_dd(without, 4, inputs='image', targets='k')
+    assert isinstance(dls.valid, TensorLoader) and next(iter(dls.valid))[1].tolist() == [3] * 7
+
+def test_unchosen_missing_values_and_own_collate_fn_are_fine(eight):
+    dd = with_column(eight, 'k', GAP)
+    assert shapes(next(iter(DataLoaders.from_hf_dd(dd, 4, inputs='image', targets='label').valid))) == [((8, 784), torch.float32), ((8,), torch.int64)]
+    rows = DataLoaders.from_hf_dd(dd, 4, collate_fn=lambda rows: [row['k'] for row in rows], inputs='k')
+    assert next(iter(rows.valid)) == GAP
+
+def test_dataset_to_tensors_refuses_missing_values(eight, monkeypatch):
+    def no_images(*args): raise AssertionError('an image column was decoded')
+    monkeypatch.setattr(dataloaders_module, '_image_column', no_images)
+    ds = with_column(eight, 'k', GAP)['train']
+    with raises(ValueError, MISSING.format(who='dataset_to_tensors', name='k', split='', n='1 missing value', row=5)):
+        dataloaders_module.dataset_to_tensors(ds)
+    named = Dataset.from_dict({'k': [1, None, None]}, split='train')
+    with raises(ValueError, MISSING.format(who='dataset_to_tensors', name='k', split=" of the 'train' split", n='2 missing values', row=1)):
+        dataloaders_module.dataset_to_tensors(named)
+
+RAGGED = ("hf_ds_collate_fn cannot make one tensor of column 'v' (rows of different lengths?): expected sequence of length 3 at dim 1 "
+          "(got 1); pass a collate_fn of your own that pads it")
+
+def test_a_ragged_column_is_named_at_the_first_batch(eight):
+    dd = with_column(eight, 'v', [[1.0] * (i % 3 + 1) for i in range(8)])
+    dls = DataLoaders.from_hf_dd(dd, 2, inputs=('image', 'v'))
+    rows = [{'v': [1.0] * 3}, {'v': [1.0]}]
+    with raises(ValueError, RAGGED): hf_ds_collate_fn(rows)
+    with pytest.raises(ValueError, match=r"^hf_ds_collate_fn cannot make one tensor of column 'v' \(rows of different lengths\?\): "
+                                         r"expected sequence of length \d at dim 1 \(got \d\); pass a collate_fn of your own that pads it$"):
+        next(iter(dls.valid))
+
+def test_other_columns_that_cannot_become_tensors_are_named():
+    with raises(RuntimeError, "hf_ds_collate_fn cannot make one tensor of column 'k' (it holds a missing value, None): Could not infer "
+                              "dtype of NoneType; fill them (ds.map), drop those rows (ds.filter) or pass a collate_fn of your own"):
+        hf_ds_collate_fn([{'k': 1}, {'k': None}])
+    with raises(ValueError, "hf_ds_collate_fn cannot make one tensor of column 'note': too many dimensions 'str'; "
+                            "pass a collate_fn of your own that batches it"):
+        hf_ds_collate_fn([{'note': 'a'}, {'note': 'b'}])
+
+ALL_TARGETS = ("from_hf_dd: targets names every column of the 'train' split, which leaves no inputs (inputs, left out, takes the "
+               "columns targets does not name); leave the input columns out of targets, or name them as inputs")
+
+@pytest.mark.parametrize('targets', [('image', 'label'), ['label', 'image']])
+@pytest.mark.parametrize('collate', [{}, dict(collate_fn=RecordingCollate())])
+def test_targets_naming_every_column_is_refused(swapped, no_decoding, targets, collate):
+    with raises(ValueError, ALL_TARGETS): DataLoaders.from_hf_dd(swapped, 64, targets=targets, **collate)
+
+def test_inputs_naming_every_column_leave_no_targets(small):
+    "Allowed: a dataset of images alone, for a Learner with targets=None."
+    images = DatasetDict({k: v.select_columns(['image']) for k, v in small.items()})
+    assert shapes(next(iter(DataLoaders.from_hf_dd(images, 64, inputs='image').valid))) == [IMAGE]
+    assert shapes(next(iter(DataLoaders.from_hf_dd(small, 64, inputs=('label', 'image')).valid))) == [LABEL, IMAGE]
