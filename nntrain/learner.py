@@ -351,7 +351,7 @@ def _length(loader) -> int | None:
     try: return len(loader)
     except TypeError: return None
 
-_ADDED_BY = {'get_preds': 'nntrain.trial', 'evaluate': 'nntrain.trial'}   # Learner methods that later chapters add
+def _no_targets(batch): return None
 
 class Learner:
     "Train `model` on `dls` with `loss_fn` and `optim_class(params, lr)`, publishing events to `subs`; `inputs`/`targets` say where they are in a batch, `optimizers` names several."
@@ -362,6 +362,7 @@ class Learner:
         self.subs = _check_subs(subs, 'Learner')
         self.inputs, self.targets = _check_part(inputs, 'inputs', optional=False), _check_part(targets, 'targets', optional=True)
         self._input_args, self._pick_targets = _picker(self.inputs, 'inputs', arguments=True), _picker(self.targets, 'targets') if targets is not None else None
+        self._targets_of = self._pick_targets or _no_targets
         if targets is None: self._input_args = _tensor_or(self._input_args)   # batches without targets may be the input itself
         self._spread_targets = not _is_key(self.targets)  # a tuple from several parts or a function is spread into loss_fn
         self.optimizers = _check_optimizers(optimizers, model, optim_class)
@@ -531,7 +532,7 @@ class Learner:
 
     def get_targets(self, batch=None):
         "The targets of `batch` (default: the current one), as `targets` says: `batch[1]` by default, a tuple for several, None without targets."
-        return None if self._pick_targets is None else self._pick_targets(self.batch if batch is None else batch)
+        return self._targets_of(self.batch if batch is None else batch)
 
     def n_samples(self) -> int:
         "The number of samples in the current batch: the length of its (first) target, or of its first input without targets (or with 0-d ones); 1 when nothing has a length."
@@ -605,7 +606,7 @@ class Learner:
         view.evaluating, view._passes_to_check, view.position = True, {False}, None
         if not _check_flag(labelled, 'labelled', 'evaluation'):   # a tensor batch is the input; a sequence or dict holds the inputs where `inputs` says
             view.subs = [s for s in view.subs if not isinstance(s, MetricsS)]
-            view._input_args, view._pick_targets, view.loss_fn = _tensor_or(self._input_args), None, None
+            view._input_args, view._pick_targets, view._targets_of, view.loss_fn = _tensor_or(self._input_args), None, _no_targets, None
         view.subscribers_changed()
         try:
             try: view._evaluate(dl)
@@ -630,12 +631,6 @@ class Learner:
     def load_state_dict(self, state: dict, rng: bool = True, source=None):
         "Restore what `state_dict` returned, all or nothing (the optimizer's state only when a fit has made one); `source` names the file in errors."
         _load_learner_state(self, state, rng, source)
-
-    def __getattr__(self, name: str):   # only for names not found: a method another chapter adds is named with where it comes from
-        if name in _ADDED_BY:
-            raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}: it comes with {_ADDED_BY[name]}; "
-                                 f"import it first (import {_ADDED_BY[name]})")
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True) -> LRFinder:
         "Train `num_it` batches (cycling the loader) at rates growing from `start_lr` to `end_lr` until the loss diverges; put the weights, optimizer and random state back; return the suggestion (where the smoothed loss falls fastest) and the curve."
@@ -916,25 +911,30 @@ class _Ragged(ValueError):
 def _cat(parts: list, what: str = 'the outputs'):
     "Join like structures of several batches (tensors concatenated, 0-d ones stacked; tuples item by item; dicts key by key); a ValueError says where the structures differ, a `_Ragged` where the shapes do."
     first = parts[0]
-    kind = lambda p: 'a tensor' if isinstance(p, torch.Tensor) else _batch_structure(p)
-    if (other := next((i for i, p in enumerate(parts) if type(p) is not type(first)), None)) is not None:
-        raise ValueError(f"{what}: batch {other + 1} gives {kind(parts[other])}, batch 1 gave {kind(first)}; expected the same structure in every batch")
     if isinstance(first, torch.Tensor):
         if len(parts) == 1: return first
-        if first.ndim == 0: return torch.stack(parts)
-        if (other := next((i for i, p in enumerate(parts) if p.shape[1:] != first.shape[1:]), None)) is not None:
-            raise _Ragged(f"{what}: batch {other + 1} gives the shape {tuple(parts[other].shape)}, batch 1 gave {tuple(first.shape)}; "
-                              "they can be joined only when they agree past the batch dimension")
-        return torch.cat(parts)
-    if isinstance(first, Mapping):
-        if (other := next((i for i, p in enumerate(parts) if list(p) != list(first)), None)) is not None:
-            raise ValueError(f"{what}: batch {other + 1} gives the keys {list(parts[other])}, batch 1 gave {list(first)}")
-        return {k: _cat([p[k] for p in parts], f'{what}[{k!r}]') for k in first}
-    if isinstance(first, (list, tuple)):
-        if (other := next((i for i, p in enumerate(parts) if len(p) != len(first)), None)) is not None:
-            raise ValueError(f"{what}: batch {other + 1} gives {len(parts[other])} parts, batch 1 gave {len(first)}")
-        return _rebuild(first, [_cat(list(column), f'{what}[{i}]') for i, column in enumerate(zip(*parts))])
+        try: return torch.stack(parts) if first.ndim == 0 else torch.cat(parts)   # the common case: no Python loop over the batches
+        except (RuntimeError, TypeError): raise _mismatch(parts, what) from None
+    if (problem := _mismatch(parts, what, tensors=False)) is not None: raise problem
+    if isinstance(first, Mapping): return {k: _cat([p[k] for p in parts], f'{what}[{k!r}]') for k in first}
+    if isinstance(first, (list, tuple)): return _rebuild(first, [_cat(list(column), f'{what}[{i}]') for i, column in enumerate(zip(*parts))])
     return parts
+
+def _mismatch(parts: list, what: str, tensors: bool = True) -> ValueError | None:
+    "How the batches' `parts` differ (structure, keys, length, or for tensors shape past the batch dimension), as the error to raise; None when they agree."
+    first = parts[0]
+    kind = lambda p: 'a tensor' if isinstance(p, torch.Tensor) else _batch_structure(p)
+    for i, p in enumerate(parts[1:], 2):
+        if type(p) is not type(first):
+            return ValueError(f"{what}: batch {i} gives {kind(p)}, batch 1 gave {kind(first)}; expected the same structure in every batch")
+        if isinstance(p, Mapping) and list(p) != list(first):
+            return ValueError(f"{what}: batch {i} gives the keys {list(p)}, batch 1 gave {list(first)}")
+        if isinstance(p, (list, tuple)) and len(p) != len(first):
+            return ValueError(f"{what}: batch {i} gives {len(p)} parts, batch 1 gave {len(first)}")
+        if tensors and (p.ndim == 0) != (first.ndim == 0) or tensors and p.shape[1:] != first.shape[1:]:
+            return _Ragged(f"{what}: batch {i} gives the shape {tuple(p.shape)}, batch 1 gave {tuple(first.shape)}; "
+                           "they can be joined only when they agree past the batch dimension")
+    return ValueError(f"{what}: the batches cannot be joined") if tensors else None
 
 def _numel(x) -> int:
     if isinstance(x, torch.Tensor): return x.numel()
@@ -994,11 +994,9 @@ class MetricsS(Subscriber):
         self._targets_unchecked = learn.training in self._passes_to_check
         self._passes_to_check.discard(learn.training)
 
-    def after_loss(self, learn):   # checked before the first step, so that a bad description of the batch costs no training
-        if self._targets_unchecked: self._check_batch(_detach(learn.preds), learn.get_targets(), learn)
-
     def after_batch(self, learn):
         preds, targets = learn.preds, learn.get_targets()
+        if self._targets_unchecked: self._check_batch(_detach(preds), targets, learn)   # at each pass's first batch
         one = type(preds) is torch.Tensor and type(targets) is torch.Tensor   # the common case, taken without walking structures
         n = len(targets) if one and targets.ndim else learn.n_samples()
         if n == 0: return   # an empty batch weighs nothing (its mean loss is nan, and nan * 0 is nan)
