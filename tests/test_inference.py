@@ -15,16 +15,12 @@ from nntrain.acceleration import MixedPrecisionS
 from nntrain.dataloaders import DataLoaders
 from nntrain.learner import Learner, MetricsS, Subscriber, TransformedMetric
 from nntrain.reports import MisclassifiedS, ReportS
+from conftest import raises
 
 
 @pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path, monkeypatch): monkeypatch.chdir(tmp_path)
 
-@contextlib.contextmanager
-def raises(exc, message: str):
-    "Expect `exc` whose message is exactly `message` (notes added under the traceback aside)."
-    with pytest.raises(exc) as info: yield
-    assert str(info.value) == message
 
 def quiet_fit(learn, *args, **kwargs):
     with contextlib.redirect_stdout(io.StringIO()): learn.fit(*args, **kwargs)

@@ -1,5 +1,5 @@
 """ReportS and MisclassifiedS: class indices outside the scores' classes are refused at the first batch; a report that fails writes nothing."""
-import contextlib, math
+import math
 from pathlib import Path
 
 import pytest
@@ -11,16 +11,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from nntrain.dataloaders import DataLoaders
 from nntrain.learner import Learner, Subscriber
 from nntrain.reports import MisclassifiedS, ReportS
+from conftest import raises
 
 
 @pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path, monkeypatch): monkeypatch.chdir(tmp_path)
 
-@contextlib.contextmanager
-def raises(exc, message: str):
-    "Expect `exc` whose message is exactly `message`."
-    with pytest.raises(exc) as info: yield
-    assert str(info.value) == message
 
 class Steps(Subscriber):
     "Records the iteration of each batch started and each optimizer step taken."

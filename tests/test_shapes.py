@@ -2,7 +2,7 @@
 import copy
 import math
 import warnings
-from functools import partial
+
 
 import pytest
 import torch
