@@ -213,6 +213,9 @@ def _picker(part, role: str, arguments: bool = False) -> Callable:
         elif not isinstance(batch, (list, tuple, Mapping)):
             raise TypeError(f"expected each batch to be a list or tuple (x, y, *rest), or a dict whose keys the Learner is given "
                             f"(inputs=, targets=), got {_batch_structure(batch)}") from None
+        elif isinstance(batch, (list, tuple)) and all(isinstance(k, str) for k in keys) and not hasattr(batch, '_fields'):
+            hint = ("; a list or tuple batch is read by position: from_hf_dd(..., inputs=, targets=) gives batches "
+                    "[*inputs, *targets], which the defaults (inputs=0, targets=1) read")
         raise TypeError(f"the Learner takes its {role} from batch{wanted}, but got {_batch_structure(batch)}{hint}") from None
     def field(batch, key):   # a namedtuple batch is read by field name too
         if isinstance(key, str) and key in getattr(batch, '_fields', ()): return getattr(batch, key)
@@ -1077,17 +1080,34 @@ class MetricsS(Subscriber):
         print(log)
 
     def state_dict(self) -> dict:
-        "The pass's running sums, the metrics' states and the history, for a checkpoint."
-        self._update_metrics()
+        "The pass's running sums, the metrics' states, the predictions buffered since their last update, and the history, for a checkpoint."
+        buffer = self._buffer_state()
+        if buffer is None: self._update_metrics()   # structures a checkpoint cannot hold as they are: measured now instead
         return {'loss_sum': self.loss_sum, 'count': self.count, 'history': [dict(h) for h in self.history],
-                'metrics': {name: m.state_dict() for name, m in self.metrics.items()}}
+                'metrics': {name: m.state_dict() for name, m in self.metrics.items()}, 'buffer': buffer or {}}
+
+    def _buffer_state(self) -> dict | None:
+        "The buffered predictions and targets, each joined into one (empty: {}), so that writing a checkpoint does not change when the metrics are updated; None when a checkpoint cannot hold them (a namedtuple, say)."
+        if not self.preds: return {}
+        if not all(map(_savable, self.preds)) or not all(map(_savable, self.targets)): return None
+        try: return {'preds': _cat(self.preds), 'targets': _cat(self.targets, 'the targets')}
+        except ValueError: return None
 
     def load_state_dict(self, state: dict):
         "Restore what `state_dict` returned; a state of another shape is refused, naming the entry, before anything changes."
         _check_metrics_state(state, self.metrics)
+        device = self.loss_sum.device   # where this pass keeps its sums (a checkpoint is read onto the CPU)
         for name, m in self.metrics.items(): m.load_state_dict(state['metrics'][name])
-        self.loss_sum, self.count, self.history = state['loss_sum'].clone(), state['count'], [dict(h) for h in state['history']]
-        self.preds, self.targets, self.buffered = [], [], 0
+        self.loss_sum, self.count, self.history = state['loss_sum'].to(device).clone(), state['count'], [dict(h) for h in state['history']]
+        buffer = state.get('buffer') or {}   # checkpoints written before the buffer was kept have none
+        self.preds, self.targets = ([to_device(buffer['preds'], device)], [to_device(buffer['targets'], device)]) if buffer else ([], [])
+        self.buffered = _numel(self.preds[0]) if buffer else 0
+
+def _savable(x) -> bool:
+    "Whether `x` is a tensor, or plain dicts, lists and tuples of them: what a checkpoint holds and loads back."
+    if type(x) is torch.Tensor: return True
+    if type(x) is dict: return all(isinstance(k, str) and _savable(v) for k, v in x.items())
+    return type(x) in (list, tuple) and all(map(_savable, x))
 
 def find_metrics(learn) -> MetricsS | None:
     "The `MetricsS` among `learn.subs` (the first one), or None: the one way subscribers find the metrics of a fit."
@@ -1111,6 +1131,11 @@ def _check_metrics_state(state, metrics: dict):
     if not isinstance(states, dict) or (missing := [name for name in metrics if not isinstance(states.get(name), dict)]):
         raise ValueError(f"{who} expected metrics to be a dict with a state dict for each of its metrics {list(metrics)}, got "
                          + (f"none for {missing}" if isinstance(states, dict) else _describe(states)))
+    buffer = state.get('buffer') or {}
+    if buffer and not (isinstance(buffer, dict) and set(buffer) == {'preds', 'targets'} and all(map(_savable, buffer.values()))
+                       and n_samples(buffer['preds']) == n_samples(buffer['targets'])):
+        raise ValueError(f"{who} expected buffer to be empty or a dict of 'preds' and 'targets' (tensors, or dicts, lists and tuples of them) "
+                         f"of the same number of samples, got {_describe(buffer)}")
 
 # %% ../nbs/02_learner.ipynb #1beb983b
 def default_device() -> torch.device:
@@ -1294,7 +1319,7 @@ def _suggest(lrs: list, losses: list, raw_losses: list, stopped: str) -> float |
            if lowest - skip < _MIN_POINTS else None)
     if why is not None:
         warnings.warn(f"lr_find has no rate to suggest: {why} over the rates {lrs[0]:.3g} to {lrs[-1]:.3g}; try other start_lr and end_lr, "
-                      "more iterations (num_it), or look at the model and the loss", stacklevel=3)
+                      "more iterations (num_it), or look at the model and the loss", stacklevel=4)   # at the user's learn.lr_find()
         return None
     slopes = [((points[i + 1][1] - points[i][1]) / math.log(points[i + 1][0] / points[i][0]), i) for i in range(skip, lowest)]
     return points[min(slopes)[1]][0]

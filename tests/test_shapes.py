@@ -829,3 +829,55 @@ def test_resume_from_a_folder_never_made_says_so(tmp_path):
     with pytest.raises(CheckpointError, match=r"no such checkpoint file or folder \(a run that was stopped before its first checkpoint has "
                                               r"nothing to resume from: start it without resume\)"):
         learn.fit(1, resume=tmp_path / 'never-made')
+
+
+# --- found by the third break-it pass ---
+
+def test_metrics_do_not_depend_on_whether_checkpoints_were_written(tmp_path):
+    "A checkpoint holds the predictions buffered for the metrics: writing one must not update the metrics in pieces (float32 sums round differently)."
+    from nntrain.checkpoints import CheckpointS
+    from torch.utils.data import DataLoader, Dataset
+    from torcheval.metrics import MeanSquaredError
+    torch.manual_seed(0)
+    x = torch.randn(160, 4); y = (x[:, 0] > 0).long(); r = x[:, 1] * 3
+    class Rows(Dataset):
+        def __init__(self, start, stop): self.start, self.stop = start, stop
+        def __len__(self): return self.stop - self.start
+        def __getitem__(self, i): return {'x': x[self.start + i], 't': {'y': y[self.start + i], 'r': r[self.start + i]}}
+    class Two(nn.Module):
+        def __init__(self): super().__init__(); self.l, self.c, self.r = nn.Linear(4, 8), nn.Linear(8, 2), nn.Linear(8, 1)
+        def forward(self, x): h = F.relu(self.l(x)); return self.c(h), self.r(h).squeeze(1)
+    loss = lambda p, t: F.cross_entropy(p[0], t['y']) + F.mse_loss(p[1], t['r'])
+    def run(*subs):
+        torch.manual_seed(5)
+        metrics = MetricsS(acc=TransformedMetric(MulticlassAccuracy(), preds=0, targets='y'),
+                           mse=TransformedMetric(MeanSquaredError(), preds=1, targets='r'))
+        metrics.output = lambda log: None
+        dls = DataLoaders(DataLoader(Rows(0, 128), batch_size=16, shuffle=True), DataLoader(Rows(128, 160), batch_size=16))
+        Learner(Two(), dls, loss, torch.optim.Adam, 1e-2, [metrics, *subs], inputs='x', targets='t').fit(3)
+        return metrics.history
+    assert run() == run(CheckpointS(tmp_path, every_batches=5))
+
+
+def test_a_key_on_a_list_batch_says_lists_are_read_by_position():
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"a list or tuple batch is read by position: from_hf_dd\(\.\.\., inputs=, targets=\) gives batches "
+                                         r"\[\*inputs, \*targets\], which the defaults \(inputs=0, targets=1\) read"):
+        Learner(nn.Linear(3, 2), DataLoaders([[x, y]], []), inputs='image', targets='label').fit(1)
+
+
+def test_the_no_suggestion_warning_points_at_the_callers_line():
+    x = torch.randn(32, 3); y = torch.randint(0, 2, (32,))
+    flat = lambda preds, targets: (preds * 0).sum() + 1.0
+    with pytest.warns(UserWarning) as caught: Learner(nn.Linear(3, 2), DataLoaders([(x, y)], []), flat).lr_find(num_it=10)
+    assert caught[0].filename == __file__
+
+
+def test_a_metrics_state_without_a_buffer_still_loads():
+    metrics = MetricsS(acc=MulticlassAccuracy())
+    state = metrics.state_dict()
+    del state['buffer']   # as checkpoints written before the buffer was kept
+    MetricsS(acc=MulticlassAccuracy()).load_state_dict(state)
+    state['buffer'] = {'preds': torch.zeros(3, 2)}
+    with pytest.raises(ValueError, match="MetricsS.load_state_dict expected buffer to be empty or a dict of 'preds' and 'targets'"):
+        MetricsS(acc=MulticlassAccuracy()).load_state_dict(state)
