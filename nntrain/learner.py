@@ -1335,24 +1335,24 @@ def _lr_find(learn, start_lr: float, end_lr: float, num_it: int, stop_div: bool)
         raise ValueError(f"lr_find sweeps one learning rate against one loss, but this learner has the named optimizers {list(learn.optimizers)}, "
                          "each with its own loss and rate; expected a Learner with one optimizer (find each part's rate on its own, "
                          "or give each optimizer its rate in optimizers=)")
-    saved, weights, rng = dict(learn.__dict__), copy.deepcopy(learn.model.state_dict()), rng_state()
+    weights, rng = copy.deepcopy(learn.model.state_dict()), rng_state()
     grads = [(p, None if p.grad is None else p.grad.clone()) for p in learn.model.parameters()]   # a search may end part-way through an accumulation
     modes = [(module, module.training) for module in learn.model.modules()]
     generator = getattr(learn.dls.train, 'generator', None)
     loader_state = generator.get_state() if generator is not None else None
     finder = _LRRangeS(start_lr, end_lr, num_it, stop_div)
     n = _length(learn.dls.train)
-    try:   # only subscribers that shape the loop take part: metrics, loggers, checkpoints and schedules do not
-        learn.subs = [s for s in learn.subs if getattr(s, 'in_lr_find', getattr(s, 'in_evaluation', True))]
+    view = copy.copy(learn)   # the search's fit sets its optimizer, iteration and position on a view, not on the learner
+    view.subs = [s for s in learn.subs if getattr(s, 'in_lr_find', getattr(s, 'in_evaluation', True))]   # metrics, loggers, checkpoints, schedules: not
+    view.subscribers_changed()
+    try:
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='learn.log was given')
-            learn.fit(math.ceil(num_it / n) if n else num_it, valid=False, subs=[finder], lr=start_lr)
+            view.fit(math.ceil(num_it / n) if n else num_it, valid=False, subs=[finder], lr=start_lr)
     finally:
         learn.model.load_state_dict(weights)
         for p, grad in grads: p.grad = grad
         for module, training in modes: module.training = training
-        learn.__dict__.clear(); learn.__dict__.update(saved)
-        learn.subscribers_changed()
         set_rng_state(rng)
         if generator is not None: generator.set_state(loader_state)
     if not finder.lrs: raise RuntimeError("lr_find ran no training batch; expected a training loader with batches")
