@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
-from .activations import Hooks, _replace, conv_block
+from .activations import Hooks, _input_key, _replace, conv_block
 from .core import _check_int, _describe
 from .learner import CancelStepException, DeviceS, Learner, Subscriber, _check_lr
 
@@ -505,10 +505,7 @@ class AugmentS(Subscriber):
     def __init__(self, *transforms): self.transforms = transforms
 
     def before_fit(self, learn):
-        self.key = getattr(learn, 'inputs', 0)
-        if not (isinstance(self.key, str) or (isinstance(self.key, int) and not isinstance(self.key, bool))):
-            raise ValueError(f"AugmentS transforms one input, the part of the batch at a position or key; the Learner's inputs are "
-                             f"{self.key!r}: augment each input yourself (e.g. in a before_batch subscriber), or give the Learner one input")
+        self.key = _input_key(learn, 'AugmentS', 'transforms', 'augment each input yourself (e.g. in a before_batch subscriber)')
 
     def before_batch(self, learn):
         if not learn.training: return

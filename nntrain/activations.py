@@ -245,6 +245,14 @@ def init_weights(module: nn.Module, leaky: float = 0.):
 def _as_float64(x: torch.Tensor) -> torch.Tensor:
     return x.to('cpu' if x.device.type == 'mps' else x.device, torch.float64)  # MPS has no float64
 
+def _input_key(learn, who: str, doing: str, otherwise: str):
+    "The position or key of the learner's one input, which `who` (a subscriber that `doing`) works on; refused for several inputs or a function."
+    key = getattr(learn, 'inputs', 0)
+    if not (isinstance(key, str) or (isinstance(key, int) and not isinstance(key, bool))):
+        raise ValueError(f"{who} {doing} one input, the part of the batch at a position or key; the Learner's inputs are "
+                         f"{key!r}: {otherwise}, or give the Learner one input")
+    return key
+
 def _replace(batch, key, value):
     "A copy of `batch` (a list, tuple or dict) with its part `key` replaced by `value`."
     if isinstance(batch, Mapping): return {**batch, key: value}
@@ -263,10 +271,7 @@ class NormalizationS(Subscriber):
         self.measure, self.measured_on, self.cache = mean is None, None, {}
 
     def before_fit(self, learn):
-        self.key = getattr(learn, 'inputs', 0)
-        if not (isinstance(self.key, str) or (isinstance(self.key, int) and not isinstance(self.key, bool))):
-            raise ValueError(f"NormalizationS normalizes one input, the part of the batch at a position or key; the Learner's inputs are "
-                             f"{self.key!r}: normalize each input yourself (e.g. in the model), or give the Learner one input")
+        self.key = _input_key(learn, 'NormalizationS', 'normalizes', 'normalize each input yourself (e.g. in the model)')
         if self.measure and self.measured_on is not learn.dls.train:
             self.mean, self.std = self.measure_dataset(learn.dls.train, self.key)
             self.measured_on, self.cache = learn.dls.train, {}

@@ -154,21 +154,26 @@ def _explicit_ignore_index(loss_fn) -> int | None:
     index = getattr(loss_fn, 'ignore_index', -100) if isinstance(loss_fn, nn.Module) else -100
     return None if index == -100 else index
 
+def _classes_outside(targets: torch.Tensor, n_classes: int, ignore: int | None = None) -> tuple[list, str, int] | None:
+    "The class indices among `targets` outside [0, n_classes) (but for `ignore`): their values, the first five listed, and how many targets; None when all are inside. One host read."
+    outside = (targets < 0) | (targets >= n_classes)
+    if ignore is not None: outside &= targets != ignore
+    if not outside.any(): return None
+    values = targets[outside].unique().tolist()
+    return values, ', '.join(map(str, values[:5])) + (', ...' if len(values) > 5 else ''), int(outside.sum())
+
 def _check_class_targets(preds, targets, loss_fn, who: str):
     "Refuse integer `targets` outside [0, C) for `(N, C)` `preds`, but for an `ignore_index` set on `loss_fn`; one host read."
     if not (isinstance(preds, torch.Tensor) and isinstance(targets, torch.Tensor)): return
     if preds.ndim != 2 or targets.ndim != 1 or len(targets) != len(preds): return
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool: return
-    n_classes, ignore = preds.shape[1], _explicit_ignore_index(loss_fn)
-    outside = (targets < 0) | (targets >= n_classes)
-    if ignore is not None: outside &= targets != ignore
-    if not outside.any(): return
-    values = targets[outside].unique().tolist()
-    listed = ', '.join(map(str, values[:5])) + (', ...' if len(values) > 5 else '')
+    n_classes = preds.shape[1]
+    if (found := _classes_outside(targets, n_classes, _explicit_ignore_index(loss_fn))) is None: return
+    values, listed, count = found
     hint = ("to leave a label out of the loss, set ignore_index explicitly, e.g. loss_fn=partial(F.cross_entropy, ignore_index=-100)"
             if values[0] < 0 else f"the model's output has {n_classes} columns, one per class")
     raise ValueError(f"{who} expected class targets in [0, {n_classes}) for predictions of shape {tuple(preds.shape)}, got {listed} "
-                     f"({int(outside.sum())} of {len(targets)} targets in the pass's first batch); {hint}")
+                     f"({count} of {len(targets)} targets in the pass's first batch); {hint}")
 
 # %% ../nbs/02_learner.ipynb #a7b2c901
 def _is_key(k) -> bool: return isinstance(k, str) or (isinstance(k, numbers.Integral) and not isinstance(k, bool))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import nntrain.trial  # noqa: F401 (attaches Learner.get_preds, which ReportS uses)
 from .core import _check_int, _describe, write_atomically
-from .learner import Learner, Subscriber, _batch_structure, _is_key, find_metrics
+from .learner import Learner, Subscriber, _batch_structure, _classes_outside, _is_key, find_metrics
 
 if TYPE_CHECKING: import matplotlib.pyplot as plt  # for the annotations; plotting imports it when it draws
 
@@ -326,12 +326,10 @@ def _check_classes(preds: torch.Tensor, targets: torch.Tensor, who: str, pick_pr
 def _check_class_range(preds: torch.Tensor, targets: torch.Tensor, who: str, pick_preds, pick_targets):
     "Refuse class indices `targets` outside [0, C) for class scores `preds` [N, C], naming the values found; one host read."
     n_classes = preds.shape[1]
-    outside = (targets < 0) | (targets >= n_classes)
-    if not outside.any(): return
-    values = targets[outside].unique().tolist()
-    listed = ', '.join(map(str, values[:5])) + (', ...' if len(values) > 5 else '')
+    if (found := _classes_outside(targets, n_classes)) is None: return
+    _, listed, count = found
     raise ValueError(f"{who} expected {_picked('targets', pick_targets)} to be class indices in [0, {n_classes}) for class scores of shape "
-                     f"{tuple(preds.shape)}, got {listed} ({int(outside.sum())} of {len(targets)} targets in the fit's first batch); "
+                     f"{tuple(preds.shape)}, got {listed} ({count} of {len(targets)} targets in the fit's first batch); "
                      f"{_picked('preds', pick_preds)} has {n_classes} columns, one per class")
 
 class MisclassifiedS(Subscriber):
