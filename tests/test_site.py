@@ -1,0 +1,175 @@
+"""The documentation site, built from the notebooks and opened page by page in a real headless Chromium.
+
+The build (`python tools/build_site.py build`) executes every chapter, so this is also the test that each one
+runs top to bottom in a real Jupyter kernel. Set NNTRAIN_SITE to a built site to check that one instead
+(the deploy workflow does, to publish exactly what it tested); NNTRAIN_SCREENSHOTS to keep the screenshots;
+NNTRAIN_BROWSER_TEST=required to fail, not skip, where Chromium or its driver is missing (CI sets it).
+"""
+import html, json, os, re, shutil, subprocess, sys, threading, urllib.request
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urldefrag, urljoin, urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = next(filter(None, map(shutil.which, ('chromium', 'chromium-browser', 'google-chrome'))), None)
+DRIVER = shutil.which('chromedriver')
+
+
+def _need_browser():
+    missing = [n for n, p in (('chromium', CHROMIUM), ('chromedriver', DRIVER)) if not p]
+    try: import selenium  # noqa: F401
+    except ImportError: missing.append('the selenium package')
+    if not missing: return
+    msg = f'the site test needs {", ".join(missing)} (Debian: apt-get install chromium chromium-driver)'
+    if os.environ.get('NNTRAIN_BROWSER_TEST') == 'required': pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    _need_browser()
+    if os.environ.get('NNTRAIN_SITE'): return Path(os.environ['NNTRAIN_SITE'])
+    out = tmp_path_factory.mktemp('site')/'html'
+    r = subprocess.run([sys.executable, 'tools/build_site.py', 'build', '--out', str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=1500)
+    print(r.stdout[-3000:])
+    assert r.returncode == 0, f'the site did not build:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
+    return out
+
+
+@pytest.fixture(scope='module')
+def server(site):
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args): pass
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), partial(Quiet, directory=str(site)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}/'
+    httpd.shutdown()
+
+
+@pytest.fixture(scope='module')
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--window-size=1280,1400',
+              '--no-first-run', '--disable-extensions', '--disable-background-networking'):
+        opts.add_argument(a)
+    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def chapters():
+    "(notebook, page) for every notebook the site is built from: nbdev names a page after its notebook."
+    nbs = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
+    return [(p, 'index' if p.stem == 'index' else re.sub(r'^\d+_', '', p.stem)) for p in nbs]
+
+
+def documented(page):
+    "The exported functions and classes nbdev's index puts on `page`: each must have its `show_doc` entry."
+    from docutils.nodes import make_id
+    from nntrain._modidx import d
+    names = []
+    for mod, syms in d['syms'].items():
+        for sym, (link, _) in syms.items():
+            name = sym[len(mod) + 1:]
+            if '.' in name or name.startswith('_') or not link.startswith(f'{page}.html#'): continue
+            names.append((name, make_id(link.split('#', 1)[1])))
+    return names
+
+
+def hidden_lines(nb_path):
+    "Lines of code that only `#| hide` and `#| echo: false` cells contain: the page must not show them."
+    cells = [c for c in json.loads(nb_path.read_text())['cells'] if c['cell_type'] == 'code']
+    def is_hidden(src): return re.search(r'^#\|\s*(hide\s*$|echo:\s*false)', src, re.M)
+    hidden, shown = set(), set()
+    for c in cells:
+        src = ''.join(c['source'])
+        lines = {l.strip() for l in src.splitlines() if len(l.strip()) >= 25 and not l.strip().startswith('#')}
+        (hidden if is_hidden(src) else shown).update(lines)
+    return sorted(hidden - shown)
+
+
+_fetched = {}
+def fetch(url):
+    if url not in _fetched:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r: _fetched[url] = (r.status, r.read().decode('utf-8', 'replace'))
+        except Exception as e: _fetched[url] = (getattr(e, 'code', None) or repr(e), '')
+    return _fetched[url]
+
+
+def check_page(driver, base, name, shots):
+    "Open one page; return the problems found on it."
+    driver.get(base + name)
+    driver.execute_script("document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager')")
+    driver.execute_script("return new Promise(done => { const wait = () => [...document.images].every(i => i.complete)"
+                          " ? done() : setTimeout(wait, 50); wait(); })")
+    problems = [f'console: {e["message"][:300]}' for e in driver.get_log('browser') if e['level'] == 'SEVERE']
+    broken = driver.execute_script("return [...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
+                                   ".map(i => i.getAttribute('src'))")
+    problems += [f'image not loaded: {src}' for src in broken]
+    hrefs = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
+    for href in sorted(set(hrefs)):
+        url, frag = urldefrag(href)
+        if urlparse(url).netloc != urlparse(base).netloc: continue
+        status, body = fetch(url)
+        if status != 200: problems.append(f'broken link: {href} ({status})'); continue
+        if frag and f'id="{frag}"' not in body: problems.append(f'link to a missing anchor: {href}')
+    if shots:
+        shots.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(shots/f'{Path(name).stem}.png'))
+    return problems
+
+
+def test_a_page_per_notebook(site):
+    pages = {p.name for p in site.glob('*.html')}
+    expected = {f'{page}.html' for _, page in chapters()} | {'api.html'}
+    assert not expected - pages, f'pages missing from the site: {sorted(expected - pages)}'
+
+
+def test_every_page_renders_in_chromium(site, server, browser):
+    pages = sorted(p.name for p in site.glob('*.html'))
+    shots = Path(os.environ['NNTRAIN_SCREENSHOTS']) if os.environ.get('NNTRAIN_SCREENSHOTS') else None
+    problems = {}
+    for name in pages:
+        found = check_page(browser, server, name, shots)
+        if found: problems[name] = found
+    assert not problems, 'problems seen in the browser:\n' + '\n'.join(
+        f'{page}:\n  ' + '\n  '.join(found[:20]) for page, found in problems.items())
+
+
+@pytest.mark.parametrize('nb,page', chapters(), ids=[p for _, p in chapters()])
+def test_chapter_page(site, server, browser, nb, page):
+    browser.get(f'{server}{page}.html')
+    ids = set(browser.execute_script(
+        "return [...document.querySelectorAll('section[id], h1[id], h2[id], h3[id], h4[id]')].map(e => e.id)"))
+    missing = [name for name, a in documented(page) if a not in ids]
+    assert not missing, f'{page}.html lacks the show_doc entries of {missing}'
+    text = html.unescape(browser.execute_script("return document.querySelector('article').innerText"))
+    shown = [line for line in hidden_lines(nb) if line in text]
+    assert not shown, f'{page}.html shows code from hidden cells: {shown[:5]}'
+    code_cells = browser.execute_script("return document.querySelectorAll('.cell').length")
+    outputs = browser.execute_script("return document.querySelectorAll('.cell_output').length")
+    if page not in ('index',) and code_cells > 3: assert outputs, f'{page}.html shows no outputs at all'
+
+
+def test_nbdev_processing_runs_every_notebook(tmp_path):
+    "nbdev's own docs step (`nbdev_proc_nbs`, what `nbdev_docs` and `nbdev_preview` start with) processes every chapter."
+    shutil.copy(ROOT/'settings.ini', tmp_path)
+    shutil.copytree(ROOT/'nbs', tmp_path/'nbs', ignore=shutil.ignore_patterns('_proc', '.ipynb_checkpoints'))
+    # nbdev's processing itself (`nbdev_proc_nbs` would first try to download quarto, which is not needed for this)
+    r = subprocess.run([sys.executable, '-c', 'from nbdev.serve import proc_nbs; proc_nbs(force=True)'], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=900)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and 'Error' not in out, out[-4000:]
+    assert 'Found cells containing imports and other code' not in out, out[-4000:]
+    made = sorted(p.name for p in (tmp_path/'_proc').glob('*.ipynb'))
+    assert made == sorted(p.name for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_')), made

@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""Build nntrain's documentation site from the notebooks, offline.
+
+    python tools/build_site.py build [--out _site] [--jobs 2] [--only 02_learner ...]
+    python tools/build_site.py check-clean        # chapters carry no outputs (index.ipynb keeps its own)
+
+The build has four steps, each an existing tool doing what it is made for:
+
+1. **Execute** every notebook in `nbs/` top to bottom in a real Jupyter kernel (nbclient), as a reader's
+   "Run All" would, skipping the cells marked `#| eval: false`. The committed notebooks carry no outputs,
+   so the site's outputs are always those of the code it shows.
+2. **Process** each executed notebook with nbdev's own processors (`FilterDefaults`, the first step of
+   `nbdev_docs`): frontmatter, `show_doc` for every exported name, `#| hide` cells removed, links to the API.
+   One change: exported code stays on the page, below its `show_doc` entry (nbdev's default hides it), since
+   nntrain is a library people read to understand every line.
+3. **Convert** quarto's cell options into myst-nb's cell tags (`echo: false` -> the code is removed,
+   `code-fold` -> the code is folded under its `code-summary`, ...), `show_doc` outputs into sections of the
+   page, and links to the published site into links within this one; then write the API reference page.
+4. **Render** with Sphinx and myst-nb (theme: furo) into a static site with no resource from another host.
+"""
+import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NBS, DOCS = ROOT/'nbs', ROOT/'docs'
+_directive = re.compile(r'^\s*#\|\s*([\w-]+):?\s*(.*?)\s*$')
+
+
+def notebooks(only=()):
+    "The notebooks the site is built from, in chapter order (index first)."
+    nbs = sorted(p for p in NBS.glob('*.ipynb') if not p.name.startswith(('_', '.')))
+    nbs = sorted(nbs, key=lambda p: (p.stem != 'index', p.name))
+    if only:
+        unknown = [o for o in only if not any(p.stem.startswith(o) for p in nbs)]
+        if unknown: sys.exit(f'--only: no notebook in {NBS} starts with {unknown}; there are {[p.stem for p in nbs]}')
+        nbs = [p for p in nbs if any(p.stem.startswith(o) for o in only)]
+    return nbs
+
+
+# ---- 1. execute
+def execute(path, timeout=900):
+    "Run the notebook at `path` in a fresh Jupyter kernel; return the executed notebook (an nbformat node)."
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == 'code' and directives(cell.source).get('eval', '').lower() == 'false':
+            cell.metadata.setdefault('tags', []).append('skip-execution')
+    env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # the kernel's inline backend draws the figures
+    env.setdefault('OMP_NUM_THREADS', '1')
+    client = NotebookClient(nb, kernel_name='python3', timeout=timeout, resources={'metadata': {'path': str(path.parent)}},
+                            extra_arguments=['--IPKernelApp.log_level=ERROR'])   # not its warning about local TCP
+    client.execute(env=env)
+    return nb
+
+
+def directives(source):
+    "The `#| key: value` lines at the top of a cell, as a dict."
+    found = {}
+    for line in source.splitlines():
+        m = _directive.match(line)
+        if not m:
+            if line.strip(): break
+            continue
+        found[m.group(1)] = m.group(2).strip().strip('"\'')
+    return found
+
+
+def strip_directives(source):
+    "`source` without its leading `#|` lines."
+    lines = source.splitlines()
+    while lines and (_directive.match(lines[0]) or not lines[0].strip()): lines.pop(0)
+    return '\n'.join(lines)
+
+
+# ---- 2. process with nbdev
+def process(executed, path):
+    "Run nbdev's docs processors on an executed notebook; return execnb's notebook object."
+    from execnb.nbio import dict2nb
+    from fastcore.foundation import L
+    from nbdev import processors as P
+    from nbdev.process import NBProcessor
+
+    class SiteProcs(P.FilterDefaults):
+        "nbdev's processors, except that exported code is kept on the page."
+        def base_procs(self):
+            return [rm_default_exp if p is P.rm_export else p for p in super().base_procs()]
+        def nb_proc(self, nb): return NBProcessor(nb=nb, procs=L(self.procs()))
+
+    def rm_default_exp(cell):
+        "Remove the `#| default_exp` cells and hidden exports; keep `#| export` code."
+        if cell.directives_ and cell.directives_.keys() & {'default_exp', 'exporti', 'hide'}: del cell['source']
+
+    nb = dict2nb(json.loads(json.dumps(executed)))
+    nb.path_ = str(path)
+    os.environ['IN_TEST'] = '1'
+    try: SiteProcs()(nb)
+    finally: os.environ.pop('IN_TEST', None)
+    return nb
+
+
+# ---- 3. convert for myst-nb
+def site_url():
+    "The published site's address, from settings.ini (nbdev's links start with it)."
+    import configparser
+    cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
+    d = cfg['DEFAULT']
+    return d['doc_host'].rstrip('/') + '/' + d['doc_baseurl'].strip('/') + '/'
+
+
+def anchor(text):
+    "The id docutils gives a section titled `text`."
+    from docutils.nodes import make_id
+    return make_id(text)
+
+
+def local_links(md, base):
+    "Links to the published site become links within this build (nbdev's anchors -> docutils' ids)."
+    def fix(m):
+        page, frag = m.group(1), m.group(2)
+        return f'({page}' + (f'#{anchor(frag)}' if frag else '') + ')'
+    md = re.sub(r'\(' + re.escape(base) + r'([\w.-]+\.html)(?:#([^)\s]+))?\)', fix, md)
+    # links between notebooks (`02_learner.ipynb`, as on GitHub) become links between pages (`learner.html`)
+    return re.sub(r'\((?:nbs/)?\d+_([\w-]+)\.ipynb(#[^)\s]*)?\)', lambda m: f'({m.group(1)}.html{m.group(2) or ""})', md)
+
+
+def show_doc_markdown(md, base):
+    "nbdev's `show_doc` markdown (written for quarto/pandoc) as MyST markdown."
+    md = re.sub(r'\A\s*---\s*\n', '', md)            # quarto's rule above each entry; the theme draws its own
+    md = re.sub(r'\[source\]\((\S+?)\)\{[^}]*\}', r'<a class="sd-source" href="\1">source</a>', md)
+    return local_links(md, base)
+
+
+def only_imports(code):
+    "Is `code` nothing but import statements (and an `if TYPE_CHECKING:` block of them)?"
+    import ast
+    try: tree = ast.parse(code)
+    except SyntaxError: return False
+    def imp(n): return isinstance(n, (ast.Import, ast.ImportFrom)) or (isinstance(n, ast.If) and all(map(imp, n.body)))
+    return bool(tree.body) and all(map(imp, tree.body))
+
+
+def convert(nb, base):
+    "Turn nbdev's processed notebook into the notebook myst-nb renders; also return its API entries."
+    import nbformat
+    out = nbformat.v4.new_notebook(metadata={k: v for k, v in nb.metadata.items() if k in ('kernelspec', 'language_info')})
+    cells, api, fm = [], [], {}
+    for cell in nb.cells:
+        src = cell.get('source') or ''
+        if cell.cell_type == 'raw' and src.startswith('---'):
+            import yaml
+            fm = yaml.safe_load(src.strip().strip('-')) or {}
+            head = f"# {fm.get('title', '')}"
+            if fm.get('description'): head += f"\n\n{fm['description']}"
+            cells.append(nbformat.v4.new_markdown_cell(head)); continue
+        if cell.cell_type == 'markdown':
+            if 'AUTOGENERATED' in src and src.startswith('<!--'): continue
+            cells.append(nbformat.v4.new_markdown_cell(local_links(src, base))); continue
+        if cell.cell_type != 'code': continue
+        opts = directives(src)
+        if opts.get('include') == 'false': continue
+        if opts.get('output') == 'asis' or 'show_doc(' in src:   # show_doc: its markdown becomes part of the page
+            md = ''.join(''.join(o.get('data', {}).get('text/markdown', '')) for o in cell.get('outputs', []))
+            md = show_doc_markdown(md, base)
+            for name in re.findall(r'^#{2,4} (.+)$', md, re.M): api.append((name.strip(), anchor(name.strip())))
+            new = nbformat.v4.new_markdown_cell(md); new.metadata['show_doc'] = True
+            cells.append(new); continue
+        code = strip_directives(src)
+        outputs = [o for o in cell.get('outputs', []) if not any('widget' in k for k in o.get('data', {}))]
+        if not code.strip() and not outputs: continue
+        new = nbformat.v4.new_code_cell(code, outputs=[nbformat.from_dict(o) for o in outputs],
+                                        execution_count=cell.get('execution_count'))
+        tags = []
+        if opts.get('echo') == 'false': tags.append('remove-input')
+        if opts.get('output') == 'false': tags.append('remove-output')
+        if opts.get('code-fold') in ('true', 'show'):
+            tags.append('hide-input')
+            summary = opts.get('code-summary', 'Code')
+            new.metadata['mystnb'] = {'code_prompt_show': summary, 'code_prompt_hide': summary}
+        if 'export' in opts or 'exports' in opts:
+            new.metadata['exported'] = True
+            if only_imports(code) and 'hide-input' not in tags:   # a module's imports: one click away, not a wall
+                tags.append('hide-input')
+                new.metadata['mystnb'] = {'code_prompt_show': 'Imports', 'code_prompt_hide': 'Imports'}
+        if tags: new.metadata['tags'] = tags
+        cells.append(new)
+    # nbdev puts each exported cell's show_doc after it; the page reads better heading first, then the code.
+    i = 0
+    while i < len(cells):
+        if cells[i].metadata.pop('exported', False):
+            j = i + 1
+            while j < len(cells) and cells[j].metadata.get('show_doc'): j += 1
+            if j > i + 1: cells[i:j] = cells[i+1:j] + [cells[i]]; i = j; continue
+        i += 1
+    for c in cells: c.metadata.pop('show_doc', None); c.metadata.pop('exported', None)
+    out.cells = cells
+    page = Path(fm.get('output-file', 'index.html')).stem
+    return page, fm.get('title', page), out, api
+
+
+def build_page_in_subprocess(path, src_dir):
+    "`build_page` in a process of its own, so no notebook's state reaches another's."
+    r = subprocess.run([sys.executable, __file__, 'page', str(path), str(src_dir)], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode: raise RuntimeError((r.stdout + r.stderr).strip()[-4000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def build_page(path, src_dir, base):
+    "Execute, process and convert one notebook; write it to `src_dir`; return what the index and API page need."
+    import nbformat
+    t0 = time.time()
+    executed = execute(path)
+    t1 = time.time()
+    page, title, nb, api = convert(process(executed, path), base)
+    nbformat.write(nb, src_dir/f'{page}.ipynb')
+    stray = [(i, o.get('text', '')[:200]) for i, c in enumerate(executed.cells) for o in c.get('outputs', [])
+             if o.get('output_type') == 'stream' and o.get('name') == 'stderr']
+    return dict(nb=path.name, page=page, title=title, api=api, stray=stray, run_s=t1 - t0, proc_s=time.time() - t1)
+
+
+def api_page(pages):
+    "The API reference: every `show_doc` entry of the book, chapter by chapter, linked to its section."
+    lines = ['# API reference', '', 'Every name the chapters document, in the order the book introduces them. '
+             'Each links to its entry in its chapter: signature, docstring, parameters, and the code itself.', '']
+    for p in pages:
+        if not p['api']: continue
+        lines += [f"## {p['title']}", '']
+        lines += [f"- [`{name}`]({p['page']}.html#{a})" for name, a in p['api']]
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def add_toc(index, chapters):
+    "Give the home page the book's navigation: the chapters in order, then the API reference."
+    import nbformat
+    nb = nbformat.read(index, as_version=4)
+    toc = '```{toctree}\n:hidden:\n:caption: Chapters\n\n' + '\n'.join(chapters) + '\n```\n\n'
+    toc += '```{toctree}\n:hidden:\n:caption: Reference\n\napi\n```'
+    nb.cells.append(nbformat.v4.new_markdown_cell(toc))
+    nbformat.write(nb, index)
+
+
+def build(out, jobs, only=()):
+    "Build the site into `out`; print what each step took."
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix='nntrain-site-') as work:
+        _build(Path(out), jobs, only, Path(work)/'src', t0)
+
+
+def _build(out, jobs, only, src, t0):
+    src.mkdir(parents=True)
+    for f in DOCS.iterdir():
+        if f.is_dir(): shutil.copytree(f, src/f.name)
+        else: shutil.copy2(f, src/f.name)
+    if (NBS/'images').exists(): shutil.copytree(NBS/'images', src/'images')
+    (src/'settings.ini').write_bytes((ROOT/'settings.ini').read_bytes())    # conf.py reads the project's facts here
+    pages, failed = [], []
+    todo = notebooks(only)
+    print(f'== executing and processing {len(todo)} notebooks with {jobs} workers', flush=True)
+    with ThreadPoolExecutor(jobs) as pool:
+        futs = {pool.submit(build_page_in_subprocess, p, src): p for p in todo}
+        for f in as_completed(futs):
+            try: r = f.result()
+            except Exception as e:
+                failed.append(futs[f].name); print(f'FAILED {futs[f].name}:\n{e}', flush=True); continue
+            pages.append(r)
+            print(f"  {r['nb']:28} ran {r['run_s']:5.1f}s, nbdev {r['proc_s']:4.1f}s -> {r['page']}.html", flush=True)
+            for i, text in r['stray']: print(f"    stderr in cell {i}: {text.strip().splitlines()[0][:150]}")
+    if failed: sys.exit(f'the site was not built: {len(failed)} notebook(s) failed: {failed}')
+    order = {p.name: i for i, p in enumerate(todo)}
+    pages.sort(key=lambda r: order[r['nb']])
+    (src/'api.md').write_text(api_page(pages))
+    add_toc(src/'index.ipynb', [r['page'] for r in pages if r['page'] != 'index'])
+    t1 = time.time()
+    print(f'== rendering with Sphinx ({t1 - t0:.0f}s so far)', flush=True)
+    if out.exists(): shutil.rmtree(out)
+    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-j', str(jobs), '-W', '--keep-going', str(src), str(out)]
+    r = subprocess.run(cmd, cwd=ROOT)
+    if r.returncode: sys.exit(f'sphinx-build failed ({r.returncode}): {" ".join(cmd)}')
+    (out/'.nojekyll').touch()
+    print(f'== site built in {time.time() - t0:.0f}s: {out}/index.html ({len(pages)} notebooks + API reference)')
+
+
+def check_clean():
+    "The chapter notebooks are committed without outputs; index.ipynb keeps its outputs (the README shows them)."
+    bad = []
+    for p in notebooks():
+        if p.stem == 'index': continue
+        nb = json.loads(p.read_text())
+        n = sum(bool(c.get('outputs')) or c.get('execution_count') is not None for c in nb['cells'] if c['cell_type'] == 'code')
+        if n: bad.append(f'{p.relative_to(ROOT)}: {n} code cell(s) with outputs or an execution count')
+    if bad:
+        sys.exit('chapters are committed without outputs (the site build executes them); clear these with '
+                 '`jupyter nbconvert --clear-output --inplace` or your editor:\n  ' + '\n  '.join(bad))
+    print('chapters carry no outputs')
+
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    sub = ap.add_subparsers(dest='cmd', required=True)
+    b = sub.add_parser('build', help='execute the notebooks and render the site')
+    b.add_argument('--out', default=str(ROOT/'_site'), help='where the site is written (default: _site)')
+    b.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1), help='notebooks executed at once')
+    b.add_argument('--only', nargs='*', default=(), help='build only the notebooks whose names start with these')
+    sub.add_parser('check-clean', help='fail if a chapter notebook carries outputs')
+    pg = sub.add_parser('page', help='(used by build) execute, process and convert one notebook')
+    pg.add_argument('notebook'); pg.add_argument('src_dir')
+    a = ap.parse_args()
+    if a.cmd == 'build': build(a.out, a.jobs, a.only)
+    elif a.cmd == 'page': print(json.dumps(build_page(Path(a.notebook), Path(a.src_dir), site_url())))
+    else: check_clean()
