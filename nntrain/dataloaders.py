@@ -8,7 +8,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
+import numbers
 import os
+import socket
+import threading
+import time
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +34,9 @@ if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
 # %% auto #0
-__all__ = ['MNIST_SPLITS', 'DEFAULT_MAX_BYTES', 'VALID_SPLIT_NAMES', 'load_mnist', 'hf_ds_collate_fn', 'NotTensorizable',
-           'dataset_to_tensors', 'TensorLoader', 'DataLoaders']
+__all__ = ['MNIST_SPLITS', 'HUB_ENDPOINT', 'HUB_TIMEOUT', 'DEFAULT_MAX_BYTES', 'VALID_SPLIT_NAMES', 'load_mnist',
+           'load_hub_dataset', 'hf_ds_collate_fn', 'NotTensorizable', 'dataset_to_tensors', 'TensorLoader',
+           'DataLoaders']
 
 # %% ../nbs/01_dataloaders.ipynb #7fd5d0a1
 MNIST_SPLITS = ('train', 'test')
@@ -57,6 +65,78 @@ def load_mnist(folder: str | Path | None = None) -> DatasetDict:
     folder = Path(folder) if folder is not None else Path(str(files('nntrain')/'data'/'mnist'))
     sums = _read_sums(folder)
     return DatasetDict({split: Dataset(_verified_table(folder/f'{split}.parquet', sums)) for split in MNIST_SPLITS})
+
+# %% ../nbs/01_dataloaders.ipynb #891d09c6
+_TRUE_VALUES = ('1', 'ON', 'YES', 'TRUE')   # what huggingface_hub and datasets read as a true environment variable
+HUB_ENDPOINT = 'https://huggingface.co'
+HUB_TIMEOUT = 3.
+
+def _offline_setting() -> str | None:
+    "The first of HF_HUB_OFFLINE and HF_DATASETS_OFFLINE that is set to a true value, as `NAME=value`; else None."
+    for name in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'):
+        value = os.environ.get(name, '')
+        if value.strip().upper() in _TRUE_VALUES: return f'{name}={value}'
+    return None
+
+def _host_and_port(url: str, what: str) -> tuple[str, int]:
+    "The host and port of the http(s) `url`; else a ValueError naming `what` it is."
+    parts = urllib.parse.urlsplit(url)
+    try: port = parts.port
+    except ValueError: port = -1
+    if parts.scheme not in ('http', 'https') or not parts.hostname or port == -1:
+        raise ValueError(f"load_hub_dataset expected {what} to be an http(s) URL such as {HUB_ENDPOINT!r}, got {url!r}")
+    return parts.hostname, port or (443 if parts.scheme == 'https' else 80)
+
+def _first_hop(endpoint: str) -> tuple[str, int, str]:
+    "Where a connection to `endpoint` goes first (its proxy, when one applies), and how to name it in a message."
+    host, port = _host_and_port(endpoint, 'HF_ENDPOINT')
+    proxy = urllib.request.getproxies().get(urllib.parse.urlsplit(endpoint).scheme)
+    if not proxy or urllib.request.proxy_bypass(host): return host, port, f'the hub {endpoint}'
+    proxy_host, proxy_port = _host_and_port(proxy if '://' in proxy else f'http://{proxy}', f'the proxy for {endpoint}')
+    return proxy_host, proxy_port, f'the proxy {proxy_host}:{proxy_port} for the hub {endpoint}'
+
+def _os_reason(e: OSError) -> str: return e.strerror or str(e) or type(e).__name__
+
+def _unreachable(host: str, port: int, timeout: float) -> str | None:
+    "Why no TCP connection to `host:port` opens within `timeout` seconds in all (name lookup included), or None when one does."
+    deadline, found = time.monotonic() + timeout, {}
+    def look_up():   # in a thread: a stalled resolver can block for far longer than `timeout`
+        try: found['addresses'] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as e: found['error'] = e
+    finder = threading.Thread(target=look_up, daemon=True)
+    finder.start()
+    finder.join(timeout)
+    if 'error' in found: return f"its host {host} does not resolve ({_os_reason(found['error'])})"
+    if 'addresses' not in found: return f"its host {host} did not resolve within {timeout:g} s"
+    why = 'no address to connect to'
+    for family, kind, protocol, _, address in found['addresses']:
+        if (left := deadline - time.monotonic()) <= 0: return f"a connection to {host}:{port} did not open within {timeout:g} s"
+        try:
+            with socket.socket(family, kind, protocol) as connection:
+                connection.settimeout(left)
+                connection.connect(address)
+            return None
+        except TimeoutError: why = f"a connection to {host}:{port} did not open within {timeout:g} s"
+        except OSError as e: why = f"a connection to {host}:{port} failed ({_os_reason(e)})"
+    return why
+
+def load_hub_dataset(name: str, timeout: float = HUB_TIMEOUT, **kwargs) -> DatasetDict | None:
+    "`datasets.load_dataset(name, **kwargs)` when the hub can be reached within `timeout` seconds; else one line saying why, and None."
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"load_hub_dataset expected name to be the name of a dataset on the hub (a non-empty str), got {_describe(name)}")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout < math.inf:
+        raise ValueError(f"load_hub_dataset expected timeout to be a finite number of seconds > 0, got {_describe(timeout)}")
+    fallback = 'returning None (load_mnist() gives the bundled digits, offline)'
+    if (setting := _offline_setting()) is not None:
+        print(f"load_hub_dataset({name!r}): {setting} is set, so the hub was not tried; {fallback}")
+        return None
+    endpoint = os.environ.get('HF_ENDPOINT') or HUB_ENDPOINT
+    host, port, target = _first_hop(endpoint)
+    if (why := _unreachable(host, port, timeout)) is not None:
+        print(f"load_hub_dataset({name!r}): {target} cannot be reached: {why}; {fallback}")
+        return None
+    from datasets import load_dataset
+    return load_dataset(name, **kwargs)
 
 # %% ../nbs/01_dataloaders.ipynb #e89ab00a
 def _images_to_tensor(images: list, flatten: bool) -> torch.Tensor:
