@@ -234,6 +234,7 @@ def api_page(pages):
 def add_toc(index, chapters):
     "Give the home page the book's navigation: the chapters in order, then the API reference."
     import nbformat
+    if not index.exists(): nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('# nntrain')]), index)
     nb = nbformat.read(index, as_version=4)
     toc = '```{toctree}\n:hidden:\n:caption: Chapters\n\n' + '\n'.join(chapters) + '\n```\n\n'
     toc += '```{toctree}\n:hidden:\n:caption: Reference\n\napi\n```'
@@ -241,11 +242,27 @@ def add_toc(index, chapters):
     nbformat.write(nb, index)
 
 
+def is_site(folder):
+    "Does `folder` hold a site this script built (the only kind of folder it will replace)?"
+    return (folder/'.nojekyll').is_file() and (folder/'index.html').is_file() and (folder/'_static').is_dir()
+
+
 def build(out, jobs, only=()):
-    "Build the site into `out`; print what each step took."
-    t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix='nntrain-site-') as work:
-        _build(Path(out), jobs, only, Path(work)/'src', t0)
+    "Build the site into `out`, replacing it only once the new one is complete; print what each step took."
+    t0, out = time.time(), Path(out).absolute()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1: sys.exit(f'--jobs expected an int >= 1, got {jobs!r}')
+    if out.exists() and not (out.is_dir() and (is_site(out) or not any(out.iterdir()))):
+        sys.exit(f'refusing to replace {out}: it is not a site built by this script (no .nojekyll, index.html and '
+                 '_static/ in it); give --out a new or empty folder')
+    if out == ROOT or ROOT.is_relative_to(out): sys.exit(f'refusing to build into {out}: it holds the repository')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f'.{out.name}-building-', dir=out.parent))   # beside `out`: one rename swaps them
+    try:
+        _build(work/'html', jobs, only, work/'src', t0)
+        if out.exists(): out.rename(work/'old')
+        (work/'html').rename(out)
+    finally: shutil.rmtree(work, ignore_errors=True)
+    print(f'== site built in {time.time() - t0:.0f}s: {out}/index.html')
 
 
 def _build(out, jobs, only, src, t0):
@@ -274,12 +291,11 @@ def _build(out, jobs, only, src, t0):
     add_toc(src/'index.ipynb', [r['page'] for r in pages if r['page'] != 'index'])
     t1 = time.time()
     print(f'== rendering with Sphinx ({t1 - t0:.0f}s so far)', flush=True)
-    if out.exists(): shutil.rmtree(out)
-    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-j', str(jobs), '-W', '--keep-going', str(src), str(out)]
+    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-j', str(jobs), '-W', '--keep-going', '-d', str(src.parent/'doctrees'), str(src), str(out)]
     r = subprocess.run(cmd, cwd=ROOT)
     if r.returncode: sys.exit(f'sphinx-build failed ({r.returncode}): {" ".join(cmd)}')
     (out/'.nojekyll').touch()
-    print(f'== site built in {time.time() - t0:.0f}s: {out}/index.html ({len(pages)} notebooks + API reference)')
+    print(f'== rendered {len(pages)} notebooks and the API reference')
 
 
 def check_clean():
