@@ -61,6 +61,7 @@ def _check_space(space) -> list[str]:
         if spec.get('log') and value[0] <= 0: problems.append(f"search.{name}: a log range needs low > 0, got {value[0]}")
     return problems
 
+# %% ../nbs/13_search.ipynb #e171af36
 def _apply(config: dict, name: str, value) -> dict:
     "A copy of `config` with `name` (dotted for a key inside a dict setting) set to `value`."
     config = copy.deepcopy(config)
@@ -75,6 +76,7 @@ def _candidates(spec: dict) -> list:
     "The values of a range worth checking before any trial: every choice, or both ends."
     return list(spec['choice']) if 'choice' in spec else list(spec.get('float') or spec.get('int'))
 
+# %% ../nbs/13_search.ipynb #3b161329
 def load_search(path, session: str) -> tuple[dict, dict, str]:
     "The fixed settings (defaults filled in), the search space and the objective of `session` in the YAML at `path`."
     path = Path(path)
@@ -119,6 +121,7 @@ def _suggest(trial, name: str, spec: dict):
 
 def _direction(objective: str) -> str: return 'minimize' if 'loss' in objective else 'maximize'
 
+# %% ../nbs/13_search.ipynb #e064760f
 class PerTrialSeedSampler(optuna.samplers.BaseSampler):
     "Draw each trial with a fresh `make(seed=...)` sampler seeded by `seed` and the trial's number: reproducible, and different in every process sharing a study."
     def __init__(self, make, seed: int = 0): self.make, self.seed, self.sampler = make, seed, make(seed=seed)
@@ -131,6 +134,7 @@ class PerTrialSeedSampler(optuna.samplers.BaseSampler):
     def after_trial(self, study, trial, state, values): self.sampler.after_trial(study, trial, state, values)
     def reseed_rng(self): self.sampler.reseed_rng()
 
+# %% ../nbs/13_search.ipynb #0f3ec2cb
 _COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_RETRIES = 3
 
@@ -149,6 +153,7 @@ def _storage(db: Path, heartbeat: int) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(f"sqlite:///{db}", engine_kwargs={'connect_args': {'timeout': 60}},
                                           heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **{stale: _retry})
 
+# %% ../nbs/13_search.ipynb #98b69afd
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
@@ -169,6 +174,7 @@ class _QuietAfterInterrupt(logging.Filter):
     def __init__(self): super().__init__(); self.interrupted = False
     def filter(self, record): return not self.interrupted
 
+# %% ../nbs/13_search.ipynb #972aab70
 def _same_search(study, base: dict, space: dict, objective: str, db: Path):
     "Record the search's settings in a new study; refuse a study whose trials were run with other settings, naming them."
     flat = json.loads(json.dumps({**base, **{f'search.{k}': v for k, v in space.items()}, 'objective': objective}))
@@ -179,6 +185,7 @@ def _same_search(study, base: dict, space: dict, objective: str, db: Path):
     if changes: raise ConfigError(f"{db} holds the trials of a search with other settings ({'; '.join(changes)}); expected the "
                                   "same settings: give this search another session name or results folder (or move search.db away)")
 
+# %% ../nbs/13_search.ipynb #de7d518d
 def run_search(cfg, session: str, trials: int, results='results', sampler: str = 'tpe', seed: int = 0, pruner=None,
                heartbeat: int = 10) -> optuna.Study:
     "Run `session`'s search until the study in `results/session/search.db` holds `trials` finished (complete or pruned) trials."
@@ -227,6 +234,7 @@ def importances(study: optuna.Study) -> dict:
         except ImportError: continue
     return {}
 
+# %% ../nbs/13_search.ipynb #8c81e32b
 def search_report(study: optuna.Study, cfg, session: str, results='results') -> dict:
     "Write the trial table, the best config and the importances (with a chart) next to the study; return them."
     import matplotlib.pyplot as plt

@@ -34,7 +34,7 @@ from .reports import MisclassifiedS, ReportS
 
 # %% auto #0
 __all__ = ['METRICS', 'environment', 'WeightedCrossEntropy', 'build_learner', 'schedule', 'training_plan', 'confined',
-           'config_changes', 'refuse_links', 'experiment_lock', 'run_experiment', 'run_session']
+           'refuse_links', 'config_changes', 'experiment_lock', 'run_experiment', 'run_session']
 
 # %% ../nbs/12_sessions.ipynb #16c3844c
 def _write_text(path: Path, text: str):
@@ -52,6 +52,7 @@ def environment(config: dict) -> dict:
     except (OSError, subprocess.SubprocessError): info['git_commit'] = None
     return info
 
+# %% ../nbs/12_sessions.ipynb #70a0d4e6
 def _accuracy():
     "A torcheval `MulticlassAccuracy` (torcheval is imported when the first experiment is built, not with nntrain)."
     from torcheval.metrics import MulticlassAccuracy
@@ -59,6 +60,7 @@ def _accuracy():
 
 METRICS = {'accuracy': _accuracy}   # what every experiment reports besides its loss: name to a function making the metric
 
+# %% ../nbs/12_sessions.ipynb #c5cbdd65
 class WeightedCrossEntropy:
     "Cross entropy with per-class `weights`, moved to the predictions' device on first use."
     def __init__(self, weights): self.weights = torch.tensor(weights, dtype=torch.float32)
@@ -66,6 +68,7 @@ class WeightedCrossEntropy:
         if self.weights.device != preds.device: self.weights = self.weights.to(preds.device)
         return F.cross_entropy(preds, targets, weight=self.weights)
 
+# %% ../nbs/12_sessions.ipynb #0667169f
 def build_learner(config: dict) -> tuple[Learner, list | None]:
     "The learner an experiment's `config` describes (seeded), and the dataset's class names."
     set_seed(config['seed'])
@@ -80,6 +83,7 @@ def build_learner(config: dict) -> tuple[Learner, list | None]:
     if config['augment']: subs.append(AugmentS(RandomCrop(2), RandomErase(p=0.3)))
     return Learner(model, dls, loss_fn, optimizer, config['lr'], subs), class_names
 
+# %% ../nbs/12_sessions.ipynb #3890d894
 def schedule(config: dict):
     "The `SchedulerS` of `config['scheduler']`, or None; `SchedulerS` fills in the length of the fit from the learner's plan (`learn.n_iterations`)."
     name = config['scheduler']
@@ -96,6 +100,7 @@ def training_plan(config: dict, batches_per_epoch: int) -> tuple[int, int, int |
     valid_every = config['valid_every'] * unit if config['valid_every'] else (batches_per_epoch if config['num_epochs'] else total)
     return total, valid_every, (config['checkpoint_every'] * unit if config['checkpoint_every'] else None)
 
+# %% ../nbs/12_sessions.ipynb #ad0c4ebd
 def confined(root, *names: str) -> Path:
     "`root/names...` when every name is a plain folder name and the path stays inside `root`; else a `ConfigError`."
     root = Path(root)
@@ -111,6 +116,20 @@ def confined(root, *names: str) -> Path:
         raise ConfigError(f"{path} leads outside the results folder {str(root)!r} (through a link); expected a folder inside it")
     return path
 
+# %% ../nbs/12_sessions.ipynb #5deb9be9
+def refuse_links(folder):
+    "A `ConfigError` naming the first symbolic link (or pipe, socket, device) in `folder` or below: nntrain writes there."
+    for top, dirs, files in os.walk(folder):   # does not follow links to folders
+        for name in dirs + files:
+            mode = os.lstat(path := os.path.join(top, name)).st_mode
+            if stat.S_ISLNK(mode):
+                raise ConfigError(f"{path} is a symbolic link; expected only real files and folders inside the results "
+                                  "folder, where nntrain writes (remove the link)")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ConfigError(f"{path} is not a regular file or folder (a pipe, socket or device); expected only real "
+                                  "files and folders inside the results folder (remove it)")
+
+# %% ../nbs/12_sessions.ipynb #1c3ca01d
 _UNSET = '(unset)'
 
 def config_changes(config: dict, folder) -> list[str]:
@@ -131,6 +150,7 @@ def _stored_config(path: Path) -> dict | str:
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e: return f"config.yaml cannot be read ({type(e).__name__})"
     return old if isinstance(old, dict) else f"config.yaml holds {type(old).__name__}, not a config"
 
+# %% ../nbs/12_sessions.ipynb #4ed7ab1c
 def _free_name(path: Path, word: str) -> Path:
     "The first `<name>.<word>-N` beside `path` that does not exist."
     n = 1
@@ -142,6 +162,7 @@ def _set_aside(folder: Path) -> Path:
     folder.rename(aside := _free_name(folder, 'replaced'))
     return aside
 
+# %% ../nbs/12_sessions.ipynb #d4ff17f2
 def _resume_point(folder: Path) -> Path | None:
     "The newest checkpoint in `folder` that loads; damaged ones are renamed `*.damaged` (kept, never resumed), with a note."
     for path in reversed(checkpoints(folder)):
@@ -178,18 +199,7 @@ def _finished(folder: Path) -> dict | None:
     except (OSError, ValueError): return None
     return result if isinstance(result, dict) else None
 
-def refuse_links(folder):
-    "A `ConfigError` naming the first symbolic link (or pipe, socket, device) in `folder` or below: nntrain writes there."
-    for top, dirs, files in os.walk(folder):   # does not follow links to folders
-        for name in dirs + files:
-            mode = os.lstat(path := os.path.join(top, name)).st_mode
-            if stat.S_ISLNK(mode):
-                raise ConfigError(f"{path} is a symbolic link; expected only real files and folders inside the results "
-                                  "folder, where nntrain writes (remove the link)")
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise ConfigError(f"{path} is not a regular file or folder (a pipe, socket or device); expected only real "
-                                  "files and folders inside the results folder (remove it)")
-
+# %% ../nbs/12_sessions.ipynb #2e80d8bc
 def experiment_lock(folder, timeout: float = -1) -> filelock.BaseFileLock:
     "The lock that gives one process at a time an experiment `folder` (kept beside it, in `.locks/`); released if its owner dies."
     folder = Path(folder)
@@ -199,6 +209,7 @@ def experiment_lock(folder, timeout: float = -1) -> filelock.BaseFileLock:
     refuse_links(locks)
     return filelock.FileLock(locks/f'{folder.name}.lock', timeout=timeout)
 
+# %% ../nbs/12_sessions.ipynb #32681073
 def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
     "Train the experiment `config` in `folder` (skip it if finished, resume it if interrupted); return its result."
     folder = Path(folder)
@@ -224,6 +235,7 @@ def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
         _write_text(folder/'result.json', json.dumps(result))
         return {**result, 'status': 'resumed' if resume else 'trained'}
 
+# %% ../nbs/12_sessions.ipynb #674a88b0
 def _cell(value) -> str:
     "A summary cell: floats to four significant digits (1e-05 stays readable), anything else as `str`."
     return f'{value:.4g}' if isinstance(value, float) else str(value)
@@ -232,6 +244,7 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     return columns, [[_cell(row.get(c, '')) for c in columns] for row in rows]
 
+# %% ../nbs/12_sessions.ipynb #e9f452bb
 def _check_unchanged(experiments, folders: dict, rerun_changed: bool):
     "Refuse (listing every changed key) or set aside the folders of experiments whose stored config differs."
     changed = {i: c for i, config in experiments if (c := config_changes(config, folders[i]))}
@@ -245,6 +258,7 @@ def _check_unchanged(experiments, folders: dict, rerun_changed: bool):
         with experiment_lock(folders[i]):
             if config_changes(dict(experiments)[i], folders[i]): print(f"== set aside the old run as {_set_aside(folders[i]).name}")
 
+# %% ../nbs/12_sessions.ipynb #e2f42c9f
 def run_session(cfg, session: str, results='results', rerun_changed: bool = False, max_experiments: int = 10_000) -> list[dict]:
     "Run every experiment of `session` in `cfg` (checked first: nothing runs if any is wrong); write and print a summary."
     experiments = load_session(cfg, session, max_experiments=max_experiments)
