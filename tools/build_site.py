@@ -178,7 +178,7 @@ def convert(nb, base):
             tags.append('hide-input')
             summary = opts.get('code-summary', 'Code')
             new.metadata['mystnb'] = {'code_prompt_show': summary, 'code_prompt_hide': summary}
-        if 'export' in opts or 'exports' in opts:
+        if (getattr(cell, 'directives_', None) or {}).keys() & {'export', 'exports'}:   # nbdev took the line out
             new.metadata['exported'] = True
             if only_imports(code) and 'hide-input' not in tags:   # a module's imports: one click away, not a wall
                 tags.append('hide-input')
