@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +43,13 @@ def export_onnx(model_or_learn: nn.Module | Learner, path, example: torch.Tensor
     names = dict(input_names=['input'], output_names=['output'])
     try:
         try:
-            torch.onnx.export(model, (example,), str(tmp), opset_version=opset, dynamo=False,
-                              dynamic_axes={'input': {0: 'batch'}, 'output': {0: 'batch'}}, **names)
+            with warnings.catch_warnings():   # the TorchScript exporter is chosen on purpose (see above): its deprecation notice is not news
+                warnings.filterwarnings('ignore', message='You are using the legacy TorchScript-based ONNX export', category=DeprecationWarning)
+                torch.onnx.export(model, (example,), str(tmp), opset_version=opset, dynamo=False,
+                                  dynamic_axes={'input': {0: 'batch'}, 'output': {0: 'batch'}}, **names)
         except Exception:
             batch = torch.export.Dim('batch')
-            torch.onnx.export(model, (example,), str(tmp), opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), **names)
+            torch.onnx.export(model, (example,), str(tmp), opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), verbose=False, **names)
         onnx.checker.check_model(str(tmp))
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
