@@ -34,3 +34,4 @@ html_show_sourcelink = False
 html_copy_source = False
 html_theme_options = {'source_repository': _cfg['git_url'] + '/', 'source_branch': _cfg['branch'], 'source_directory': 'nbs/'}
 html_favicon = '_static/favicon.svg'
+suppress_warnings = ['myst.header']   # show_doc entries are level-3 headings, also in chapters without level-2 sections

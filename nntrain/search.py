@@ -249,10 +249,9 @@ def search_report(study: optuna.Study, cfg, session: str, results='results') -> 
     _write_text(folder/'best.yaml', yaml.safe_dump({f'{session}_best': best}, sort_keys=False))
     found = importances(study)
     _write_text(folder/'importance.json', json.dumps(found, indent=1))
-    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * max(len(found), 1)))
+    fig, ax = plt.subplots(figsize=(5, 1.2 + 0.4 * len(found)), layout='constrained')   # room for the title with one bar
     ax.barh(list(found)[::-1], list(found.values())[::-1], color='#d62')
     ax.set_xlabel('importance'); ax.set_title(f'{session}: what mattered for {objective}')
-    fig.tight_layout()
     write_atomically(folder/'importance.png', lambda f: fig.savefig(f, format='png', dpi=100))
     plt.close(fig)
     summary = {'best_trial': study.best_trial.number, 'best_value': study.best_value, 'best_params': study.best_trial.params,

@@ -67,9 +67,13 @@ def browser():
 
 
 def chapters():
-    "(notebook, page) for every notebook the site is built from: nbdev names a page after its notebook."
+    "(notebook, nbdev's page name, the page on the site) for every notebook the site is built from."
     nbs = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
-    return [(p, 'index' if p.stem == 'index' else re.sub(r'^\d+_', '', p.stem)) for p in nbs]
+    found = []
+    for p in nbs:
+        name = 'index' if p.stem == 'index' else re.sub(r'^\d+_', '', p.stem)   # 02_learner.ipynb -> learner.html
+        found.append((p, name, p.stem if name in ('search', 'genindex') else name))  # Sphinx's own pages keep theirs
+    return found
 
 
 def documented(page):
@@ -131,7 +135,7 @@ def check_page(driver, base, name, shots):
 
 def test_a_page_per_notebook(site):
     pages = {p.name for p in site.glob('*.html')}
-    expected = {f'{page}.html' for _, page in chapters()} | {'api.html'}
+    expected = {f'{page}.html' for _, _, page in chapters()} | {'api.html'}
     assert not expected - pages, f'pages missing from the site: {sorted(expected - pages)}'
 
 
@@ -146,12 +150,12 @@ def test_every_page_renders_in_chromium(site, server, browser):
         f'{page}:\n  ' + '\n  '.join(found[:20]) for page, found in problems.items())
 
 
-@pytest.mark.parametrize('nb,page', chapters(), ids=[p for _, p in chapters()])
-def test_chapter_page(site, server, browser, nb, page):
+@pytest.mark.parametrize('nb,name,page', chapters(), ids=[p for _, _, p in chapters()])
+def test_chapter_page(site, server, browser, nb, name, page):
     browser.get(f'{server}{page}.html')
     ids = set(browser.execute_script(
         "return [...document.querySelectorAll('section[id], h1[id], h2[id], h3[id], h4[id]')].map(e => e.id)"))
-    missing = [name for name, a in documented(page) if a not in ids]
+    missing = [sym for sym, a in documented(name) if a not in ids]
     assert not missing, f'{page}.html lacks the show_doc entries of {missing}'
     text = html.unescape(browser.execute_script("return document.querySelector('article').innerText"))
     shown = [line for line in hidden_lines(nb) if line in text]

@@ -18,7 +18,7 @@ The build has four steps, each an existing tool doing what it is made for:
    page, and links to the published site into links within this one; then write the API reference page.
 4. **Render** with Sphinx and myst-nb (theme: furo) into a static site with no resource from another host.
 """
-import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, functools, json, os, re, shutil, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -115,14 +115,31 @@ def anchor(text):
     return make_id(text)
 
 
+SPHINX_PAGES = {'search', 'genindex'}   # pages Sphinx writes itself: a chapter of that name keeps its notebook's name
+
+
+@functools.lru_cache
+def site_pages():
+    "nbdev's page name of each notebook (`02_learner.ipynb` -> `learner`) -> its page on this site."
+    names = {}
+    for p in notebooks():
+        nbdev_name = 'index' if p.stem == 'index' else re.sub(r'^\d+_', '', p.stem)
+        names[nbdev_name] = p.stem if nbdev_name in SPHINX_PAGES else nbdev_name
+    return names
+
+
 def local_links(md, base):
     "Links to the published site become links within this build (nbdev's anchors -> docutils' ids)."
+    pages = site_pages()
+    def page(name): return pages.get(name, name)
+    # nbdev also links the private names it indexes (`_check_int`); they have no entry on the page, so no link
+    md = re.sub(r'\[([^\]]*)\]\(' + re.escape(base) + r'[\w.-]+\.html#_[^)\s]*\)', r'\1', md)
     def fix(m):
-        page, frag = m.group(1), m.group(2)
-        return f'({page}' + (f'#{anchor(frag)}' if frag else '') + ')'
-    md = re.sub(r'\(' + re.escape(base) + r'([\w.-]+\.html)(?:#([^)\s]+))?\)', fix, md)
+        frag = m.group(2)
+        return f'({page(m.group(1))}.html' + (f'#{anchor(frag)}' if frag else '') + ')'
+    md = re.sub(r'\(' + re.escape(base) + r'([\w.-]+)\.html(?:#([^)\s]+))?\)', fix, md)
     # links between notebooks (`02_learner.ipynb`, as on GitHub) become links between pages (`learner.html`)
-    return re.sub(r'\((?:nbs/)?\d+_([\w-]+)\.ipynb(#[^)\s]*)?\)', lambda m: f'({m.group(1)}.html{m.group(2) or ""})', md)
+    return re.sub(r'\((?:nbs/)?\d+_([\w-]+)\.ipynb(#[^)\s]*)?\)', lambda m: f'({page(m.group(1))}.html{m.group(2) or ""})', md)
 
 
 def show_doc_markdown(md, base):
@@ -195,7 +212,7 @@ def convert(nb, base):
         i += 1
     for c in cells: c.metadata.pop('show_doc', None); c.metadata.pop('exported', None)
     out.cells = cells
-    page = Path(fm.get('output-file', 'index.html')).stem
+    page = site_pages().get(Path(fm.get('output-file', 'index.html')).stem, 'index')
     return page, fm.get('title', page), out, api
 
 
