@@ -180,7 +180,10 @@ def convert(nb, base):
         if opts.get('output') == 'asis' or 'show_doc(' in src:   # show_doc: its markdown becomes part of the page
             md = ''.join(''.join(o.get('data', {}).get('text/markdown', '')) for o in cell.get('outputs', []))
             md = show_doc_markdown(md, base)
-            for name in re.findall(r'^#{2,4} (.+)$', md, re.M): api.append((name.strip(), anchor(name.strip())))
+            names = [n.strip() for n in re.findall(r'^#{2,4} (.+)$', md, re.M)]
+            if names and names[0] in {a[0] for a in api}: continue      # documented once per page
+            doc = re.search(r'^\*(.+)\*\s*$', md, re.M)
+            api += [(n, anchor(n), doc.group(1) if doc and k == 0 else '') for k, n in enumerate(names)]
             new = nbformat.v4.new_markdown_cell(md); new.metadata['show_doc'] = True
             cells.append(new); continue
         code = strip_directives(src)
@@ -239,11 +242,14 @@ def build_page(path, src_dir, base):
 def api_page(pages):
     "The API reference: every `show_doc` entry of the book, chapter by chapter, linked to its section."
     lines = ['# API reference', '', 'Every name the chapters document, in the order the book introduces them. '
-             'Each links to its entry in its chapter: signature, docstring, parameters, and the code itself.', '']
+             'Each links to its entry in the chapter that introduces it: signature, docstring, parameters, and the code.', '']
+    seen = set()
     for p in pages:
-        if not p['api']: continue
+        entries = [e for e in p['api'] if e[0] not in seen]     # a name shown again by a later chapter: its first entry
+        seen.update(e[0] for e in entries)
+        if not entries: continue
         lines += [f"## {p['title']}", '']
-        lines += [f"- [`{name}`]({p['page']}.html#{a})" for name, a in p['api']]
+        lines += [f"- [`{name}`]({p['page']}.html#{a})" + (f': {doc}' if doc else '') for name, a, doc in entries]
         lines.append('')
     return '\n'.join(lines)
 
