@@ -23,7 +23,7 @@ nb_output_stderr = 'show'
 nb_render_markdown_format = 'myst'
 nb_ipywidgets_js = {}            # no widget JavaScript from a CDN: the site loads nothing from another host
 nb_mime_priority_overrides = [('html', 'image/jpeg', None)]   # PIL images come as PNG and JPEG; keep one
-myst_enable_extensions = ['colon_fence', 'attrs_inline']
+myst_enable_extensions = ['colon_fence', 'attrs_inline', 'attrs_block']
 myst_all_links_external = True     # the builder already made every link point at a page of this site
 
 html_theme = 'furo'
@@ -32,6 +32,7 @@ html_static_path = ['_static']
 html_css_files = ['nntrain.css']
 html_show_sourcelink = False
 html_copy_source = False
-html_theme_options = {'source_repository': _cfg['git_url'] + '/', 'source_branch': _cfg['branch'], 'source_directory': 'nbs/'}
+# No "edit this page" button: a page is a notebook run and processed, not a file in the repository; each page names
+# and links its notebook under the title instead.
 html_favicon = '_static/favicon.svg'
 suppress_warnings = ['myst.header']   # show_doc entries are level-3 headings, also in chapters without level-2 sections

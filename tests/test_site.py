@@ -72,7 +72,8 @@ def chapters():
     found = []
     for p in nbs:
         name = 'index' if p.stem == 'index' else re.sub(r'^\d+_', '', p.stem)   # 02_learner.ipynb -> learner.html
-        found.append((p, name, p.stem if name in ('search', 'genindex') else name))  # Sphinx's own pages keep theirs
+        found.append((p, name, p.stem if name in ('search', 'genindex', 'py-modindex', 'api') else name))  # Sphinx's own
+                                                                                # pages (and the API page) keep theirs
     return found
 
 
@@ -110,9 +111,17 @@ def fetch(url):
     return _fetched[url]
 
 
+def open_page(driver, url):
+    "Open `url` and wait until it has loaded, article and all."
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver.get(url)
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+        "return document.readyState === 'complete' && !!document.querySelector('article')"))
+
+
 def check_page(driver, base, name, shots):
     "Open one page; return the problems found on it."
-    driver.get(base + name)
+    open_page(driver, base + name)
     driver.execute_script("document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager')")
     driver.execute_script("return new Promise(done => { const wait = () => [...document.images].every(i => i.complete)"
                           " ? done() : setTimeout(wait, 50); wait(); })")
@@ -120,6 +129,12 @@ def check_page(driver, base, name, shots):
     broken = driver.execute_script("return [...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
                                    ".map(i => i.getAttribute('src'))")
     problems += [f'image not loaded: {src}' for src in broken]
+    used = driver.execute_script(
+        "return [...performance.getEntriesByType('resource').map(e => e.name),"
+        " ...[...document.querySelectorAll('[src]')].map(e => e.src),"
+        " ...[...document.querySelectorAll('link[href]:not([rel~=canonical])')].map(e => e.href)]")
+    problems += [f'loads from another host: {u}' for u in sorted(set(used))
+                 if urlparse(u).scheme in ('http', 'https') and urlparse(u).netloc != urlparse(base).netloc]
     hrefs = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
     for href in sorted(set(hrefs)):
         url, frag = urldefrag(href)
@@ -152,7 +167,7 @@ def test_every_page_renders_in_chromium(site, server, browser):
 
 @pytest.mark.parametrize('nb,name,page', chapters(), ids=[p for _, _, p in chapters()])
 def test_chapter_page(site, server, browser, nb, name, page):
-    browser.get(f'{server}{page}.html')
+    open_page(browser, f'{server}{page}.html')
     ids = set(browser.execute_script(
         "return [...document.querySelectorAll('section[id], h1[id], h2[id], h3[id], h4[id]')].map(e => e.id)"))
     missing = [sym for sym, a in documented(name) if a not in ids]
@@ -177,3 +192,22 @@ def test_nbdev_processing_runs_every_notebook(tmp_path):
     assert 'Found cells containing imports and other code' not in out, out[-4000:]
     made = sorted(p.name for p in (tmp_path/'_proc').glob('*.ipynb'))
     assert made == sorted(p.name for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_')), made
+
+
+def test_api_reference_links_land_on_their_entries(site, server, browser):
+    "Each name on the API page links to the heading of that very name (`Summary` and `summary` are two entries)."
+    open_page(browser, f'{server}api.html')
+    links = browser.execute_script("return [...document.querySelectorAll('article li')].map(li => li.querySelector('a'))"
+                                   ".filter(a => a).map(a => [a.innerText, a.href])")
+    assert len(links) >= len(chapters()), f'the API page lists only {len(links)} names'
+    wrong, pages = [], {}
+    for text, href in links:
+        url, frag = urldefrag(href)
+        if url not in pages:
+            open_page(browser, url)
+            pages[url] = browser.execute_script(
+                "const m = {}; document.querySelectorAll('section').forEach(s => { const h = s.querySelector('h1,h2,h3,h4');"
+                " const ids = [s.id, ...[...s.querySelectorAll(':scope > span[id]')].map(e => e.id)];"
+                " ids.forEach(i => { if (i) m[i] = h ? h.innerText.replace(/[#¶]/g, '').trim() : ''; }); }); return m;")
+        if pages[url].get(frag) != text.strip(): wrong.append(f'{text} -> {href} (lands on {pages[url].get(frag)!r})')
+    assert not wrong, 'API links that land elsewhere:\n' + '\n'.join(wrong[:20])

@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CELL_TIMEOUT = 600             # seconds a cell may run before the build gives up on its notebook
+STAMP = '.nntrain-site'        # written into every site this script builds: the only folders it will replace
 NBS, DOCS = ROOT/'nbs', ROOT/'docs'
 _directive = re.compile(r'^\s*#\|\s*([\w-]+):?\s*(.*?)\s*$')
 
@@ -39,10 +41,16 @@ def notebooks(only=()):
 
 
 # ---- 1. execute
-def execute(path, timeout=900):
+class NotebookFailed(Exception): pass
+
+_ansi = re.compile(r'\x1b\[[0-9;]*m')
+
+
+def execute(path, timeout=CELL_TIMEOUT):
     "Run the notebook at `path` in a fresh Jupyter kernel; return the executed notebook (an nbformat node)."
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == 'code' and directives(cell.source).get('eval', '').lower() == 'false':
@@ -51,7 +59,23 @@ def execute(path, timeout=900):
     env.setdefault('OMP_NUM_THREADS', '1')
     client = NotebookClient(nb, kernel_name='python3', timeout=timeout, resources={'metadata': {'path': str(path.parent)}},
                             extra_arguments=['--IPKernelApp.log_level=ERROR'])   # not its warning about local TCP
-    client.execute(env=env)
+    try: client.execute(env=env)
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
+        # the cell that ran last is the first code cell (not skipped) without an execution count... or the one that failed
+        ran = [i for i, c in enumerate(nb.cells) if c.cell_type == 'code' and c.get('execution_count')]
+        failed = next((i for i, c in enumerate(nb.cells) if any(o.get('output_type') == 'error' for o in c.get('outputs', []))),
+                      None)
+        i = failed if failed is not None else next((k for k, c in enumerate(nb.cells) if c.cell_type == 'code'
+                                                    and 'skip-execution' not in c.metadata.get('tags', [])
+                                                    and not c.get('execution_count') and k > max(ran, default=-1)), None)
+        where = f'cell {i} (id {nb.cells[i].get("id")})' if i is not None else 'a cell'
+        what = {CellTimeoutError: f'did not finish within {timeout} s (--cell-timeout)',
+                DeadKernelError: 'killed its kernel'}.get(type(e))
+        if what is None:
+            out = next(o for o in nb.cells[i].outputs if o.get('output_type') == 'error') if failed is not None else None
+            what = f"raised {out['ename']}: {_ansi.sub('', out['evalue'])}" if out else _ansi.sub('', str(e))[-800:]
+        src = nb.cells[i].source if i is not None else ''
+        raise NotebookFailed(f'{path.name}: {where} {what}\n--- the cell:\n{src}') from None
     return nb
 
 
@@ -109,13 +133,22 @@ def site_url():
     return d['doc_host'].rstrip('/') + '/' + d['doc_baseurl'].strip('/') + '/'
 
 
+def notebook_url(path):
+    "The notebook's page on the project's repository (from settings.ini)."
+    import configparser
+    cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
+    d = cfg['DEFAULT']
+    return f"{d['git_url'].rstrip('/')}/blob/{d['branch']}/{path.relative_to(ROOT).as_posix()}"
+
+
 def anchor(text):
     "The id docutils gives a section titled `text`."
     from docutils.nodes import make_id
     return make_id(text)
 
 
-SPHINX_PAGES = {'search', 'genindex'}   # pages Sphinx writes itself: a chapter of that name keeps its notebook's name
+SPHINX_PAGES = {'search', 'genindex', 'py-modindex', 'api'}   # pages Sphinx (or this script) writes: a chapter of that
+                                                              # name keeps its notebook's name
 
 
 @functools.lru_cache
@@ -158,11 +191,11 @@ def only_imports(code):
     return bool(tree.body) and all(map(imp, tree.body))
 
 
-def convert(nb, base):
+def convert(nb, base, nb_url=None):
     "Turn nbdev's processed notebook into the notebook myst-nb renders; also return its API entries."
     import nbformat
     out = nbformat.v4.new_notebook(metadata={k: v for k, v in nb.metadata.items() if k in ('kernelspec', 'language_info')})
-    cells, api, fm = [], [], {}
+    cells, api, fm, ids = [], [], {}, set()
     for cell in nb.cells:
         src = cell.get('source') or ''
         if cell.cell_type == 'raw' and src.startswith('---'):
@@ -170,9 +203,11 @@ def convert(nb, base):
             fm = yaml.safe_load(src.strip().strip('-')) or {}
             head = f"# {fm.get('title', '')}"
             if fm.get('description'): head += f"\n\n{fm['description']}"
+            if nb_url: head += f"\n\n{{.nb-source}}\nThis page is the notebook [{nb_url.rsplit('/', 2)[-2]}/{nb_url.rsplit('/', 1)[-1]}]({nb_url}), run top to bottom."
             cells.append(nbformat.v4.new_markdown_cell(head)); continue
         if cell.cell_type == 'markdown':
             if 'AUTOGENERATED' in src and src.startswith('<!--'): continue
+            ids.update(anchor(h) for h in re.findall(r'^#{1,6} (.+?)\s*$', src, re.M))
             cells.append(nbformat.v4.new_markdown_cell(local_links(src, base))); continue
         if cell.cell_type != 'code': continue
         opts = directives(src)
@@ -183,7 +218,13 @@ def convert(nb, base):
             names = [n.strip() for n in re.findall(r'^#{2,4} (.+)$', md, re.M)]
             if names and names[0] in {a[0] for a in api}: continue      # documented once per page
             doc = re.search(r'^\*(.+)\*\s*$', md, re.M)
-            api += [(n, anchor(n), doc.group(1) if doc and k == 0 else '') for k, n in enumerate(names)]
+            for k, n in enumerate(names):
+                a = anchor(n)
+                if a in ids:                      # `Summary` and `summary`: docutils gives the second a numbered id
+                    a = next(f'{a}-{j}' for j in range(2, 999) if f'{a}-{j}' not in ids)
+                    md = re.sub(r'^(#{2,4} ' + re.escape(n) + r')\s*$', f'({a})=\n\\1', md, count=1, flags=re.M)
+                ids.add(a)
+                api.append((n, a, doc.group(1) if doc and k == 0 else ''))
             new = nbformat.v4.new_markdown_cell(md); new.metadata['show_doc'] = True
             cells.append(new); continue
         code = strip_directives(src)
@@ -219,20 +260,32 @@ def convert(nb, base):
     return page, fm.get('title', page), out, api
 
 
-def build_page_in_subprocess(path, src_dir):
+def _die_with_parent():
+    "In a child: be killed when the build is (Linux); elsewhere a killed build leaves its worker to finish its notebook."
+    try:
+        import ctypes, signal
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass
+
+
+def build_page_in_subprocess(path, src_dir, timeout):
     "`build_page` in a process of its own, so no notebook's state reaches another's."
-    r = subprocess.run([sys.executable, __file__, 'page', str(path), str(src_dir)], cwd=ROOT, capture_output=True, text=True)
-    if r.returncode: raise RuntimeError((r.stdout + r.stderr).strip()[-4000:])
+    r = subprocess.run([sys.executable, __file__, 'page', str(path), str(src_dir), '--cell-timeout', str(timeout)], cwd=ROOT,
+                       capture_output=True, text=True, preexec_fn=_die_with_parent)
+    if r.returncode:
+        text = (r.stdout + r.stderr).strip()
+        failure = text[text.rindex('NotebookFailed: ') + 16:] if 'NotebookFailed: ' in text else text[-4000:]
+        raise RuntimeError(_ansi.sub('', failure))
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def build_page(path, src_dir, base):
+def build_page(path, src_dir, base, timeout=CELL_TIMEOUT):
     "Execute, process and convert one notebook; write it to `src_dir`; return what the index and API page need."
     import nbformat
     t0 = time.time()
-    executed = execute(path)
+    executed = execute(path, timeout)
     t1 = time.time()
-    page, title, nb, api = convert(process(executed, path), base)
+    page, title, nb, api = convert(process(executed, path), base, notebook_url(path))
     nbformat.write(nb, src_dir/f'{page}.ipynb')
     stray = [(i, o.get('text', '')[:200]) for i, c in enumerate(executed.cells) for o in c.get('outputs', [])
              if o.get('output_type') == 'stream' and o.get('name') == 'stderr']
@@ -267,28 +320,50 @@ def add_toc(index, chapters):
 
 def is_site(folder):
     "Does `folder` hold a site this script built (the only kind of folder it will replace)?"
-    return (folder/'.nojekyll').is_file() and (folder/'index.html').is_file() and (folder/'_static').is_dir()
+    return (folder/STAMP).is_file() and (folder/'index.html').is_file()
 
 
-def build(out, jobs, only=()):
+def _alive(pid):
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    return True
+
+
+def clear_leftovers(out):
+    "Remove what killed builds into `out` left beside it; if one died between its two renames, put the old site back."
+    for work in out.parent.glob(f'.{out.name}-building-*'):
+        pid = work.name.rsplit('-', 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)): continue
+        if not out.exists() and is_site(work/'old'): (work/'old').rename(out); print(f'put back the site a killed build had moved aside: {out}')
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build(out, jobs, only=(), timeout=CELL_TIMEOUT):
     "Build the site into `out`, replacing it only once the new one is complete; print what each step took."
     t0, out = time.time(), Path(out).absolute()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1: sys.exit(f'--jobs expected an int >= 1, got {jobs!r}')
-    if out.exists() and not (out.is_dir() and (is_site(out) or not any(out.iterdir()))):
-        sys.exit(f'refusing to replace {out}: it is not a site built by this script (no .nojekyll, index.html and '
-                 '_static/ in it); give --out a new or empty folder')
     if out == ROOT or ROOT.is_relative_to(out): sys.exit(f'refusing to build into {out}: it holds the repository')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f'.{out.name}-building-', dir=out.parent))   # beside `out`: one rename swaps them
+    if out.parent.is_dir(): clear_leftovers(out)
+    if out.is_file() or out.is_symlink(): sys.exit(f'refusing to replace {out}: it is a file or a link; give --out a folder')
+    if out.exists() and not (is_site(out) or not any(out.iterdir())):
+        sys.exit(f'refusing to replace {out}: it is not a site built by this script (it has no {STAMP} file); '
+                 'give --out a new or empty folder')
     try:
-        _build(work/'html', jobs, only, work/'src', t0)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # beside `out`, so that two renames swap the sites; the name carries our pid, for clear_leftovers
+        work = out.parent/f'.{out.name}-building-{os.getpid()}'
+        work.mkdir()
+    except OSError as e: sys.exit(f'cannot write beside {out}: {e}')
+    try:
+        _build(work/'html', jobs, only, work/'src', t0, timeout)
         if out.exists(): out.rename(work/'old')
         (work/'html').rename(out)
     finally: shutil.rmtree(work, ignore_errors=True)
     print(f'== site built in {time.time() - t0:.0f}s: {out}/index.html')
 
 
-def _build(out, jobs, only, src, t0):
+def _build(out, jobs, only, src, t0, timeout):
     src.mkdir(parents=True)
     for f in DOCS.iterdir():
         if f.is_dir(): shutil.copytree(f, src/f.name)
@@ -299,11 +374,11 @@ def _build(out, jobs, only, src, t0):
     todo = notebooks(only)
     print(f'== executing and processing {len(todo)} notebooks with {jobs} workers', flush=True)
     with ThreadPoolExecutor(jobs) as pool:
-        futs = {pool.submit(build_page_in_subprocess, p, src): p for p in todo}
+        futs = {pool.submit(build_page_in_subprocess, p, src, timeout): p for p in todo}
         for f in as_completed(futs):
             try: r = f.result()
             except Exception as e:
-                failed.append(futs[f].name); print(f'FAILED {futs[f].name}:\n{e}', flush=True); continue
+                failed.append(futs[f].name); print(f'FAILED {e}', flush=True); continue
             pages.append(r)
             print(f"  {r['nb']:28} ran {r['run_s']:5.1f}s, nbdev {r['proc_s']:4.1f}s -> {r['page']}.html", flush=True)
             for i, text in r['stray']: print(f"    stderr in cell {i}: {text.strip().splitlines()[0][:150]}")
@@ -317,7 +392,8 @@ def _build(out, jobs, only, src, t0):
     cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-j', str(jobs), '-W', '--keep-going', '-d', str(src.parent/'doctrees'), str(src), str(out)]
     r = subprocess.run(cmd, cwd=ROOT)
     if r.returncode: sys.exit(f'sphinx-build failed ({r.returncode}): {" ".join(cmd)}')
-    (out/'.nojekyll').touch()
+    (out/'.nojekyll').touch()     # GitHub Pages: serve _static/ and friends as they are
+    (out/STAMP).write_text('A site built by tools/build_site.py, which replaces only folders holding this file.\n')
     print(f'== rendered {len(pages)} notebooks and the API reference')
 
 
@@ -326,7 +402,8 @@ def check_clean():
     bad = []
     for p in notebooks():
         if p.stem == 'index': continue
-        nb = json.loads(p.read_text())
+        try: nb = json.loads(p.read_text())
+        except ValueError as e: bad.append(f'{p.relative_to(ROOT)}: not a notebook (invalid JSON: {e})'); continue
         n = sum(bool(c.get('outputs')) or c.get('execution_count') is not None for c in nb['cells'] if c['cell_type'] == 'code')
         if n: bad.append(f'{p.relative_to(ROOT)}: {n} code cell(s) with outputs or an execution count')
     if bad:
@@ -341,11 +418,12 @@ if __name__ == '__main__':
     b = sub.add_parser('build', help='execute the notebooks and render the site')
     b.add_argument('--out', default=str(ROOT/'_site'), help='where the site is written (default: _site)')
     b.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1), help='notebooks executed at once')
-    b.add_argument('--only', nargs='*', default=(), help='build only the notebooks whose names start with these')
+    b.add_argument('--only', nargs='+', default=(), help='build only the notebooks whose names start with these')
+    b.add_argument('--cell-timeout', type=int, default=CELL_TIMEOUT, help=f'seconds a cell may run (default {CELL_TIMEOUT})')
     sub.add_parser('check-clean', help='fail if a chapter notebook carries outputs')
     pg = sub.add_parser('page', help='(used by build) execute, process and convert one notebook')
-    pg.add_argument('notebook'); pg.add_argument('src_dir')
+    pg.add_argument('notebook'); pg.add_argument('src_dir'); pg.add_argument('--cell-timeout', type=int, default=CELL_TIMEOUT)
     a = ap.parse_args()
-    if a.cmd == 'build': build(a.out, a.jobs, a.only)
-    elif a.cmd == 'page': print(json.dumps(build_page(Path(a.notebook), Path(a.src_dir), site_url())))
+    if a.cmd == 'build': build(a.out, a.jobs, a.only, a.cell_timeout)
+    elif a.cmd == 'page': print(json.dumps(build_page(Path(a.notebook), Path(a.src_dir), site_url(), a.cell_timeout)))
     else: check_clean()
