@@ -175,6 +175,8 @@ def test_chapter_page(site, server, browser, nb, name, page):
     text = html.unescape(browser.execute_script("return document.querySelector('article').innerText"))
     shown = [line for line in hidden_lines(nb) if line in text]
     assert not shown, f'{page}.html shows code from hidden cells: {shown[:5]}'
+    stderr = browser.execute_script("return [...document.querySelectorAll('.output.stderr')].map(e => e.innerText.slice(0, 200))")
+    assert not stderr, f'{page}.html shows what its kernel wrote to stderr (warnings?): {stderr[:3]}'
     code_cells = browser.execute_script("return document.querySelectorAll('.cell').length")
     outputs = browser.execute_script("return document.querySelectorAll('.cell_output').length")
     if page not in ('index',) and code_cells > 3: assert outputs, f'{page}.html shows no outputs at all'
