@@ -3,7 +3,7 @@
 Each test builds in a copy of the project's build tools (tools/, docs/, settings.ini) with an `nbs/` of its own,
 so nothing is written into the repository.
 """
-import json, os, signal, subprocess, sys, time
+import json, signal, subprocess, sys, time
 from pathlib import Path
 import shutil
 
@@ -63,6 +63,13 @@ def test_a_cell_that_hangs_is_stopped_by_the_cell_timeout(project):
     r = build(project, '--out', 'site', '--cell-timeout', '3', '--only', '02')
     assert r.returncode != 0 and time.monotonic() - t0 < 90
     assert '02_hang.ipynb: cell 1 (id c1) did not finish within 3 s (--cell-timeout)' in r.stdout + r.stderr
+
+
+def test_a_cell_that_kills_its_kernel_is_named(project):
+    plant(project, '02_die', notebook('MD:# Die\n\n> exits', 'x = 1', 'import os; os._exit(3)'))
+    r = build(project, '--out', 'site', '--only', '02')
+    assert r.returncode != 0
+    assert '02_die.ipynb: cell 2 (id c2) killed its kernel' in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize('kind', ['site-lookalike', 'file', 'link', 'repository'])

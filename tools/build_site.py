@@ -18,7 +18,7 @@ The build has four steps, each an existing tool doing what it is made for:
    page, and links to the published site into links within this one; then write the API reference page.
 4. **Render** with Sphinx and myst-nb (theme: furo) into a static site with no resource from another host.
 """
-import argparse, functools, json, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, functools, json, os, re, shutil, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -51,31 +51,33 @@ def execute(path, timeout=CELL_TIMEOUT):
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    class Client(NotebookClient):
+        "nbclient's runner, remembering which cell it runs, so that a failure can name it."
+        async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+            self.current = cell_index
+            return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == 'code' and directives(cell.source).get('eval', '').lower() == 'false':
             cell.metadata.setdefault('tags', []).append('skip-execution')
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # the kernel's inline backend draws the figures
     env.setdefault('OMP_NUM_THREADS', '1')
-    client = NotebookClient(nb, kernel_name='python3', timeout=timeout, resources={'metadata': {'path': str(path.parent)}},
-                            extra_arguments=['--IPKernelApp.log_level=ERROR'])   # not its warning about local TCP
+    client = Client(nb, kernel_name='python3', timeout=timeout, resources={'metadata': {'path': str(path.parent)}},
+                    extra_arguments=['--IPKernelApp.log_level=ERROR'])   # not its warning about local TCP
+    client.current = None
     try: client.execute(env=env)
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
-        # the cell that ran last is the first code cell (not skipped) without an execution count... or the one that failed
-        ran = [i for i, c in enumerate(nb.cells) if c.cell_type == 'code' and c.get('execution_count')]
-        failed = next((i for i, c in enumerate(nb.cells) if any(o.get('output_type') == 'error' for o in c.get('outputs', []))),
-                      None)
-        i = failed if failed is not None else next((k for k, c in enumerate(nb.cells) if c.cell_type == 'code'
-                                                    and 'skip-execution' not in c.metadata.get('tags', [])
-                                                    and not c.get('execution_count') and k > max(ran, default=-1)), None)
-        where = f'cell {i} (id {nb.cells[i].get("id")})' if i is not None else 'a cell'
-        what = {CellTimeoutError: f'did not finish within {timeout} s (--cell-timeout)',
-                DeadKernelError: 'killed its kernel'}.get(type(e))
-        if what is None:
-            out = next(o for o in nb.cells[i].outputs if o.get('output_type') == 'error') if failed is not None else None
-            what = f"raised {out['ename']}: {_ansi.sub('', out['evalue'])}" if out else _ansi.sub('', str(e))[-800:]
-        src = nb.cells[i].source if i is not None else ''
-        raise NotebookFailed(f'{path.name}: {where} {what}\n--- the cell:\n{src}') from None
+        i = client.current
+        cell = nb.cells[i] if i is not None else {}
+        error = next((o for o in cell.get('outputs', []) if o.get('output_type') == 'error'), None)
+        if isinstance(e, CellTimeoutError): what = f'did not finish within {timeout} s (--cell-timeout)'
+        elif isinstance(e, DeadKernelError): what = 'killed its kernel'
+        elif error: what = f"raised {error['ename']}: {_ansi.sub('', error['evalue'])}"
+        else: what = f'failed: {_ansi.sub("", str(e))[-800:]}'
+        where = f'cell {i} (id {cell.get("id")})' if i is not None else 'a cell'
+        raise NotebookFailed(f'{path.name}: {where} {what}\n--- the cell:\n{cell.get("source", "")}') from None
     return nb
 
 
