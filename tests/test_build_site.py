@@ -3,7 +3,7 @@
 Each test builds in a copy of the project's build tools (tools/, docs/, settings.ini) with an `nbs/` of its own,
 so nothing is written into the repository.
 """
-import json, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import shutil
 
@@ -69,7 +69,7 @@ def test_a_cell_that_kills_its_kernel_is_named(project):
     plant(project, '02_die', notebook('MD:# Die\n\n> exits', 'x = 1', 'import os; os._exit(3)'))
     r = build(project, '--out', 'site', '--only', '02')
     assert r.returncode != 0
-    assert '02_die.ipynb: cell 2 (id c2) killed its kernel' in r.stdout + r.stderr, r.stdout + r.stderr
+    assert '02_die.ipynb: cell 2 (id c2) lost its kernel' in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize('kind', ['site-lookalike', 'file', 'link', 'repository'])
@@ -143,8 +143,46 @@ def test_check_clean_names_chapters_with_outputs_and_broken_notebooks(project):
                                                        'data': {'text/plain': '2'}, 'metadata': {}}])
     plant(project, '02_outputs', nb)
     (project/'nbs'/'03_broken.ipynb').write_text('{')
+    (project/'nbs'/'04_list.ipynb').write_text('[1, 2]')
+    (project/'nbs'/'05_dir.ipynb').mkdir()
+    (project/'nbs'/'sub').mkdir(); (project/'nbs'/'sub'/'06_nested.ipynb').write_text(json.dumps(nb))
     r = subprocess.run([sys.executable, 'tools/build_site.py', 'check-clean'], cwd=project, capture_output=True, text=True)
     assert r.returncode == 1
     assert 'nbs/02_outputs.ipynb: 1 code cell(s) with outputs or an execution count' in r.stderr
-    assert 'nbs/03_broken.ipynb: not a notebook (invalid JSON' in r.stderr
+    assert 'nbs/03_broken.ipynb: not a notebook (JSONDecodeError' in r.stderr
+    assert 'nbs/04_list.ipynb: not a notebook (TypeError' in r.stderr and 'nbs/05_dir.ipynb: not a notebook' in r.stderr
+    assert 'nbs/sub/06_nested.ipynb: 1 code cell(s)' in r.stderr      # notebooks in subfolders are checked too
     assert 'index.ipynb' not in r.stderr                              # index keeps its outputs: the README shows them
+
+
+@pytest.mark.parametrize('names,message', [
+    (['54_index'], '54_index.ipynb'),                         # a chapter may not take the home page...
+    (['50_tiny', '58_tiny'], '50_tiny.ipynb and 58_tiny.ipynb would both be the page tiny.html'),
+    (['59_One'], '01_one.ipynb and 59_One.ipynb would both be the page One.html'),   # ...nor another's, case aside
+])
+def test_two_notebooks_on_one_page_are_refused_before_anything_runs(project, names, message):
+    for n in names: plant(project, n, notebook(f'MD:# {n}\n\n> planted', 'print(1)'))
+    t0 = time.monotonic()
+    r = build(project, '--out', 'site')
+    out = r.stdout + r.stderr
+    if names == ['54_index']:                                  # it keeps its notebook's name instead
+        assert r.returncode == 0, out
+        assert 'tiny' in (project/'site'/'index.html').read_text() and (project/'site'/'54_index.html').exists()
+        return
+    assert r.returncode != 0 and message in out and time.monotonic() - t0 < 20, out
+
+
+def test_a_process_a_notebook_leaves_behind_does_not_hang_the_build(project):
+    plant(project, '02_daemon', notebook('MD:# Daemon\n\n> forks', 'import os, time\nif os.fork() == 0:\n'
+                                         '    os.setsid(); open("daemon.pid", "w").write(str(os.getpid()))\n'
+                                         '    time.sleep(300); os._exit(0)', 'print("parent goes on")'))
+    t0 = time.monotonic()
+    r = build(project, '--out', 'site', '--only', '02', timeout=200)
+    assert r.returncode == 0 and time.monotonic() - t0 < 150, r.stdout + r.stderr
+    os.kill(int((project/'nbs'/'daemon.pid').read_text()), signal.SIGKILL)   # the build cannot police a setsid daemon
+
+
+@pytest.mark.parametrize('value', ['0', '-1'])
+def test_cell_timeout_must_be_positive(project, value):
+    r = build(project, '--out', 'site', '--cell-timeout', value)
+    assert r.returncode != 0 and f'--cell-timeout expected a number of seconds >= 1, got {value}' in r.stdout + r.stderr

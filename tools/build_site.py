@@ -18,7 +18,7 @@ The build has four steps, each an existing tool doing what it is made for:
    page, and links to the published site into links within this one; then write the API reference page.
 4. **Render** with Sphinx and myst-nb (theme: furo) into a static site with no resource from another host.
 """
-import argparse, functools, json, os, re, shutil, subprocess, sys, time
+import argparse, functools, json, os, re, shutil, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -73,7 +73,7 @@ def execute(path, timeout=CELL_TIMEOUT):
         cell = nb.cells[i] if i is not None else {}
         error = next((o for o in cell.get('outputs', []) if o.get('output_type') == 'error'), None)
         if isinstance(e, CellTimeoutError): what = f'did not finish within {timeout} s (--cell-timeout)'
-        elif isinstance(e, DeadKernelError): what = 'killed its kernel'
+        elif isinstance(e, DeadKernelError): what = 'lost its kernel (it died while this cell ran, or just before)'
         elif error: what = f"raised {error['ename']}: {_ansi.sub('', error['evalue'])}"
         else: what = f'failed: {_ansi.sub("", str(e))[-800:]}'
         where = f'cell {i} (id {cell.get("id")})' if i is not None else 'a cell'
@@ -149,23 +149,37 @@ def anchor(text):
     return make_id(text)
 
 
-SPHINX_PAGES = {'search', 'genindex', 'py-modindex', 'api'}   # pages Sphinx (or this script) writes: a chapter of that
-                                                              # name keeps its notebook's name
+SITE_PAGES = {'index', 'search', 'genindex', 'py-modindex', 'api'}   # pages Sphinx or this script write: a chapter of
+                                                                     # such a name keeps its notebook's name
+
+
+def nbdev_name(path):
+    "The page nbdev gives a notebook: `02_learner.ipynb` -> `learner`."
+    return 'index' if path.stem == 'index' else re.sub(r'^\d+_', '', path.stem)
 
 
 @functools.lru_cache
 def site_pages():
-    "nbdev's page name of each notebook (`02_learner.ipynb` -> `learner`) -> its page on this site."
-    names = {}
+    "Each notebook's page on this site, by the notebook's stem; two notebooks on one page are refused."
+    pages, owner = {}, {}
     for p in notebooks():
-        nbdev_name = 'index' if p.stem == 'index' else re.sub(r'^\d+_', '', p.stem)
-        names[nbdev_name] = p.stem if nbdev_name in SPHINX_PAGES else nbdev_name
-    return names
+        name = nbdev_name(p)
+        page = p.stem if p.stem != 'index' and name.lower() in SITE_PAGES else name
+        if page.lower() in owner:      # pages differing only in case are one file on some systems, and one to readers
+            sys.exit(f'{owner[page.lower()]}.ipynb and {p.name} would both be the page {page}.html: rename one')
+        owner[page.lower()], pages[p.stem] = p.stem, page
+    return pages
+
+
+@functools.lru_cache
+def page_of_nbdev_name():
+    "nbdev's page name (what its links use) -> the page on this site."
+    return {nbdev_name(p): site_pages()[p.stem] for p in notebooks()}
 
 
 def local_links(md, base):
     "Links to the published site become links within this build (nbdev's anchors -> docutils' ids)."
-    pages = site_pages()
+    pages = page_of_nbdev_name()
     def page(name): return pages.get(name, name)
     # nbdev also links the private names it indexes (`_check_int`); they have no entry on the page, so no link
     md = re.sub(r'\[([^\]]*)\]\(' + re.escape(base) + r'[\w.-]+\.html#_[^)\s]*\)', r'\1', md)
@@ -258,7 +272,7 @@ def convert(nb, base, nb_url=None):
         i += 1
     for c in cells: c.metadata.pop('show_doc', None); c.metadata.pop('exported', None)
     out.cells = cells
-    page = site_pages().get(Path(fm.get('output-file', 'index.html')).stem, 'index')
+    page = site_pages()[Path(nb.path_).stem]
     return page, fm.get('title', page), out, api
 
 
@@ -272,13 +286,16 @@ def _die_with_parent():
 
 def build_page_in_subprocess(path, src_dir, timeout):
     "`build_page` in a process of its own, so no notebook's state reaches another's."
-    r = subprocess.run([sys.executable, __file__, 'page', str(path), str(src_dir), '--cell-timeout', str(timeout)], cwd=ROOT,
-                       capture_output=True, text=True, preexec_fn=_die_with_parent)
+    # Output goes to a file, not a pipe: a process the notebook leaves behind would hold a pipe open, and the build
+    # would wait for it forever.
+    with tempfile.TemporaryFile('w+') as log:
+        r = subprocess.run([sys.executable, __file__, 'page', str(path), str(src_dir), '--cell-timeout', str(timeout)],
+                           cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent)
+        log.seek(0); text = log.read().strip()
     if r.returncode:
-        text = (r.stdout + r.stderr).strip()
         failure = text[text.rindex('NotebookFailed: ') + 16:] if 'NotebookFailed: ' in text else text[-4000:]
         raise RuntimeError(_ansi.sub('', failure))
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return json.loads(text.splitlines()[-1])
 
 
 def build_page(path, src_dir, base, timeout=CELL_TIMEOUT):
@@ -343,8 +360,11 @@ def clear_leftovers(out):
 
 def build(out, jobs, only=(), timeout=CELL_TIMEOUT):
     "Build the site into `out`, replacing it only once the new one is complete; print what each step took."
-    t0, out = time.time(), Path(out).absolute()
+    t0, out = time.time(), Path(os.path.normpath(Path(out).absolute()))
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1: sys.exit(f'--jobs expected an int >= 1, got {jobs!r}')
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
+        sys.exit(f'--cell-timeout expected a number of seconds >= 1, got {timeout!r}')
+    site_pages()                                      # two notebooks on one page: refused before anything runs
     if out == ROOT or ROOT.is_relative_to(out): sys.exit(f'refusing to build into {out}: it holds the repository')
     if out.parent.is_dir(): clear_leftovers(out)
     if out.is_file() or out.is_symlink(): sys.exit(f'refusing to replace {out}: it is a file or a link; give --out a folder')
@@ -402,11 +422,15 @@ def _build(out, jobs, only, src, t0, timeout):
 def check_clean():
     "The chapter notebooks are committed without outputs; index.ipynb keeps its outputs (the README shows them)."
     bad = []
-    for p in notebooks():
-        if p.stem == 'index': continue
-        try: nb = json.loads(p.read_text())
-        except ValueError as e: bad.append(f'{p.relative_to(ROOT)}: not a notebook (invalid JSON: {e})'); continue
-        n = sum(bool(c.get('outputs')) or c.get('execution_count') is not None for c in nb['cells'] if c['cell_type'] == 'code')
+    found = sorted(p for p in NBS.rglob('*.ipynb') if not any(part.startswith(('_', '.')) for part in p.relative_to(NBS).parts))
+    for p in found:
+        if p.relative_to(NBS).as_posix() == 'index.ipynb': continue
+        try:
+            nb = json.loads(p.read_text())
+            cells = [c for c in nb['cells'] if c['cell_type'] == 'code']
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            bad.append(f'{p.relative_to(ROOT)}: not a notebook ({type(e).__name__}: {e})'); continue
+        n = sum(bool(c.get('outputs')) or c.get('execution_count') is not None for c in cells)
         if n: bad.append(f'{p.relative_to(ROOT)}: {n} code cell(s) with outputs or an execution count')
     if bad:
         sys.exit('chapters are committed without outputs (the site build executes them); clear these with '
