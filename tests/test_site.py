@@ -2,7 +2,8 @@
 
 The build (`python tools/build_site.py build`) executes every chapter, so this is also the test that each one
 runs top to bottom in a real Jupyter kernel. Set NNTRAIN_SITE to a built site to check that one instead
-(the deploy workflow does, to publish exactly what it tested); NNTRAIN_SCREENSHOTS to keep the screenshots;
+(the deploy workflow does, to publish exactly what it tested); NNTRAIN_SCREENSHOTS: where the screenshot of each
+page goes (default: a pytest temporary folder);
 NNTRAIN_BROWSER_TEST=required to fail, not skip, where Chromium or its driver is missing (CI sets it).
 """
 import html, json, os, re, shutil, subprocess, sys, threading, urllib.request
@@ -142,9 +143,8 @@ def check_page(driver, base, name, shots):
         status, body = fetch(url)
         if status != 200: problems.append(f'broken link: {href} ({status})'); continue
         if frag and f'id="{frag}"' not in body: problems.append(f'link to a missing anchor: {href}')
-    if shots:
-        shots.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(shots/f'{Path(name).stem}.png'))
+    shots.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(shots/f'{Path(name).stem}.png'))
     return problems
 
 
@@ -154,9 +154,10 @@ def test_a_page_per_notebook(site):
     assert not expected - pages, f'pages missing from the site: {sorted(expected - pages)}'
 
 
-def test_every_page_renders_in_chromium(site, server, browser):
+def test_every_page_renders_in_chromium(site, server, browser, tmp_path_factory):
     pages = sorted(p.name for p in site.glob('*.html'))
-    shots = Path(os.environ['NNTRAIN_SCREENSHOTS']) if os.environ.get('NNTRAIN_SCREENSHOTS') else None
+    shots = Path(os.environ.get('NNTRAIN_SCREENSHOTS') or tmp_path_factory.mktemp('screenshots'))
+    print(f'screenshots of the {len(pages)} pages: {shots}')
     problems = {}
     for name in pages:
         found = check_page(browser, server, name, shots)
