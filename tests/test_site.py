@@ -136,6 +136,8 @@ def check_page(driver, base, name, shots):
         " ...[...document.querySelectorAll('link[href]:not([rel~=canonical])')].map(e => e.href)]")
     problems += [f'loads from another host: {u}' for u in sorted(set(used))
                  if urlparse(u).scheme in ('http', 'https') and urlparse(u).netloc != urlparse(base).netloc]
+    wide = driver.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    if wide > 1: problems.append(f'the page scrolls sideways by {wide} px at 1280 px wide')
     hrefs = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
     for href in sorted(set(hrefs)):
         url, frag = urldefrag(href)

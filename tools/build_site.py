@@ -191,8 +191,21 @@ def local_links(md, base):
     return re.sub(r'\((?:nbs/)?\d+_([\w-]+)\.ipynb(#[^)\s]*)?\)', lambda m: f'({page(m.group(1))}.html{m.group(2) or ""})', md)
 
 
+def is_class(name):
+    "Is `name` (as a show_doc heading names it) a class of the package?"
+    import importlib
+    from nntrain._modidx import d
+    for mod, syms in d['syms'].items():
+        if f'{mod}.{name}' in syms:
+            try: return isinstance(getattr(importlib.import_module(mod), name), type)
+            except (ImportError, AttributeError): return False
+    return False
+
+
 def show_doc_markdown(md, base):
     "nbdev's `show_doc` markdown (written for quarto/pandoc) as MyST markdown."
+    # nbdev writes every signature as `def`: a class is shown as one
+    md = re.sub(r'^def (\w+)\(', lambda m: f'class {m.group(1)}(' if is_class(m.group(1)) else m.group(0), md, flags=re.M)
     md = re.sub(r'\A\s*---\s*\n', '', md)            # quarto's rule above each entry; the theme draws its own
     md = re.sub(r'\[source\]\((\S+?)\)\{[^}]*\}', r'<a class="sd-source" href="\1">source</a>', md)
     return local_links(md, base)
@@ -217,7 +230,8 @@ def convert(nb, base, nb_url=None):
         if cell.cell_type == 'raw' and src.startswith('---'):
             import yaml
             fm = yaml.safe_load(src.strip().strip('-')) or {}
-            head = f"# {fm.get('title', '')}"
+            number = re.match(r'(\d+)_', Path(nb.path_).name)      # the prose says "chapter 05": so does the title
+            head = f"# {number.group(1) + ' · ' if number else ''}{fm.get('title', '')}"
             if fm.get('description'): head += f"\n\n{fm['description']}"
             if nb_url: head += f"\n\n{{.nb-source}}\nThis page is the notebook [{nb_url.rsplit('/', 2)[-2]}/{nb_url.rsplit('/', 1)[-1]}]({nb_url}), run top to bottom."
             cells.append(nbformat.v4.new_markdown_cell(head)); continue
@@ -251,8 +265,8 @@ def convert(nb, base, nb_url=None):
         tags = []
         if opts.get('echo') == 'false': tags.append('remove-input')
         if opts.get('output') == 'false': tags.append('remove-output')
-        if opts.get('code-fold') in ('true', 'show'):
-            tags.append('hide-input')
+        if opts.get('code-fold') in ('true', 'show'):   # folded: tests, their code and what they print, under one line
+            tags.append('hide-cell' if outputs else 'hide-input')
             summary = opts.get('code-summary', 'Code')
             new.metadata['mystnb'] = {'code_prompt_show': summary, 'code_prompt_hide': summary}
         if (getattr(cell, 'directives_', None) or {}).keys() & {'export', 'exports'}:   # nbdev took the line out
