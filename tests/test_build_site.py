@@ -159,6 +159,9 @@ def test_check_clean_names_chapters_with_outputs_and_broken_notebooks(project):
     (['54_index'], '54_index.ipynb'),                         # a chapter may not take the home page...
     (['50_tiny', '58_tiny'], '50_tiny.ipynb and 58_tiny.ipynb would both be the page tiny.html'),
     (['59_One'], '01_one.ipynb and 59_One.ipynb would both be the page One.html'),   # ...nor another's, case aside
+    (['search'], "the site's own search.html and search.ipynb would both be the page search.html"),   # unnumbered
+    (['Api'], "the site's own api.html and Api.ipynb would both be the page Api.html"),
+    (['Index'], 'index.ipynb and Index.ipynb would both be the page Index.html'),
 ])
 def test_two_notebooks_on_one_page_are_refused_before_anything_runs(project, names, message):
     for n in names: plant(project, n, notebook(f'MD:# {n}\n\n> planted', 'print(1)'))

@@ -73,8 +73,8 @@ def chapters():
     found = []
     for p in nbs:
         name = 'index' if p.stem == 'index' else re.sub(r'^\d+_', '', p.stem)   # 02_learner.ipynb -> learner.html
-        found.append((p, name, p.stem if name in ('search', 'genindex', 'py-modindex', 'api') else name))  # Sphinx's own
-                                                                                # pages (and the API page) keep theirs
+        site_owns = name.lower() in ('index', 'search', 'genindex', 'py-modindex', 'api') and p.stem != 'index'
+        found.append((p, name, p.stem if site_owns else name))   # a chapter named like the site's own pages keeps its name
     return found
 
 
@@ -86,7 +86,7 @@ def documented(page):
     for mod, syms in d['syms'].items():
         for sym, (link, _) in syms.items():
             name = sym[len(mod) + 1:]
-            if '.' in name or name.startswith('_') or not link.startswith(f'{page}.html#'): continue
+            if '.' in name or name.startswith('_') or not link.lower().startswith(f'{page.lower()}.html#'): continue
             names.append((name, make_id(link.split('#', 1)[1])))
     return names
 

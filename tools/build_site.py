@@ -161,12 +161,15 @@ def nbdev_name(path):
 @functools.lru_cache
 def site_pages():
     "Each notebook's page on this site, by the notebook's stem; two notebooks on one page are refused."
-    pages, owner = {}, {}
+    pages, owner = {}, {name: f"the site's own {name}.html" for name in SITE_PAGES - {'index'}}
     for p in notebooks():
         name = nbdev_name(p)
-        page = p.stem if p.stem != 'index' and name.lower() in SITE_PAGES else name
+        numbered = re.match(r'\d+_', p.stem)
+        page = p.stem if numbered and name.lower() in SITE_PAGES else name
         if page.lower() in owner:      # pages differing only in case are one file on some systems, and one to readers
-            sys.exit(f'{owner[page.lower()]}.ipynb and {p.name} would both be the page {page}.html: rename one')
+            taken = owner[page.lower()]
+            sys.exit(f'{taken if taken.startswith("the site") else taken + ".ipynb"} and {p.name} would both be the page '
+                     f'{page}.html: rename {p.name}')
         owner[page.lower()], pages[p.stem] = p.stem, page
     return pages
 
