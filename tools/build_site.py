@@ -127,20 +127,22 @@ def process(executed, path):
 
 
 # ---- 3. convert for myst-nb
-def site_url():
-    "The published site's address, from settings.ini (nbdev's links start with it)."
+@functools.lru_cache
+def settings():
+    "The project's settings.ini, read once."
     import configparser
     cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
-    d = cfg['DEFAULT']
-    return d['doc_host'].rstrip('/') + '/' + d['doc_baseurl'].strip('/') + '/'
+    return cfg['DEFAULT']
+
+
+def site_url():
+    "The published site's address, from settings.ini (nbdev's links start with it)."
+    return settings()['doc_host'].rstrip('/') + '/' + settings()['doc_baseurl'].strip('/') + '/'
 
 
 def notebook_url(path):
     "The notebook's page on the project's repository (from settings.ini)."
-    import configparser
-    cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
-    d = cfg['DEFAULT']
-    return f"{d['git_url'].rstrip('/')}/blob/{d['branch']}/{path.relative_to(ROOT).as_posix()}"
+    return f"{settings()['git_url'].rstrip('/')}/blob/{settings()['branch']}/{path.relative_to(ROOT).as_posix()}"
 
 
 def anchor(text):
