@@ -26,7 +26,7 @@ from .acceleration import SGD, Adam, Momentum, RMSProp, resnet
 from .activations import cnn_layers
 from .core import _check_int, _describe
 from .dataloaders import load_mnist
-from .learner import Learner, Subscriber, _check_subs
+from .learner import Learner, Subscriber, _check_subs, _drop
 
 # %% auto #0
 __all__ = ['MODELS', 'OPTIMIZERS', 'SCHEDULERS', 'DATASETS', 'SETTINGS', 'MAX_CONFIG_BYTES', 'MAX_ID_LENGTH', 'MAX_COUNT',
@@ -466,7 +466,7 @@ class IterationLoader:
         if empty:
             raise ValueError(f"expected a training loader with at least one batch, got an empty {type(dl).__name__}")
         self.dl, self.every, self.total, self.seed = dl, every, total, seed
-        self.served, self.block_start, self.data_epoch, self.batches = 0, 0, -1, None
+        self.served, self.block_start, self.data_epoch, self.batches, self.fresh = 0, 0, -1, None, False
 
     def __len__(self):
         left = self.every if self.total is None else min(self.every, self.total - self.block_start)
@@ -481,10 +481,11 @@ class IterationLoader:
         self.data_epoch += 1
         generator = getattr(self.dl, 'generator', None)
         if self.seed is not None and generator is not None: generator.manual_seed(self.seed + self.data_epoch)
-        self.batches = iter(self.dl)
+        self.batches, self.fresh = iter(self.dl), True
 
     def _next_batch(self):
         if self.batches is None: self._new_data_epoch()
+        self.fresh = False
         try: return next(self.batches)
         except StopIteration:
             self._new_data_epoch()   # a new epoch of the data: a new order
@@ -492,12 +493,19 @@ class IterationLoader:
             except StopIteration: raise ValueError(f"the training loader gave no batches in epoch {self.data_epoch} of the data; "
                                                    "expected at least one") from None
 
-    def __iter__(self):
-        self.block_start = self.served
-        for _ in range(len(self)):
-            batch = self._next_batch()
-            self.served += 1
-            yield batch
+    def _skip(self, n: int):
+        "Move the stream `n` batches on: with `skip` where the loader's epochs have it (no batch is made), else by drawing them."
+        while n > 0:
+            if self.batches is None: self._new_data_epoch()
+            done = self.batches.skip(n) if hasattr(self.batches, 'skip') else _drop(self.batches, n)
+            self.served, n = self.served + done, n - done
+            if done: self.fresh = False
+            if n == 0: break
+            if done == 0 and self.fresh:
+                raise ValueError(f"the training loader gave no batches in epoch {self.data_epoch} of the data; expected at least one")
+            self._new_data_epoch()
+
+    def __iter__(self): return _Block(self)
 
     def state_dict(self) -> dict:
         "Where the current block started in the stream."
@@ -506,10 +514,28 @@ class IterationLoader:
     def load_state_dict(self, state: dict):
         "Put the stream at the start of the saved block (exact when `seed` is set and the loader has its own generator)."
         self.served, self.data_epoch, self.batches = 0, -1, None
-        for _ in range(state['block_start']):
-            self._next_batch()
-            self.served += 1
+        self._skip(state['block_start'])
         self.block_start = self.served
+
+class _Block:
+    "One block of an `IterationLoader`: its next `every` batches; `skip(n)` moves past some without making them, where the loader can."
+    def __init__(self, loader: IterationLoader):
+        loader.block_start = loader.served
+        self.loader, self.left = loader, len(loader)
+
+    def __iter__(self): return self
+
+    def skip(self, n: int) -> int:
+        done = min(n, self.left)
+        self.loader._skip(done)
+        self.left -= done
+        return done
+
+    def __next__(self):
+        if self.left <= 0: raise StopIteration
+        batch = self.loader._next_batch()
+        self.loader.served, self.left = self.loader.served + 1, self.left - 1
+        return batch
 
 class IterationStateS(Subscriber):
     "Train on an `IterationLoader`: each training pass takes its next block of batches, and its place in the stream is part of the learner's state."

@@ -481,6 +481,7 @@ class Learner:
         self.logged = _logged_from_state(position.get('logged', {}))   # `fit` set the iteration from the checkpoint already
         set_rng_state(position['epoch_start']['rng'])
         _set_generator_state(self._generator, position['epoch_start']['loader'], path)
+        if 'data' in position: self.dls.train.load_resume_state(position['data'])   # a pipeline with state of its own (chapter 14)
         self.dl = FastForward(self.dl, position['next_iter'], state['rng'], source=path)
         if position.get('pass_done'):  # written after the pass had ended: move the loader past it, then go on with what came next
             for _ in self.dl: pass
@@ -634,6 +635,7 @@ class Learner:
                  'subs': {key: sub.state_dict() for key, sub in _stateful(self.subs).items()}, 'rng': rng_state()}
         if self.position is not None:
             state['position'] = {**self.position, 'iteration': self.iteration, 'logged': _logged_state(self.logged) if self.training else {}}
+            if hasattr(self.dls.train, 'resume_state'): state['position']['data'] = self.dls.train.resume_state()
         return state
 
     def load_state_dict(self, state: dict, rng: bool = True, source=None):
@@ -771,20 +773,28 @@ def _load_learner_state(self: Learner, state: dict, rng: bool, source):
         warnings.warn(f"{source if source is not None else 'the learner state'} holds the state of a subscriber {key}, which this learner "
                       "does not have; that state is left out (resume with the same subscribers to continue it)", stacklevel=4)
 
+def _drop(batches, n: int) -> int:
+    "Take up to `n` batches from `batches` and drop them; return how many there were."
+    done = 0
+    for _ in range(n):
+        if next(batches, _drop) is _drop: break
+        done += 1
+    return done
+
 class FastForward:
-    "Iterate `dl` from batch `skip` on; after the loader drew its order, set the random state to `rng`; `source` names the checkpoint in errors."
+    "Iterate `dl` from batch `skip` on (an iterator with `skip(n)` moves on without making the batches); then set the random state to `rng`; `source` names the checkpoint in errors."
     def __init__(self, dl, skip: int, rng: dict, source=None):
         self.dl, self.skip, self.rng, self.source = dl, skip, rng, source
 
     def __len__(self): return len(self.dl)
 
     def __iter__(self):
-        batches, end = iter(self.dl), object()
-        for done in range(self.skip):
-            if next(batches, end) is end:
-                raise CheckpointError(f"the checkpoint is at batch {self.skip} of its epoch, but the training loader has only "
-                                      f"{done} batches; expected the loader of the run that wrote it"
-                                      + (f" ({self.source})" if self.source is not None else ''))
+        batches = iter(self.dl)
+        done = batches.skip(self.skip) if hasattr(batches, 'skip') else _drop(batches, self.skip)
+        if done < self.skip:
+            raise CheckpointError(f"the checkpoint is at batch {self.skip} of its epoch, but the training loader has only "
+                                  f"{done} batches; expected the loader of the run that wrote it"
+                                  + (f" ({self.source})" if self.source is not None else ''))
         set_rng_state(self.rng)
         yield from batches
 
