@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import inspect
 import itertools
+import json
 import math
 import re
 import types
@@ -25,13 +26,14 @@ from torch import nn
 from .acceleration import SGD, Adam, Momentum, RMSProp, resnet
 from .activations import cnn_layers
 from .core import _check_int, _describe
-from .dataloaders import load_mnist
+from .dataloaders import _offline_setting, load_mnist
 from .learner import Learner, Subscriber, _check_subs, _drop
 
 # %% auto #0
-__all__ = ['MODELS', 'OPTIMIZERS', 'SCHEDULERS', 'DATASETS', 'SETTINGS', 'MAX_CONFIG_BYTES', 'MAX_ID_LENGTH', 'MAX_COUNT',
-           'MAX_SEED', 'Registry', 'mlp', 'ConfigError', 'read_yaml', 'expand_grid', 'device_problem', 'check_config',
-           'check_session', 'load_session', 'IterationLoader', 'IterationStateS', 'fit_iterations']
+__all__ = ['MODELS', 'OPTIMIZERS', 'SCHEDULERS', 'DATASETS', 'SETTINGS', 'PIPELINES', 'MAX_WORKERS', 'MAX_CONFIG_BYTES',
+           'MAX_ID_LENGTH', 'MAX_COUNT', 'MAX_SEED', 'Registry', 'mlp', 'ConfigError', 'read_yaml', 'expand_grid',
+           'device_problem', 'dataset_problem', 'check_config', 'check_session', 'load_session', 'IterationLoader',
+           'IterationStateS', 'fit_iterations']
 
 # %% ../nbs/11_experiments.ipynb #80147ee9
 class Registry(dict):
@@ -73,7 +75,14 @@ DATASETS = Registry('dataset', {'mnist': load_mnist}, info={'mnist': {'classes':
 
 # %% ../nbs/11_experiments.ipynb #5aa090de
 SETTINGS = {
-    'dataset': (str, 'mnist', 'name in DATASETS'),
+    'dataset': (str, 'mnist', "name in DATASETS, hub:<name> (a Hugging Face hub dataset), or a path (has a '/' or starts with '.' "
+                              "or '~'): a save_to_disk folder, a .parquet or .csv file, a folder of class folders of images"),
+    'pipeline': (str, 'memory', 'how training batches are made: memory (tensors in this process), map (rows read by index in '
+                                'worker processes), stream (rows read in order, shuffled through a buffer), reservoir (drawn '
+                                'from samples that worker processes keep making)'),
+    'workers': (int, 0, 'worker processes that make samples (map, stream; reservoir needs at least 1; memory none)'),
+    'pipeline_args': (dict, {}, 'settings of the pipeline: buffer_size (stream); size, min_fill, max_replaced, '
+                                'batches_per_pass (reservoir)'),
     'model': (str, 'mlp', 'name in MODELS'),
     'model_args': (dict, {}, 'keyword arguments of the model factory'),
     'optimizer': (str, 'adam', 'name in OPTIMIZERS'),
@@ -92,6 +101,14 @@ SETTINGS = {
     'loss_weights': ((list, type(None)), None, 'per-class weights of the cross entropy'),
     'device': ((str, type(None)), None, 'cpu, cuda, mps, or null for the best available'),
 }
+
+PIPELINES = {   # each pipeline's settings (`pipeline_args`) and their defaults (None: the loader's own, chapter 14)
+    'memory': {},
+    'map': {},
+    'stream': {'buffer_size': 1000},
+    'reservoir': {'size': 1024, 'min_fill': None, 'max_replaced': None, 'batches_per_pass': None},
+}
+MAX_WORKERS = 64
 
 class ConfigError(ValueError):
     "A session config with problems; the message lists all of them."
@@ -255,6 +272,112 @@ def device_problem(name) -> str | None:
         return f"{name!r} is not on this machine, which has {count} {device.type} device(s) ({', '.join(f'{device.type}:{i}' for i in range(count))})"
     return None
 
+def _is_path(name: str) -> bool:
+    "Whether the `dataset` setting `name` is a path: it has a '/', or starts with '.' or '~' (else a registered name or hub:<name>)."
+    return '/' in name or name.startswith(('.', '~'))
+
+def _hf_features(features: dict) -> tuple[list[str], int | None]:
+    "The columns of a Hugging Face features dict (as stored in JSON), and the classes of its `label` if that is a ClassLabel."
+    label = features.get('label')
+    names = label.get('names') if isinstance(label, dict) and label.get('_type') == 'ClassLabel' else None
+    return list(features), len(names) if isinstance(names, list) else None
+
+def _saved_features(path: Path) -> tuple[list[str], int | None] | None:
+    "The columns and classes of a local dataset, read from its metadata alone (no row is read); None when they are not stored."
+    import pyarrow.parquet as pq
+    if (path/'dataset_dict.json').is_file():   # a saved DatasetDict: the first split's info
+        splits = json.loads((path/'dataset_dict.json').read_text()).get('splits') or []
+        path = path/splits[0] if splits else path
+    if (path/'dataset_info.json').is_file(): return _hf_features(json.loads((path/'dataset_info.json').read_text()).get('features') or {})
+    if path.suffix.lower() == '.parquet':
+        schema = pq.read_schema(path)
+        stored = json.loads((schema.metadata or {}).get(b'huggingface', b'{}')).get('info', {}).get('features')
+        return _hf_features(stored) if stored else (schema.names, None)
+    if path.suffix.lower() == '.csv':
+        with open(path, encoding='utf-8', errors='replace') as f: return f.readline().strip().split(','), None
+    return None
+
+def dataset_problem(name: str, on_this_machine: bool = True) -> str | None:
+    "Why the `dataset` setting `name` names no dataset to train on (a name in DATASETS, hub:<name>, or a path), or None; `on_this_machine` also checks paths and the hub setting."
+    if not isinstance(name, str): return f"expected a dataset name, hub:<name> or a path, got {name!r}"
+    if name.startswith('hub:'):
+        if not name[4:].strip(): return "expected hub:<name> with the name of a dataset on the Hugging Face hub (such as hub:ylecun/mnist), got 'hub:'"
+        if on_this_machine and (setting := _offline_setting()) is not None:
+            return f"{name!r} is on the Hugging Face hub, but {setting} is set, so it cannot be downloaded; unset it, or give a path to a copy on disk"
+        return None
+    if not _is_path(name):
+        if name in DATASETS: return None
+        file = name.lower().endswith(('.parquet', '.csv')) or Path(name).exists()
+        return (DATASETS.unknown(name) + "; expected a registered name, hub:<name> for a hub dataset, or a path"
+                + (f" (a path has a '/' or starts with '.' or '~': write './{name}')" if file else ''))
+    if not on_this_machine: return None
+    path = Path(name).expanduser()
+    readable = "expected a folder written by save_to_disk, a .parquet or .csv file, or a folder of class folders of images"
+    try:
+        if path.is_dir() and ((path/'dataset_dict.json').is_file() or (path/'state.json').is_file()): kind = 'saved'
+        elif path.is_file() and path.suffix.lower() in ('.parquet', '.csv'): kind = 'file'
+        elif path.is_dir() and any(p.is_dir() for p in path.iterdir()): kind = 'images'
+        else:
+            what = ('missing' if not path.exists() else f"a {path.suffix or 'plain'} file" if path.is_file()
+                    else 'a folder with neither a saved dataset nor class folders')
+            return f"{name!r} is {what}; {readable}"
+        columns = ['image', 'label'] if kind == 'images' else (_saved_features(path) or (None,))[0]
+    except (OSError, ValueError, AttributeError, TypeError, IndexError) as e:
+        return f"{name!r} cannot be read ({type(e).__name__}: {e}); {readable}"
+    if columns is not None and (missing := [c for c in ('image', 'label') if c not in columns]):
+        return f"{name!r} has columns {columns}, without {' and '.join(map(repr, missing))}; expected an 'image' and a 'label' column"
+    return None
+
+def _dataset_info(name, on_this_machine: bool) -> dict:
+    "What the checks know of dataset `name`: a registered dataset's `DATASETS.info`; the classes of a local one, from its metadata."
+    if not isinstance(name, str): return {}
+    if name in DATASETS and not _is_path(name): return DATASETS.info.get(name, {})
+    if not (on_this_machine and _is_path(name)) or dataset_problem(name) is not None: return {}
+    try: found = _saved_features(Path(name).expanduser())
+    except (OSError, ValueError, AttributeError, TypeError, IndexError): found = None
+    return {'classes': found[1]} if found is not None and found[1] is not None else {}
+
+_PIPELINE_MINIMUM = {'buffer_size': 1, 'size': 1, 'min_fill': 1, 'max_replaced': 0, 'batches_per_pass': 1}
+
+def _pipeline_problems(setting) -> list[str]:
+    "The problems of `pipeline`, `workers` and `pipeline_args`, alone and together with `bs` and `num_epochs`."
+    pipeline, workers, args, bs = setting('pipeline'), setting('workers'), setting('pipeline_args'), setting('bs')
+    problems = []
+    if isinstance(pipeline, str) and pipeline not in PIPELINES:
+        close = difflib.get_close_matches(pipeline, list(PIPELINES), n=1)
+        problems.append(f"pipeline: unknown pipeline {pipeline!r}" + (f"; did you mean {close[0]!r}?" if close else '')
+                        + f" (pipelines: {', '.join(PIPELINES)})")
+    if _is_int(workers):
+        if workers < 0: problems.append(f"workers: expected an int >= 0 (0: no worker processes), got {workers}")
+        elif workers > MAX_WORKERS: problems.append(f"workers: expected at most {MAX_WORKERS} worker processes, got {workers}")
+        elif workers > 0 and pipeline == 'memory':
+            problems.append(f"workers: {workers} worker processes, but the memory pipeline runs in this process; choose map, stream "
+                            "or reservoir (or workers: 0)")
+        elif workers == 0 and pipeline == 'reservoir':
+            problems.append("workers: the reservoir pipeline fills its reservoir in worker processes while training goes on; "
+                            "expected workers >= 1, got 0")
+    if pipeline == 'stream' and setting('num_epochs') is not None:
+        problems.append("num_epochs: a stream has no length, so it trains by iterations; give num_iterations instead")
+    if not (isinstance(args, dict) and pipeline in PIPELINES): return problems
+    allowed, good = PIPELINES[pipeline], True
+    for key, value in args.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            problems.append(f"pipeline_args: the {pipeline} pipeline takes no argument {key!r}" + (f"; did you mean {close[0]!r}?" if close else '')
+                            + f" (arguments: {', '.join(allowed) or 'none'})")
+            good = False
+        elif not ((value is None and allowed[key] is None) or (_is_int(value) and _PIPELINE_MINIMUM[key] <= value <= MAX_COUNT)):
+            problems.append(f"pipeline_args.{key}: expected an int in [{_PIPELINE_MINIMUM[key]}, {MAX_COUNT:,}]"
+                            + (" or null (the loader's default)" if allowed[key] is None else '') + f", got {value!r}")
+            good = False
+    if pipeline == 'reservoir' and good and _is_int(bs):
+        size = args.get('size', allowed['size'])
+        min_fill = size if args.get('min_fill') is None else args['min_fill']
+        if not bs <= min_fill <= size:
+            problems.append(f"pipeline_args: the reservoir pipeline expects bs <= min_fill <= size (a batch is drawn from at least "
+                            f"min_fill samples; min_fill defaults to size), got bs={bs}, min_fill={min_fill}, size={size}")
+    return problems
+
 def _signature(factory) -> inspect.Signature | None:
     for eval_str in (True, False):
         try: return inspect.signature(factory, eval_str=eval_str)
@@ -338,17 +461,17 @@ def _probe_model(factory, args: dict, shape):
         _PROBES[key] = factory, result if result[0] is None else _try_model(factory, args, shape, 'cpu')
     return _PROBES[key][1]
 
-def _model_problems(config: dict, setting) -> list[str]:
+def _model_problems(config: dict, setting, on_this_machine: bool = True) -> list[str]:
     "Build the model on the meta device and run a fake batch of the dataset through it; check `loss_weights` against its outputs."
     model, args, dataset, weights = setting('model'), setting('model_args'), setting('dataset'), setting('loss_weights')
-    info = DATASETS.info.get(dataset, {}) if isinstance(dataset, str) else {}
+    info = _dataset_info(dataset, on_this_machine)
     classes = info.get('classes')
     problems, outputs = [], None
     if isinstance(model, str) and model in MODELS and isinstance(args, dict) and all(isinstance(k, str) for k in args):
         factory = MODELS[model]
         problems += _model_args_problems(model, factory, args)
         flatten = setting('flatten') is not False
-        shape = info.get('shape')
+        shape = info.get('shape')   # known for registered datasets only: a path or a hub dataset is not read here
         shape = None if shape is None else (math.prod(shape),) if flatten else tuple(shape)
         call = f"{model}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
         if not problems:
@@ -383,9 +506,11 @@ def check_config(config: dict, on_this_machine: bool = True) -> list[str]:
             continue
         expected = SETTINGS[key][0]
         if not _check_value(key, value, expected): problems.append(f"{key}: expected {_type_name(expected)}, got {value!r}")
-    for key, registry in (('model', MODELS), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS), ('dataset', DATASETS)):
+    for key, registry in (('model', MODELS), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS)):
         name = config.get(key)
         if isinstance(name, str) and name not in registry: problems.append(f"{key}: {registry.unknown(name)}")
+    if isinstance(config.get('dataset'), str) and (problem := dataset_problem(config['dataset'], on_this_machine)):
+        problems.append(f"dataset: {problem}")
     given = [k for k in ('num_epochs', 'num_iterations') if config.get(k) is not None]
     if len(given) != 1: problems.append(f"give exactly one of num_epochs and num_iterations, got {given or 'neither'}")
     for key in ('num_epochs', 'num_iterations', 'valid_every', 'checkpoint_every', 'log_every', 'bs'):
@@ -403,7 +528,8 @@ def check_config(config: dict, on_this_machine: bool = True) -> list[str]:
     optimizer = config.get('optimizer', SETTINGS['optimizer'][1])
     if isinstance(optimizer, str) and optimizer in OPTIMIZERS and not _takes(OPTIMIZERS[optimizer], 'weight_decay'):
         problems.append(f"optimizer: {optimizer} takes no weight_decay argument, which every experiment passes; expected a factory that takes it")
-    problems += _model_problems(config, lambda k: config.get(k, SETTINGS[k][1]))
+    problems += _pipeline_problems(lambda k: config.get(k, SETTINGS[k][1]))
+    problems += _model_problems(config, lambda k: config.get(k, SETTINGS[k][1]), on_this_machine)
     return problems
 
 def _grid_problems(session: dict) -> list[str]:

@@ -26,15 +26,17 @@ from .acceleration import AugmentS, RandomCrop, RandomErase, SchedulerS
 from .activations import set_seed
 from .checkpoints import CheckpointS
 from .core import CheckpointError, checkpoints, load_checkpoint, remove_temporaries, write_atomically
-from .dataloaders import DataLoaders, hf_ds_collate_fn
-from .experiments import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, SETTINGS, ConfigError, fit_iterations, load_session
-from .learner import DeviceS, Learner, MetricsS, ProgressS
+from .dataloaders import VALID_SPLIT_NAMES, DataLoaders, _pick_splits, hf_ds_collate_fn
+from .experiments import (DATASETS, MODELS, OPTIMIZERS, PIPELINES, SCHEDULERS, SETTINGS, ConfigError, _is_path,
+                                 fit_iterations, load_session)
+from .learner import DeviceS, Learner, MetricsS, ProgressS, _length
 from .logging import ConsoleLogS, CSVLoggerS, TensorBoardS
 from .reports import MisclassifiedS, ReportS
 
 # %% auto #0
-__all__ = ['METRICS', 'environment', 'WeightedCrossEntropy', 'build_learner', 'schedule', 'training_plan', 'confined',
-           'refuse_links', 'config_changes', 'experiment_lock', 'run_experiment', 'run_session']
+__all__ = ['METRICS', 'COLUMNS', 'HELD_OUT', 'environment', 'WeightedCrossEntropy', 'open_experiment_dataset',
+           'experiment_loaders', 'build_learner', 'schedule', 'training_plan', 'confined', 'refuse_links',
+           'config_changes', 'experiment_lock', 'run_experiment', 'run_session']
 
 # %% ../nbs/12_sessions.ipynb #16c3844c
 def _write_text(path: Path, text: str):
@@ -69,13 +71,47 @@ class WeightedCrossEntropy:
         return F.cross_entropy(preds, targets, weight=self.weights)
 
 # %% ../nbs/12_sessions.ipynb #0667169f
+COLUMNS = ['image', 'label']   # what an experiment trains on: the inputs, then the targets
+HELD_OUT = 0.2   # of a dataset with only a training split, the fraction (chosen with seed 0) that validates
+
+def open_experiment_dataset(name: str):
+    "The `DatasetDict` of the `dataset` setting `name` (in DATASETS, hub:<name>, or a path), with a 'train' and a validation split."
+    if name in DATASETS and not _is_path(name): return DATASETS.get_factory(name)()
+    from datasets import Dataset, DatasetDict
+    from nntrain.pipelines import open_dataset   # chapter 14 comes after this one: imported when a session needs it
+    data = open_dataset(name)
+    if isinstance(data, Dataset): data = DatasetDict({'train': data})
+    if not isinstance(data, DatasetDict) or 'train' not in data:
+        found = f"the splits {list(data)}" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise ValueError(f"dataset {name!r} is {found}; expected a dataset with a 'train' split")
+    if missing := [c for c in COLUMNS if c not in data['train'].column_names]:
+        raise ValueError(f"dataset {name!r} has the columns {data['train'].column_names}, without {' and '.join(map(repr, missing))}; "
+                         "expected an 'image' and a 'label' column")
+    valid = next((split for split in VALID_SPLIT_NAMES if split in data), None)
+    if valid is None:   # in memory: no index file is written beside the data
+        parts = data['train'].train_test_split(test_size=HELD_OUT, seed=0, keep_in_memory=True)
+        data, valid = DatasetDict({'train': parts['train'], 'validation': parts['test']}), 'validation'
+    return DatasetDict({split: data[split].select_columns(COLUMNS) for split in ('train', valid)})
+
+def experiment_loaders(config: dict, dd) -> DataLoaders:
+    "The loaders of `config['pipeline']` over `dd`: training batches shuffled with `config['seed']`, validation ones twice as large, in order."
+    bs, seed, flatten, workers = config['bs'], config['seed'], config['flatten'], config['workers']
+    if config['pipeline'] == 'memory':
+        return DataLoaders.from_hf_dd(dd, bs, collate_fn=partial(hf_ds_collate_fn, flatten=flatten), seed=seed)
+    from nntrain.pipelines import MapLoader, ReservoirLoader, StreamLoader   # chapter 14 comes after this one
+    train, valid = _pick_splits(dd)
+    args = {k: v for k, v in {**PIPELINES[config['pipeline']], **config['pipeline_args']}.items() if v is not None}
+    make = {'map': partial(MapLoader, shuffle=True), 'stream': partial(StreamLoader, shuffle=True), 'reservoir': ReservoirLoader}
+    common = dict(columns=COLUMNS, seed=seed, num_workers=workers, flatten=flatten)   # a seed each: torch's generator is not drawn from
+    return DataLoaders(make[config['pipeline']](dd[train], bs, **common, **args), MapLoader(dd[valid], 2 * bs, **common))
+
 def build_learner(config: dict) -> tuple[Learner, list | None]:
     "The learner an experiment's `config` describes (seeded), and the dataset's class names."
     set_seed(config['seed'])
-    dd = DATASETS.get_factory(config['dataset'])()
+    dd = open_experiment_dataset(config['dataset'])
     label = dd['train'].features.get('label')
     class_names = getattr(label, 'names', None)
-    dls = DataLoaders.from_hf_dd(dd, config['bs'], collate_fn=partial(hf_ds_collate_fn, flatten=config['flatten']), seed=config['seed'])
+    dls = experiment_loaders(config, dd)
     model = MODELS.get_factory(config['model'])(**config['model_args'])
     optimizer = partial(OPTIMIZERS.get_factory(config['optimizer']), weight_decay=config['weight_decay'])
     loss_fn = WeightedCrossEntropy(config['loss_weights']) if config['loss_weights'] else F.cross_entropy
@@ -93,8 +129,11 @@ def schedule(config: dict):
     return SchedulerS(make)
 
 # %% ../nbs/12_sessions.ipynb #6f57d3d1
-def training_plan(config: dict, batches_per_epoch: int) -> tuple[int, int, int | None]:
-    "Total iterations, validation interval and checkpoint interval (iterations) of `config`, whatever its unit."
+def training_plan(config: dict, batches_per_epoch: int | None) -> tuple[int, int, int | None]:
+    "Total iterations, validation interval and checkpoint interval (iterations) of `config`, whatever its unit (epochs need `batches_per_epoch`)."
+    if config['num_epochs'] and batches_per_epoch is None:
+        raise ValueError("training_plan: num_epochs needs the batches per epoch, but the training loader has no length (a stream); "
+                         "give num_iterations instead")
     unit = batches_per_epoch if config['num_epochs'] else 1
     total = config['num_epochs'] * batches_per_epoch if config['num_epochs'] else config['num_iterations']
     valid_every = config['valid_every'] * unit if config['valid_every'] else (batches_per_epoch if config['num_epochs'] else total)
@@ -141,8 +180,10 @@ def config_changes(config: dict, folder) -> list[str]:
     if isinstance(old, str):   # unreadable: a finished result cannot be matched; an unfinished run gets it rewritten
         return [old] if (Path(folder)/'result.json').is_file() else []
     new = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))   # compare as stored: tuples as lists, and so on
-    return [f"{key}: {old.get(key, _UNSET)!r} -> {new.get(key, _UNSET)!r}"
-            for key in dict.fromkeys([*new, *old]) if old.get(key, _UNSET) != new.get(key, _UNSET)]
+    def value(stored: dict, key):   # a setting added to SETTINGS after a run was stored ran at its default
+        return stored.get(key, SETTINGS[key][1] if key in SETTINGS else _UNSET)
+    return [f"{key}: {value(old, key)!r} -> {value(new, key)!r}"
+            for key in dict.fromkeys([*new, *old]) if value(old, key) != value(new, key)]
 
 def _stored_config(path: Path) -> dict | str:
     "The config stored at `path`, or a message saying why it cannot be read."
@@ -210,6 +251,11 @@ def experiment_lock(folder, timeout: float = -1) -> filelock.BaseFileLock:
     return filelock.FileLock(locks/f'{folder.name}.lock', timeout=timeout)
 
 # %% ../nbs/12_sessions.ipynb #32681073
+def _close_loaders(dls: DataLoaders):
+    "Stop the worker processes of loaders that can be closed (a reservoir's, which run in the background)."
+    for dl in (dls.train, dls.valid):
+        if callable(close := getattr(dl, 'close', None)): close()
+
 def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
     "Train the experiment `config` in `folder` (skip it if finished, resume it if interrupted); return its result."
     folder = Path(folder)
@@ -224,12 +270,14 @@ def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
         if resume is None: _start_afresh(folder, config)
         else: _repair_records(folder, config)
         learn, class_names = build_learner(config)
-        total, valid_every, checkpoint_every = training_plan(config, len(learn.dls.train))
-        subs = [CheckpointS(folder/'checkpoints', every_batches=checkpoint_every, every_epochs=1, keep=2),
-                CSVLoggerS(folder/'metrics.csv'), TensorBoardS(folder/'tensorboard', log_every=config['log_every']),
-                ConsoleLogS(folder/'console.log'), MisclassifiedS(), ReportS(folder/'reports', class_names=class_names)]
-        if (scheduler := schedule(config)) is not None: subs.append(scheduler)
-        fit_iterations(learn, total, valid_every, seed=config['seed'], subs=subs, resume=resume)
+        try:
+            total, valid_every, checkpoint_every = training_plan(config, _length(learn.dls.train))   # a stream: None
+            subs = [CheckpointS(folder/'checkpoints', every_batches=checkpoint_every, every_epochs=1, keep=2),
+                    CSVLoggerS(folder/'metrics.csv'), TensorBoardS(folder/'tensorboard', log_every=config['log_every']),
+                    ConsoleLogS(folder/'console.log'), MisclassifiedS(), ReportS(folder/'reports', class_names=class_names)]
+            if (scheduler := schedule(config)) is not None: subs.append(scheduler)
+            fit_iterations(learn, total, valid_every, seed=config['seed'], subs=subs, resume=resume)
+        finally: _close_loaders(learn.dls)
         final = {k: v for k, v in learn.metrics.history[-1].items() if k not in ('epoch', 'mode')}
         result = {'experiment': folder.name, 'iterations': total, **final}
         _write_text(folder/'result.json', json.dumps(result))
