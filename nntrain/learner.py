@@ -476,12 +476,12 @@ class Learner:
         "Load the checkpoint being resumed, put the random state and the loader where its pass began, and skip the batches it had done."
         (path, state), self._resume = self._resume, None
         position = state['position']
+        if 'data' in position and hasattr(self.dls.train, 'load_resume_state'): self.dls.train.load_resume_state(position['data'])   # a pipeline's own state (chapter 14): it may refuse first
         self.load_state_dict(state, rng=False, source=path)
         self.position = {**copy.deepcopy(position), 'pass_done': False}
         self.logged = _logged_from_state(position.get('logged', {}))   # `fit` set the iteration from the checkpoint already
         set_rng_state(position['epoch_start']['rng'])
         _set_generator_state(self._generator, position['epoch_start']['loader'], path)
-        if 'data' in position: self.dls.train.load_resume_state(position['data'])   # a pipeline with state of its own (chapter 14)
         self.dl = FastForward(self.dl, position['next_iter'], state['rng'], source=path)
         if position.get('pass_done'):  # written after the pass had ended: move the loader past it, then go on with what came next
             for _ in self.dl: pass
