@@ -29,7 +29,9 @@ from .learner import DeviceS, Learner, MetricsS, ProgressS
 # %% auto #0
 __all__ = ['WORKLOADS', 'RUNNERS', 'PEERS', 'Workload', 'Batches', 'mnist_mlp', 'linear_overhead', 'run_loop', 'quiet_progress',
            'run_nntrain', 'run_nntrain_bare', 'run_lightning', 'run_ignite', 'run_fastai', 'measure', 'Row',
-           'run_benchmark', 'format_table', 'machine_info', 'save_json', 'plot_rows']
+           'run_benchmark', 'format_table', 'machine_info', 'save_json', 'plot_rows', 'make_image_dataset', 'Augment',
+           'augment_cost', 'calibrate_augment', 'HandDataset', 'hand_loader', 'nntrain_loader', 'time_batches',
+           'waiting_fraction', 'PipelineRow', 'run_pipelines_benchmark', 'format_pipelines_table']
 
 # %% ../nbs/10_benchmark.ipynb #360aaa59
 @dataclass
@@ -299,3 +301,255 @@ def plot_rows(rows: list[Row], path=None):
     fig.tight_layout()
     if path is not None: write_atomically(path, lambda f: fig.savefig(f, dpi=100, format='png'))
     return fig
+
+# %% ../nbs/10_benchmark.ipynb #7472fa97
+def _write_images(folder: Path, n_images: int, size: int, seed: int):
+    "Write `n_images` random `size`x`size` RGB images (PNG) with labels to `folder` with `save_to_disk`."
+    import numpy as np
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, Features, Image
+    from datasets.utils import logging
+    rng = np.random.default_rng(seed)
+    blobs, tile = [], max(1, size // 4)
+    for start in range(0, n_images, 10_000):   # a colour per tile plus noise, made 10,000 images at a time
+        n, tiles = min(10_000, n_images - start), -(-size // tile)
+        coarse = rng.integers(0, 256, (n, tiles, tiles, 3), dtype=np.uint8)
+        pixels = np.repeat(np.repeat(coarse, tile, 1), tile, 2)[:, :size, :size].astype(np.int16)
+        pixels = (pixels + rng.integers(-20, 21, pixels.shape, dtype=np.int16)).clip(0, 255).astype(np.uint8)
+        for image in pixels:
+            buffer = io.BytesIO()
+            PIL.Image.fromarray(image).save(buffer, format='PNG', compress_level=1)
+            blobs.append({'bytes': buffer.getvalue(), 'path': None})
+    features = Features(image=Image(), label=ClassLabel(num_classes=10))
+    ds = Dataset.from_dict({'image': blobs, 'label': rng.integers(0, 10, n_images).tolist()}, features=features)
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()   # a bar for a few seconds of saving would cover the benchmark's own lines
+    try: ds.save_to_disk(str(folder))
+    finally:
+        if shown: logging.enable_progress_bar()
+
+def make_image_dataset(folder, n_images: int = 100_000, size: int = 32, seed: int = 0) -> Path:
+    "The `save_to_disk` folder of `n_images` random RGB images (a PNG-encoded `Image` feature) and labels in `folder`: made once, reused after."
+    import shutil
+    import tempfile
+    from datasets import load_from_disk
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n_images, size, seed)) or n_images < 1 or size < 8:
+        raise ValueError(f"make_image_dataset expected ints n_images >= 1, size >= 8 and seed, got n_images={n_images!r}, size={size!r}, seed={seed!r}")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"make_image_dataset: {folder} is a file; expected a folder to keep the dataset in")
+    target = folder/f'images-{n_images}-{size}px-seed{seed}'
+    if (target/'state.json').is_file():
+        try:
+            if len(load_from_disk(str(target))) == n_images: return target
+        except Exception: pass   # a damaged copy is made again
+        shutil.rmtree(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix='.making-') as tmp:   # written aside, renamed into place when complete
+        _write_images(Path(tmp)/'dataset', n_images, size, seed)
+        os.replace(Path(tmp)/'dataset', target)
+    return target
+
+# %% ../nbs/10_benchmark.ipynb #f4b45cee
+class Augment:
+    "The benchmark's per-sample transform: decode, pad and random crop, random flip, then `rounds` of a 3x3 blur (the costly part)."
+    def __init__(self, rounds: int = 0):
+        self.rounds, self.kernel = rounds, torch.full((3, 1, 3, 3), 1 / 9)
+
+    def __call__(self, row: dict) -> dict:
+        import random
+        import numpy as np
+        pixels = np.asarray(row['image'].convert('RGB'))
+        padded = np.pad(pixels, ((4, 4), (4, 4), (0, 0)), mode='reflect')
+        top, left = random.randrange(9), random.randrange(9)
+        crop = padded[top:top + pixels.shape[0], left:left + pixels.shape[1]]
+        if random.random() < 0.5: crop = crop[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div_(255)[None]
+        for _ in range(self.rounds): x = 0.5 * x + 0.5 * F.conv2d(x, self.kernel, padding=1, groups=3)
+        return {'image': x[0], 'label': row['label']}
+
+    def __repr__(self): return f'Augment(rounds={self.rounds})'
+
+@contextlib.contextmanager
+def _threads(n: int):
+    "Run the block with `n` torch threads (a DataLoader worker has one)."
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(saved)
+
+def augment_cost(dataset, augment: Augment, samples: int = 200) -> float:
+    "Milliseconds `augment` takes per sample of `dataset`, reading the row included, with one torch thread."
+    import random
+    rng = random.Random(0)
+    rows = [rng.randrange(len(dataset)) for _ in range(samples)]
+    with _threads(1):
+        for i in rows[:20]: augment(dataset[i])   # warm-up
+        start = time.perf_counter()
+        for i in rows: augment(dataset[i])
+        return (time.perf_counter() - start) / samples * 1e3
+
+def calibrate_augment(dataset, ms: float = 1.0) -> Augment:
+    "An `Augment` whose blur rounds make it cost about `ms` milliseconds per sample of `dataset` on this machine."
+    base, probe = augment_cost(dataset, Augment(0)), augment_cost(dataset, Augment(10))
+    per_round = max((probe - base) / 10, 1e-3)
+    return Augment(max(0, round((ms - base) / per_round)))
+
+# %% ../nbs/10_benchmark.ipynb #5ed22363
+class HandDataset(torch.utils.data.Dataset):
+    "The hand-written side: a map-style Dataset that reads row `i` of a Hugging Face dataset and returns `transform(row)` as (image, label)."
+    def __init__(self, dataset, transform): self.dataset, self.transform = dataset, transform
+    def __len__(self): return len(self.dataset)
+    def __getitem__(self, i):
+        row = self.transform(self.dataset[i])
+        return row['image'], row['label']
+
+def hand_loader(dataset, transform, batch_size: int, num_workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
+    "The PyTorch DataLoader a user would write: `HandDataset`, shuffled, `num_workers` processes."
+    return torch.utils.data.DataLoader(HandDataset(dataset, transform), batch_size, shuffle=True, num_workers=num_workers,
+                                       generator=torch.Generator().manual_seed(seed))
+
+def nntrain_loader(dataset, transform, batch_size: int, num_workers: int, seed: int = 0):
+    "nntrain's `MapLoader` over the same dataset, transform, batch size, shuffling and workers."
+    from nntrain.pipelines import MapLoader
+    return MapLoader(dataset, batch_size, [transform], columns=['image', 'label'], shuffle=True, seed=seed,
+                     num_workers=num_workers, pin_memory=False)
+
+def time_batches(loader, n_batches: int) -> tuple[float, float, int]:
+    "Seconds to take the first `n_batches` of a new epoch of `loader` (workers' start included), seconds to its first batch, images taken."
+    gc.collect()
+    start, first, images = time.perf_counter(), None, 0
+    for i, (x, y) in enumerate(iter(loader)):
+        images += len(y)
+        if first is None: first = time.perf_counter() - start
+        if i + 1 == n_batches: break
+    return time.perf_counter() - start, first, images
+
+def _epochs(loader):
+    "The batches of `loader`, epoch after epoch."
+    while True: yield from iter(loader)
+
+def waiting_fraction(loader, n_batches: int, step_s: float) -> tuple[float, float]:
+    "The fraction of the time spent in `next(loader)` over `n_batches` batches, each followed by a `step_s` training step (the first batch left out); and images per second."
+    batches = _epochs(loader)
+    next(batches)   # left out: the workers start, a reservoir fills to min_fill
+    waited, images, start = 0.0, 0, time.perf_counter()
+    for _ in range(n_batches):
+        t = time.perf_counter()
+        x, y = next(batches)
+        waited += time.perf_counter() - t
+        images += len(y)
+        time.sleep(step_s)
+    total = time.perf_counter() - start
+    batches.close()   # the epoch's workers stop
+    return waited / total, images / total
+
+# %% ../nbs/10_benchmark.ipynb #89290c85
+@dataclass
+class PipelineRow:
+    "One line of the pipelines benchmark: the hand-written DataLoader's median figure and nntrain's, over alternated runs."
+    name: str
+    workers: int
+    unit: str
+    hand: float
+    nntrain: float
+    ratio: float
+    hand_runs: list = field(default_factory=list)
+    nntrain_runs: list = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+
+def _check_counts(**counts):
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"run_pipelines_benchmark expected {name} to be an int >= 1, got {value!r}")
+
+def _throughput_row(ds, augment, workers: int, n_batches: int, batch_size: int, repeats: int, log) -> PipelineRow:
+    "Alternated runs of the hand-written DataLoader and `MapLoader` with `workers` workers: median images per second."
+    makers = {'hand': hand_loader, 'nntrain': nntrain_loader}
+    runs, firsts = {'hand': [], 'nntrain': []}, {'hand': [], 'nntrain': []}
+    for round_ in range(repeats):
+        for side in ('hand', 'nntrain') if round_ % 2 == 0 else ('nntrain', 'hand'):
+            loader = makers[side](ds, augment, batch_size, workers, seed=round_)
+            seconds, first, images = time_batches(loader, n_batches)
+            del loader   # its workers stop before the next run
+            runs[side].append(images / seconds)
+            firsts[side].append(first)
+        log(f"workers {workers}, round {round_ + 1}: hand {runs['hand'][-1]:.0f} img/s, nntrain {runs['nntrain'][-1]:.0f} img/s")
+    hand, ours = statistics.median(runs['hand']), statistics.median(runs['nntrain'])
+    return PipelineRow('throughput', workers, 'images/s', hand, ours, ours / hand, runs['hand'], runs['nntrain'],
+                       {'first batch s': {side: round(statistics.median(f), 3) for side, f in firsts.items()}})
+
+def _waiting_row(ds, augment, workers: int, n_batches: int, batch_size: int, repeats: int, step_ms: float, log) -> PipelineRow:
+    "Alternated runs of a DataLoader and a `ReservoirLoader` against a training step of `step_ms`: median fraction of the time waiting."
+    from nntrain.pipelines import ReservoirLoader
+    runs, rates, fresh = {'hand': [], 'nntrain': []}, {'hand': [], 'nntrain': []}, []
+    for round_ in range(repeats):
+        for side in ('hand', 'nntrain') if round_ % 2 == 0 else ('nntrain', 'hand'):
+            if side == 'hand': loader = hand_loader(ds, augment, batch_size, workers, seed=round_)
+            else: loader = ReservoirLoader(ds, batch_size, [augment], columns=['image', 'label'], size=16 * batch_size,
+                                           min_fill=4 * batch_size, batches_per_pass=n_batches + 1, seed=round_, num_workers=workers)
+            fraction, rate = waiting_fraction(loader, n_batches, step_ms / 1e3)
+            runs[side].append(fraction); rates[side].append(rate)
+            if side == 'nntrain':
+                fresh.append(max(0, loader.entered - loader.min_fill) / (n_batches + 1))   # samples made after the initial fill, per batch
+                loader.close()
+            del loader
+            gc.collect()
+        log(f"waiting, round {round_ + 1}: DataLoader {runs['hand'][-1]:.3f}, ReservoirLoader {runs['nntrain'][-1]:.3f}")
+    hand, ours = statistics.median(runs['hand']), statistics.median(runs['nntrain'])
+    return PipelineRow('waiting', workers, 'fraction of time in next()', hand, ours, ours / hand if hand else float('nan'),
+                       runs['hand'], runs['nntrain'],
+                       {'step ms': step_ms, 'batches': n_batches, 'images/s': {side: round(statistics.median(r), 1) for side, r in rates.items()},
+                        'new samples per batch': {'hand': batch_size, 'nntrain': round(statistics.median(fresh), 1)}})
+
+def run_pipelines_benchmark(data=None, n_images: int = 100_000, images_per_run: int = 10_240, workers=(0, 1, 2), repeats: int = 5,
+                            batch_size: int = 64, augment_ms: float = 1.0, step_ms: float = 10.0, reservoir_batches: int = 150,
+                            reservoir_workers: int | None = None, log=None) -> tuple[list[PipelineRow], dict]:
+    "Time `MapLoader` against a hand-written DataLoader on a generated image dataset kept in `data` (default: a temporary folder), and a `ReservoirLoader`'s waiting against a DataLoader's."
+    import shutil
+    import tempfile
+    from datasets import load_from_disk
+    _check_counts(n_images=n_images, images_per_run=images_per_run, repeats=repeats, batch_size=batch_size, reservoir_batches=reservoir_batches)
+    if reservoir_workers is None: reservoir_workers = max(1, min(2, (os.cpu_count() or 2) - 1))
+    _check_counts(reservoir_workers=reservoir_workers)
+    if not isinstance(workers, (list, tuple)) or not workers or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in workers):
+        raise ValueError(f"run_pipelines_benchmark expected workers to be a list of ints >= 0, got {workers!r}")
+    if not (augment_ms > 0 and step_ms > 0): raise ValueError(f"run_pipelines_benchmark expected augment_ms > 0 and step_ms > 0, got {augment_ms!r}, {step_ms!r}")
+    log = log or (lambda text: None)
+    tmp = tempfile.mkdtemp(prefix='nntrain-bench-') if data is None else None
+    try:
+        start = time.perf_counter()
+        path = make_image_dataset(tmp if data is None else data, n_images)
+        ds = load_from_disk(str(path))
+        info = {'dataset': str(path), 'images': len(ds), 'dataset_seconds': round(time.perf_counter() - start, 1),
+                'batch_size': batch_size, 'repeats': repeats}
+        log(f"dataset: {len(ds):,} images in {path} ({info['dataset_seconds']} s)")
+        with _threads(1):   # a sample costs what it costs in a worker, wherever it is made
+            augment = calibrate_augment(ds, augment_ms)
+            info.update(augment=repr(augment), augment_ms=round(augment_cost(ds, augment), 3), decode_ms=round(augment_cost(ds, Augment(0)), 3))
+            log(f"augmentation: {info['augment_ms']} ms per sample ({augment!r}; reading, decoding, crop and flip alone {info['decode_ms']} ms)")
+            n_batches = min(-(-images_per_run // batch_size), -(-len(ds) // batch_size))
+            info['images_per_run'] = min(n_batches * batch_size, len(ds))
+            rows = [_throughput_row(ds, augment, n, n_batches, batch_size, repeats, log) for n in workers]
+            rows.append(_waiting_row(ds, augment, reservoir_workers, reservoir_batches, batch_size, repeats, step_ms, log))
+        return rows, info
+    finally:
+        if tmp is not None: shutil.rmtree(tmp, ignore_errors=True)
+
+def format_pipelines_table(rows: list[PipelineRow], info: dict) -> str:
+    "The pipelines benchmark as text: images per second for each number of workers, then the fractions of time spent waiting."
+    lines = [f"{info['images']:,} PNG images in {info['dataset']}, batch {info['batch_size']}, "
+             f"{info['images_per_run']:,} images per run, medians of {info['repeats']} alternated runs",
+             f"augmentation: {info['augment_ms']:.3f} ms per sample ({info['augment']}; reading, decoding, crop and flip alone "
+             f"{info['decode_ms']:.3f} ms)", '',
+             f"{'workers':>7} {'hand img/s':>11} {'nntrain img/s':>14} {'ratio':>7} {'hand 1st s':>11} {'nntrain 1st s':>14}"]
+    for r in (r for r in rows if r.name == 'throughput'):
+        first = r.notes['first batch s']
+        lines.append(f"{r.workers:>7} {r.hand:>11.1f} {r.nntrain:>14.1f} {r.ratio:>7.3f} {first['hand']:>11.3f} {first['nntrain']:>14.3f}")
+    for r in (r for r in rows if r.name == 'waiting'):
+        rates, fresh = r.notes['images/s'], r.notes['new samples per batch']
+        lines += ['', f"waiting for data after the first batch ({r.workers} worker{'s' if r.workers != 1 else ''}, a {r.notes['step ms']:g} ms training step, {r.notes['batches']} batches)",
+                  f"{'loader':<16} {'waiting':>8} {'img/s':>8} {'new samples/batch':>18}",
+                  f"{'DataLoader':<16} {r.hand:>8.3f} {rates['hand']:>8.1f} {fresh['hand']:>18.1f}",
+                  f"{'ReservoirLoader':<16} {r.nntrain:>8.3f} {rates['nntrain']:>8.1f} {fresh['nntrain']:>18.1f}"]
+    return '\n'.join(lines)

@@ -177,27 +177,65 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser('bench', help='time nntrain against a hand-written loop and other frameworks',
                                 description='Time a hand-written PyTorch loop, nntrain with its default subscribers, a bare '
                                 'nntrain Learner and, when installed, Lightning, Ignite and fastai, in one process with '
-                                'alternating runs; print a table of medians.')
-    bench.add_argument('--quick', action='store_true', help='one epoch, one round: a sanity run, too noisy for conclusions')
+                                'alternating runs; print a table of medians. With --pipelines, time nntrain\'s MapLoader against '
+                                'a hand-written DataLoader on a generated on-disk image dataset, and the waiting of a '
+                                'ReservoirLoader against a DataLoader\'s.')
+    bench.add_argument('--quick', action='store_true', help='one epoch, one round (with --pipelines: 5,000 images, one round): '
+                       'a sanity run, too noisy for conclusions')
     bench.add_argument('--epochs', type=_positive(int, '--epochs'), default=None, help="epochs per run (default: each workload's own, 5 or 10)")
-    bench.add_argument('--repeats', type=_positive(int, '--repeats'), default=7, help='timed rounds; the table shows medians (default: 7)')
-    bench.add_argument('--device', type=parse_device, default='cpu', help='cpu, cuda, cuda:N or mps (default: cpu)')
+    bench.add_argument('--repeats', type=_positive(int, '--repeats'), default=None, help='timed rounds; the table shows medians (default: 7; 5 with --pipelines)')
+    bench.add_argument('--device', type=parse_device, default=None, help='cpu, cuda, cuda:N or mps (default: cpu)')
     bench.add_argument('--workloads', nargs='+', metavar='NAME', choices=_NamesIn('nntrain.benchmark', 'WORKLOADS'), default=None,
                        help='which workloads, of %(choices)s (default: all)')
     bench.add_argument('--runners', nargs='+', metavar='NAME', choices=_NamesIn('nntrain.benchmark', 'RUNNERS'), default=None,
                        help='which runners, of %(choices)s (default: all that are installed)')
     bench.add_argument('--json', metavar='PATH', help='also write the results as JSON to PATH')
     bench.add_argument('--png', metavar='PATH', help='also draw a bar chart to PATH')
+    bench.add_argument('--pipelines', action='store_true', help="time the data pipelines instead: MapLoader against a hand-written "
+                       "DataLoader with 0, 1 and 2 workers, and a ReservoirLoader's waiting against a DataLoader's")
+    bench.add_argument('--data', metavar='DIR', default=None, help='with --pipelines: the folder that keeps the generated images, '
+                       'reused by later runs (default: a temporary folder, removed afterwards)')
+    bench.add_argument('--images', type=_positive(int, '--images'), default=None,
+                       help='with --pipelines: images in the generated dataset (default: 100,000; 5,000 with --quick)')
     return parser
+
+def _data_folder(text: str) -> Path:
+    "The folder of `--data`: an existing folder, or a new one in an existing folder."
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir(): raise CommandError(f"--data {text}: is a file; expected a folder to keep the generated images in")
+    if not path.exists() and not path.parent.is_dir():
+        raise CommandError(f"--data {text}: the folder {str(path.parent)!r} does not exist; expected an existing folder or a new one in one")
+    return path
+
+def _bench_pipelines(args) -> str:
+    "`nntrain bench --pipelines`: the pipelines benchmark's table (progress on stderr)."
+    given = [f'--{name}' for name in ('epochs', 'device', 'workloads', 'runners', 'png') if getattr(args, name) is not None]
+    if given: raise CommandError(f"{', '.join(given)}: not used with --pipelines, which times data loaders on the CPU; expected "
+                                 "--quick, --repeats, --data, --images or --json with it")
+    data = None if args.data is None else _data_folder(args.data)
+    if args.json: output_path(args.json, '--json')   # before minutes of timing, not after
+    from nntrain.benchmark import format_pipelines_table, run_pipelines_benchmark, save_json
+    images = args.images or (5_000 if args.quick else 100_000)
+    settings = dict(images_per_run=1_280, repeats=1, reservoir_batches=50) if args.quick else dict(repeats=args.repeats or 5)
+    if args.quick and args.repeats: settings['repeats'] = args.repeats
+    rows, info = run_pipelines_benchmark(data, images, **settings, log=lambda text: print(text, file=sys.stderr, flush=True))
+    if args.json: save_json(rows, args.json, 'cpu', pipelines=info, quick=args.quick)
+    return format_pipelines_table(rows, info)
 
 def bench(args) -> str:
     "Run `nntrain bench` with parsed `args`; return the table."
+    if args.pipelines: return _bench_pipelines(args)
+    given = [f'--{name}' for name in ('data', 'images') if getattr(args, name) is not None]
+    if given: raise CommandError(f"{', '.join(given)}: only used with --pipelines")
+    if args.json: output_path(args.json, '--json')
     from nntrain.benchmark import WORKLOADS, format_table, plot_rows, run_benchmark, save_json
-    epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats)
-    rows = run_benchmark(args.workloads or list(WORKLOADS), args.runners, epochs=epochs, repeats=repeats, device=args.device)
-    if args.json: save_json(rows, args.json, args.device, epochs=epochs, repeats=repeats, quick=args.quick)
+    device = 'cpu' if args.device is None else args.device
+    epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats or 7)
+    rows = run_benchmark(args.workloads or list(WORKLOADS), args.runners, epochs=epochs, repeats=repeats, device=device)
+    if args.json: save_json(rows, args.json, device, epochs=epochs, repeats=repeats, quick=args.quick)
     if args.png: plot_rows(rows, args.png)
     return format_table(rows)
+
 
 # %% ../nbs/99_cli.ipynb #ada74f91
 _FIT_DEFAULTS = {'epochs': 3, 'bs': 128, 'lr': 3e-3, 'device': None, 'seed': 0, 'save': None}

@@ -88,9 +88,12 @@ def open_experiment_dataset(name: str):
         raise ValueError(f"dataset {name!r} has the columns {data['train'].column_names}, without {' and '.join(map(repr, missing))}; "
                          "expected an 'image' and a 'label' column")
     valid = next((split for split in VALID_SPLIT_NAMES if split in data), None)
-    if valid is None:   # in memory: no index file is written beside the data
-        parts = data['train'].train_test_split(test_size=HELD_OUT, seed=0, keep_in_memory=True)
-        data, valid = DatasetDict({'train': parts['train'], 'validation': parts['test']}), 'validation'
+    if valid is None:   # a random fifth validates; its indices are kept in memory, no file is written beside the data
+        order = torch.randperm(len(data['train']), generator=torch.Generator().manual_seed(0)).tolist()
+        cut = len(order) - round(HELD_OUT * len(order))
+        data = DatasetDict({'train': data['train'].select(order[:cut], keep_in_memory=True),
+                            'validation': data['train'].select(order[cut:], keep_in_memory=True)})
+        valid = 'validation'
     return DatasetDict({split: data[split].select_columns(COLUMNS) for split in ('train', valid)})
 
 def experiment_loaders(config: dict, dd) -> DataLoaders:
@@ -102,8 +105,9 @@ def experiment_loaders(config: dict, dd) -> DataLoaders:
     train, valid = _pick_splits(dd)
     args = {k: v for k, v in {**PIPELINES[config['pipeline']], **config['pipeline_args']}.items() if v is not None}
     make = {'map': partial(MapLoader, shuffle=True), 'stream': partial(StreamLoader, shuffle=True), 'reservoir': ReservoirLoader}
-    common = dict(columns=COLUMNS, seed=seed, num_workers=workers, flatten=flatten)   # a seed each: torch's generator is not drawn from
-    return DataLoaders(make[config['pipeline']](dd[train], bs, **common, **args), MapLoader(dd[valid], 2 * bs, **common))
+    common = dict(columns=COLUMNS, seed=seed, flatten=flatten)   # a seed each: torch's generator is not drawn from
+    return DataLoaders(make[config['pipeline']](dd[train], bs, num_workers=workers, **common, **args),
+                       MapLoader(dd[valid], 2 * bs, **common))   # validation is read in this process, in order
 
 def build_learner(config: dict) -> tuple[Learner, list | None]:
     "The learner an experiment's `config` describes (seeded), and the dataset's class names."
@@ -277,8 +281,8 @@ def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
                     ConsoleLogS(folder/'console.log'), MisclassifiedS(), ReportS(folder/'reports', class_names=class_names)]
             if (scheduler := schedule(config)) is not None: subs.append(scheduler)
             fit_iterations(learn, total, valid_every, seed=config['seed'], subs=subs, resume=resume)
+            final = {k: v for k, v in learn.metrics.history[-1].items() if k not in ('epoch', 'mode')}
         finally: _close_loaders(learn.dls)
-        final = {k: v for k, v in learn.metrics.history[-1].items() if k not in ('epoch', 'mode')}
         result = {'experiment': folder.name, 'iterations': total, **final}
         _write_text(folder/'result.json', json.dumps(result))
         return {**result, 'status': 'resumed' if resume else 'trained'}

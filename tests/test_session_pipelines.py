@@ -131,7 +131,7 @@ def test_dataset_paths_checked_on_this_machine(data, monkeypatch):
     monkeypatch.chdir(data)
     readable = "expected a folder written by save_to_disk, a .parquet or .csv file, or a folder of class folders of images"
     def problems(name, on_this_machine=True): return check_config({'dataset': name, 'num_iterations': 5}, on_this_machine)
-    for fine in ('./mnist', str(data/'mnist'), './train', './train.parquet', '~/' + os.path.relpath(data/'mnist', Path.home())):
+    for fine in ('./mnist', str(data/'mnist'), './train', './train.parquet'):
         assert problems(fine) == [], fine
     assert problems('./missing') == [f"dataset: './missing' is missing; {readable}"]
     assert problems('./notes.txt') == [f"dataset: './notes.txt' is a .txt file; {readable}"]
@@ -275,7 +275,7 @@ def test_old_results_without_the_pipeline_keys_are_not_changed(data, tmp_path):
     assert _quiet_session(tmp_path/'s.yaml', 'memory', tmp_path/'results')[0]['status'] == 'skipped'
     stored.write_text(yaml.safe_dump({**old, 'workers': 3}, sort_keys=False))
     with pytest.raises(ConfigError) as info: _quiet_session(tmp_path/'s.yaml', 'memory', tmp_path/'results')
-    assert 'memory: workers: 3 -> 0' in str(info.value)
+    assert '\n  default: workers: 3 -> 0\n' in str(info.value)
 
 
 # --- killed from outside while worker processes make its batches

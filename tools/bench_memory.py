@@ -93,7 +93,9 @@ class Watch:
 def iterate(path: str, workers: int, batch_size: int, out):
     "Read every row of the saved dataset at `path` once through a shuffled `MapLoader`; put the figures on `out` (run in a fresh process)."
     from nntrain.pipelines import MapLoader, open_dataset
-    ds = open_dataset(path).with_format('numpy')   # memory-mapped; numpy keeps the pixels uint8 (torch's format would make int64)
+    # memory-mapped; the numpy format with dtype uint8 keeps the pixels as stored (datasets' numpy and torch formats make every
+    # integer int64 by default, 8 times the bytes; the labels, 0 to 9, become uint8 as well)
+    ds = open_dataset(path).with_format('numpy', dtype='uint8')
     loader = MapLoader(ds, batch_size, columns=['image', 'label'], shuffle=True, seed=0, num_workers=workers, pin_memory=False)
     rows = nbytes = checksum = 0
     with Watch() as watch:
