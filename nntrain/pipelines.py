@@ -96,7 +96,7 @@ def open_dataset(source, cache_dir=None):
     if path.is_file() and path.suffix.lower() == '.parquet': return from_parquet(path, cache_dir)
     if path.is_file() and path.suffix.lower() == '.csv': return from_csv(path, cache_dir)
     if path.is_dir() and any(p.is_dir() for p in path.iterdir()): return from_image_folder(path, cache_dir)
-    what = ('missing' if not path.exists() else f'a {path.suffix or "file"} file' if path.is_file()
+    what = ('missing' if not path.exists() else (f'a {path.suffix} file' if path.suffix else 'a file') if path.is_file()
             else 'a folder with neither a saved dataset nor class folders')
     raise ValueError(f"open_dataset: {str(source)!r} is {what}; expected a folder written by save_to_disk, a .parquet or .csv file, "
                      "a folder of class folders of images, or 'hub:<name>'")
@@ -271,6 +271,11 @@ class _Runner:
                             persistent_workers=persistent_workers and num_workers > 0)
         self.plan, self.dl = _Plan(), None
 
+    def close(self):
+        "Stop the workers now (PyTorch's own shutdown, as a loader that is freed at once would); the next epoch starts new ones."
+        _shut_down(getattr(self.dl, '_iterator', None))
+        self.dl = None
+
     def run(self, batches):
         "An iterator over the batches made from `batches`, an iterable of item lists drawn in this process."
         self.plan.batches = batches
@@ -298,16 +303,37 @@ class _Batches:
     def __next__(self):
         if self.made is None: self.made = self.runner.run(self.plan)
         try: return next(self.made)
-        except PipelineError as e:
-            if 'Original Traceback' not in str(e): raise   # made in this process: as it is
-            raise _in_main_process(e) from e
+        except StopIteration: raise
+        except BaseException as e:
+            # an error's traceback keeps the workers' iterator alive; stopped now, it cannot stall a later loader's start
+            _shut_down(self.made, at_once=True)
+            self.runner.dl = None
+            if isinstance(e, Exception) and (clear := _in_main_process(e)) is not None: raise clear from e
+            raise
 
-def _in_main_process(e: PipelineError) -> PipelineError:
-    "A worker's `PipelineError` as PyTorch re-raises it (its message is the worker's traceback), with its own message first again."
+def _shut_down(iterator, at_once: bool = False):
+    "Stop the worker processes of a PyTorch loader iterator, if it has any; `at_once` does not let them finish the sample in hand."
+    if at_once and getattr(iterator, '_worker_pids_set', False):
+        # PyTorch's SIGCHLD handler would report the ends of these workers as failures, in whatever runs next: unregister them first
+        from torch.utils.data._utils.signal_handling import _remove_worker_pids
+        _remove_worker_pids(id(iterator))
+        iterator._worker_pids_set = False
+        for worker in iterator._workers:
+            if worker.is_alive(): worker.terminate()
+    if (shut_down := getattr(iterator, '_shutdown_workers', None)) is not None: shut_down()
+
+_FROM_WORKER = re.compile(r'^Caught \w+ in DataLoader worker process (\d+)\.\nOriginal Traceback')
+
+def _in_main_process(e: Exception) -> Exception | None:
+    "A worker's error as PyTorch re-raises it (its message is the worker's whole traceback) with its own message again, or None."
     text = str(e)
-    last = [line for line in text.splitlines() if 'PipelineError: ' in line][-1]
-    worker = re.search(r'worker process (\d+)', text)
-    return PipelineError(last.split('PipelineError: ', 1)[1] + (f" (in worker process {worker.group(1)})" if worker else ''))
+    if not (worker := _FROM_WORKER.match(text)): return None
+    lines, name = text.splitlines(), type(e).__name__
+    starts = [i for i, line in enumerate(lines) if re.match(rf'^(?:[\w.]+\.)?{name}: ', line)]
+    if not starts: return None
+    message = '\n'.join(lines[starts[-1]:]).split(': ', 1)[1]
+    try: return type(e)(f"{message} (in worker process {worker.group(1)})")
+    except Exception: return None
 
 def _check_shard(rank, world_size, who: str) -> tuple[int, int]:
     world_size = _check_int(world_size, 'world_size', who)
@@ -385,7 +411,7 @@ class MapLoader:
                  prefetch_factor: int = 2, persistent_workers: bool = True, timeout: float = 0, rank: int = 0, world_size: int = 1):
         who = 'MapLoader'
         if not (hasattr(dataset, '__len__') and hasattr(dataset, '__getitem__')) or isinstance(dataset, (str, bytes, Mapping)):
-            hint = " (pick a split: dd['train'])" if isinstance(dataset, Mapping) else " (a stream: use StreamLoader)" if isinstance(dataset, Iterable) else ''
+            hint = " (pick a split: dd['train'])" if isinstance(dataset, Mapping) else " (a stream: use StreamLoader)" if isinstance(dataset, Iterable) and not isinstance(dataset, (str, bytes)) else ''
             raise TypeError(f"{who} expected a dataset read by index (with len and [i]: a Hugging Face Dataset, a list), got {_describe(dataset)}{hint}")
         (self.batch_size, self.transforms, self.columns, self.collate_fn, seed, self.num_workers, self.pin_memory,
          prefetch_factor, timeout) = _check_common(who, batch_size, transforms, columns, collate_fn, flatten, seed, num_workers,
@@ -413,7 +439,7 @@ class MapLoader:
 
     def close(self):
         "Stop the worker processes now (they also stop when the loader is no longer used); the next epoch starts new ones."
-        self.runner.dl = None
+        self.runner.close()
 
     def resume_state(self) -> dict:
         "What a checkpoint records of this loader: its layout, which a resume must share (the position itself is the Learner's)."
@@ -494,7 +520,7 @@ class StreamLoader:
 
     def close(self):
         "Stop the worker processes now (they also stop when the loader is no longer used); the next epoch starts new ones."
-        self.runner.dl = None
+        self.runner.close()
 
     def resume_state(self) -> dict:
         "What a checkpoint records of this loader: its layout, which a resume must share (the position itself is the Learner's)."
@@ -641,7 +667,7 @@ class ReservoirLoader:
         self._finalizer.detach()
         _stop_producer(self._stop, self._thread)
         self._thread = None
-        self.source.runner.dl = None   # its worker processes end with it
+        self.source.close()   # and its worker processes
 
     def _check_producer(self):
         "Raise what stopped the producer: an error of its own, or a worker process that died."
