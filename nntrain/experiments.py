@@ -316,7 +316,10 @@ def dataset_problem(name: str, on_this_machine: bool = True) -> str | None:
     try:
         if path.is_dir() and ((path/'dataset_dict.json').is_file() or (path/'state.json').is_file()): kind = 'saved'
         elif path.is_file() and path.suffix.lower() in ('.parquet', '.csv'): kind = 'file'
-        elif path.is_dir() and any(p.is_dir() for p in path.iterdir()): kind = 'images'
+        elif path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+            from nntrain.pipelines import _image_folder_problem   # chapter 14 comes after this one
+            if problem := _image_folder_problem(path): return f"{name!r} is not an image folder: {problem}"
+            kind = 'images'
         else:
             what = ('missing' if not path.exists() else f"a {path.suffix or 'plain'} file" if path.is_file()
                     else 'a folder with neither a saved dataset nor class folders')
@@ -358,7 +361,7 @@ def _pipeline_problems(setting) -> list[str]:
                             "expected workers >= 1, got 0")
     if pipeline == 'stream' and setting('num_epochs') is not None:
         problems.append("num_epochs: a stream has no length, so it trains by iterations; give num_iterations instead")
-    if not (isinstance(args, dict) and pipeline in PIPELINES): return problems
+    if not (isinstance(args, dict) and isinstance(pipeline, str) and pipeline in PIPELINES): return problems
     allowed, good = PIPELINES[pipeline], True
     for key, value in args.items():
         if key not in allowed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import pickle
 import random
 import re
 import threading
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
     from datasets import DatasetDict
 
 # %% auto #0
-__all__ = ['MAPPED_BYTES', 'from_parquet', 'from_csv', 'from_image_folder', 'open_dataset', 'PipelineError', 'sample_seed',
-           'collate_samples', 'MapLoader', 'StreamLoader', 'ReservoirLoader']
+__all__ = ['IMAGE_SUFFIXES', 'SPLIT_FOLDERS', 'MAPPED_BYTES', 'MAX_WORKERS', 'from_parquet', 'from_csv', 'from_image_folder',
+           'open_dataset', 'PipelineError', 'sample_seed', 'collate_samples', 'MapLoader', 'StreamLoader',
+           'ReservoirLoader']
 
 # %% ../nbs/14_pipelines.ipynb #6118de61
 def _files(data_files, who: str) -> dict:
@@ -70,11 +72,31 @@ def from_csv(data_files, cache_dir=None, **csv_kwargs) -> DatasetDict:
     "A `DatasetDict` of CSV `data_files` (a file, a list, or a dict of split to files), as memory-mapped Arrow; `csv_kwargs` go to the CSV reader."
     return _build('csv', 'from_csv', cache_dir, data_files=_files(data_files, 'from_csv'), **csv_kwargs)
 
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+SPLIT_FOLDERS = ('train', 'test', 'validation', 'valid', 'val')
+
+def _image_folder_problem(folder: Path) -> str | None:
+    "Why `folder` is not class folders of images (`<class>/<image>` or `<split>/<class>/<image>`), or None; it stops at the first problem."
+    tops = sorted(folder.iterdir())
+    if stray := next((p for p in tops if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), None):
+        return f"it holds an image, {stray.name}, outside any class folder; expected images only inside class folders"
+    images = 0
+    for top in (p for p in tops if p.is_dir()):
+        split = top.name.lower() in SPLIT_FOLDERS and any(p.is_dir() for p in top.iterdir())
+        for kind in ([p for p in sorted(top.iterdir()) if p.is_dir()] if split else [top]):
+            for entry in kind.iterdir():   # the builder reads folders below class folders too: a results folder there would become a class
+                if entry.is_dir():
+                    return (f"its class folder {kind.relative_to(folder)} holds a folder, {entry.name}; expected images directly in "
+                            "class folders (is this the folder above the dataset?)")
+                images += entry.suffix.lower() in IMAGE_SUFFIXES
+    return None if images else "it holds no image in class folders; expected <class>/<image> or <split>/<class>/<image>"
+
 def from_image_folder(folder, cache_dir=None) -> DatasetDict:
     "A `DatasetDict` of an image folder (`folder/<class>/<image>`, or `folder/<split>/<class>/<image>`): `image` and a `label` named by the folders."
     if not isinstance(folder, (str, os.PathLike)) or not Path(folder).is_dir():
         raise FileNotFoundError(f"from_image_folder expected a folder of class folders of images, got {str(folder)!r}, "
                                 f"which is {'not a folder' if isinstance(folder, (str, os.PathLike)) and Path(folder).exists() else 'missing'}")
+    if problem := _image_folder_problem(Path(folder)): raise ValueError(f"from_image_folder: {str(folder)!r} is not an image folder: {problem}")
     return _build('imagefolder', 'from_image_folder', cache_dir, data_dir=str(folder), drop_labels=False)   # a label even with one class
 
 def _saved(path: Path) -> bool:
@@ -97,7 +119,7 @@ def open_dataset(source, cache_dir=None):
     if path.is_file() and path.suffix.lower() == '.csv': return from_csv(path, cache_dir)
     if path.is_dir() and any(p.is_dir() for p in path.iterdir()): return from_image_folder(path, cache_dir)
     what = ('missing' if not path.exists() else (f'a {path.suffix} file' if path.suffix else 'a file') if path.is_file()
-            else 'a folder with neither a saved dataset nor class folders')
+            else 'a folder with neither a saved dataset nor class folders' if path.is_dir() else 'neither a file nor a folder')
     raise ValueError(f"open_dataset: {str(source)!r} is {what}; expected a folder written by save_to_disk, a .parquet or .csv file, "
                      "a folder of class folders of images, or 'hub:<name>'")
 
@@ -244,11 +266,25 @@ def _cut(batch):
     if isinstance(batch, (list, tuple)): return type(batch)(_cut(v) for v in batch)
     return batch
 
+_SENT_FROM = set()
+
+def _check_sendable(batch):
+    "In a worker, once: refuse a batch that cannot be pickled (PyTorch's queue would drop it with a printed error, and the loader wait for ever)."
+    if get_worker_info() is None or os.getpid() in _SENT_FROM: return
+    try: pickle.dumps(batch)
+    except Exception as e:
+        raise PipelineError(f"a batch made in a worker cannot be sent to the training process: {type(e).__name__}: {e}; "
+                            "expected samples of tensors, arrays, numbers and strings") from None
+    _SENT_FROM.add(os.getpid())
+
 class _Collate:
     "The loader's collate function, called in the worker; an empty share of a batch is collated from one sample, then cut to no rows."
     def __init__(self, fn): self.fn = fn
     def __call__(self, rows):
-        if not isinstance(rows, _EmptyShare): return self.fn(rows)
+        if not isinstance(rows, _EmptyShare):
+            batch = self.fn(rows)
+            if not isinstance(self.fn, _ColumnsCollate): _check_sendable(batch)   # the default's tensors always can be
+            return batch
         return [] if getattr(self.fn, 'empty', None) == 'none' else _cut(self.fn(list(rows)))
 
 def _share(batch: list, rank: int, world_size: int) -> list:
@@ -294,6 +330,7 @@ class _Batches:
 
     def skip(self, n: int) -> int:
         "Move past up to `n` batches without making them (before the first batch is taken); return how many there were."
+        _check_int(n, 'n', 'skip', minimum=0)
         if self.made is not None: raise RuntimeError("skip() moves an epoch on before its first batch; this one has started")
         if hasattr(self.plan, 'skip'): return self.plan.skip(n)
         done = 0
@@ -341,6 +378,8 @@ def _check_shard(rank, world_size, who: str) -> tuple[int, int]:
     if rank >= world_size: raise ValueError(f"{who} expected rank in [0, world_size) = [0, {world_size}), got rank={rank}")
     return rank, world_size
 
+MAX_WORKERS = 256
+
 def _check_common(who: str, batch_size, transforms, columns, collate_fn, flatten, seed, num_workers, pin_memory, prefetch_factor, timeout):
     "The arguments every pipeline takes, checked; returns them normalised."
     batch_size = _check_int(batch_size, 'batch_size', who)
@@ -355,6 +394,7 @@ def _check_common(who: str, batch_size, transforms, columns, collate_fn, flatten
     flatten = _check_flag(flatten, 'flatten', who)
     seed = _check_int(seed, 'seed', who, minimum=0, optional=True)
     num_workers = _check_int(num_workers, 'num_workers', who, minimum=0)
+    if num_workers > MAX_WORKERS: raise ValueError(f"{who} expected num_workers <= {MAX_WORKERS} worker processes, got {num_workers:,}")
     pin_memory = torch.cuda.is_available() if pin_memory is None else _check_flag(pin_memory, 'pin_memory', who)
     prefetch_factor = _check_int(prefetch_factor, 'prefetch_factor', who)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < 2**31:
@@ -554,7 +594,10 @@ def _unpack(x):
 class _Rows:
     "The collate function of a reservoir's source: the samples as they are, tensors packed (an empty share of a batch gives none)."
     empty = 'none'
-    def __call__(self, rows): return [_pack(row) for row in rows]
+    def __call__(self, rows):
+        packed = [_pack(row) for row in rows]
+        _check_sendable(packed)
+        return packed
 
 class _Reservoir:
     "The made samples and their counts, shared by the producer thread and the training loop under one lock."
@@ -725,7 +768,7 @@ class _ReservoirPass:
 
     def skip(self, n: int) -> int:
         "Count `n` batches of this pass as done without drawing them (a resume: the draws they made cannot be repeated)."
-        done = min(n, self.left)
+        done = min(_check_int(n, 'n', 'skip', minimum=0), self.left)
         self.left -= done
         return done
 

@@ -197,10 +197,59 @@ def test_unreadable_files_are_named(tmp_path):
         from_csv(tmp_path/'noise.csv', cache_dir=tmp_path/'cache')
     (tmp_path/'empty'/'cats').mkdir(parents=True)
     (tmp_path/'empty'/'cats'/'notes.txt').write_text('no image here')
-    with pytest.raises(ValueError, match=r"from_image_folder could not read .*empty"):
+    with pytest.raises(ValueError, match=r"from_image_folder: '.*empty' is not an image folder: it holds no image in class folders"):
         open_dataset(tmp_path/'empty', cache_dir=tmp_path/'cache')
 
 
 def test_collate_samples_of_one_kind():
     x, y = collate_samples([{'x': torch.ones(2), 'y': 1}, {'x': torch.zeros(2), 'y': 0}])
     assert x.shape == (2, 2) and y.tolist() == [1, 0]
+
+
+# --- the second pass (pipelines with sessions)
+
+def locks(row):
+    row['lock'] = threading.Lock()
+    return row
+
+
+def test_a_sample_that_cannot_be_sent_is_named_not_waited_for():
+    "B103: a sample that cannot be pickled made the loader wait for ever (the worker printed the error and went on)."
+    num = Dataset.from_dict({'i': list(range(40))})
+    message = r"a batch made in a worker cannot be sent to the training process: TypeError: cannot pickle '_thread.lock' object"
+    with pytest.raises(PipelineError, match=message): next(iter(ReservoirLoader(num, 4, [locks], size=8, num_workers=1)))
+    with pytest.raises(PipelineError, match=message): next(iter(MapLoader(num, 4, [locks], num_workers=1, collate_fn=lambda rows: rows)))
+
+
+def test_folders_that_are_not_image_folders_are_refused_at_once(tmp_path):
+    "B68, B69, B55: '/' walked the whole file system; the folder above a dataset made its results a class; a folder without images passed."
+    from nntrain.experiments import check_config
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"from_image_folder: '/' is not an image folder: its class folder \w+ holds a folder"):
+        open_dataset('/')
+    assert time.perf_counter() - start < 5
+    parent = tmp_path/'parent'
+    png_folder(parent/'data', ['a', 'b'])
+    png_folder(parent/'results'/'x', ['reports'])
+    with pytest.raises(ValueError, match=r"its class folder data holds a folder, [ab]; expected images directly in class folders"):
+        open_dataset(parent)
+    (tmp_path/'noimg'/'a').mkdir(parents=True)
+    (tmp_path/'noimg'/'a'/'x.txt').write_text('x')
+    assert check_config({'dataset': str(tmp_path/'noimg'), 'num_iterations': 2}) == [
+        f"dataset: {str(tmp_path/'noimg')!r} is not an image folder: it holds no image in class folders; expected <class>/<image> or <split>/<class>/<image>"]
+    png_folder(tmp_path/'stray', ['a'])
+    (tmp_path/'stray'/'a'/'0.png').rename(tmp_path/'stray'/'loose.png')
+    with pytest.raises(ValueError, match="it holds an image, loose.png, outside any class folder"): from_image_folder(tmp_path/'stray')
+    assert from_image_folder(png_folder(tmp_path/'split'/'train', ['a', 'b']).parent, cache_dir=tmp_path/'c')['train'].num_rows == 6
+
+
+def test_odd_arguments_from_the_second_pass():
+    "B14, B86, B93, B94, B67: pipeline as a list raised TypeError inside the check; num_workers had no bound; negative skips; /dev/null 'a folder'."
+    from nntrain.experiments import check_config
+    assert "pipeline: expected str, got ['map']" in check_config({'pipeline': ['map'], 'num_iterations': 2})
+    with pytest.raises(ValueError, match="MapLoader expected num_workers <= 256 worker processes, got 1,000,000,000"):
+        MapLoader(numbers(), 2, num_workers=10**9)
+    with pytest.raises(ValueError, match=r"skip expected n to be an int >= 0 \(not a bool\), got -3"): iter(MapLoader(numbers(), 2)).skip(-3)
+    with pytest.raises(ValueError, match=r"skip expected n to be an int >= 0 \(not a bool\), got -3"):
+        iter(ReservoirLoader(numbers(), 1, size=2, min_fill=1, num_workers=1)).skip(-3)
+    with pytest.raises(ValueError, match="'/dev/null' is neither a file nor a folder"): open_dataset('/dev/null')
