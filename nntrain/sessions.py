@@ -260,6 +260,25 @@ def _close_loaders(dls: DataLoaders):
     for dl in (dls.train, dls.valid):
         if callable(close := getattr(dl, 'close', None)): close()
 
+def _check_model_fits(learn: Learner, class_names, config: dict):
+    "Refuse, before training, a model that cannot take the dataset's samples, or gives another number of outputs than it has classes."
+    dl, model = learn.dls.valid, learn.model
+    generator = getattr(dl, 'generator', None)
+    saved, was_training = None if generator is None else generator.get_state(), model.training
+    try:
+        inputs = next(iter(dl))[0][:2]
+        model.eval()
+        with torch.no_grad(): out = model(inputs)
+    except Exception as e:
+        raise ConfigError(f"model: {config['model']} cannot take a batch of the samples of dataset {config['dataset']!r}, of shape "
+                          f"{list(inputs.shape)} (flatten: {str(config['flatten']).lower()}): {type(e).__name__}: {e}") from None
+    finally:
+        model.train(was_training)
+        if saved is not None: generator.set_state(saved)   # the peek leaves the validation order as it was
+    if class_names and isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] != len(class_names):
+        raise ConfigError(f"model: {config['model']} gives {out.shape[1]} outputs per sample, but dataset {config['dataset']!r} has "
+                          f"{len(class_names)} classes; expected one output per class (for mlp: model_args: {{n_out: {len(class_names)}}})")
+
 def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
     "Train the experiment `config` in `folder` (skip it if finished, resume it if interrupted); return its result."
     folder = Path(folder)
@@ -275,6 +294,7 @@ def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
         else: _repair_records(folder, config)
         learn, class_names = build_learner(config)
         try:
+            _check_model_fits(learn, class_names, config)   # a local dataset's images and classes are known only now
             total, valid_every, checkpoint_every = training_plan(config, _length(learn.dls.train))   # a stream: None
             subs = [CheckpointS(folder/'checkpoints', every_batches=checkpoint_every, every_epochs=1, keep=2),
                     CSVLoggerS(folder/'metrics.csv'), TensorBoardS(folder/'tensorboard', log_every=config['log_every']),

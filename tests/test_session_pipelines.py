@@ -4,6 +4,7 @@ import contextlib, io, json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
 import pytest
+from datasets import ClassLabel, DatasetDict
 import torch
 
 from nntrain.checkpoints import checkpoints, load_checkpoint
@@ -339,3 +340,24 @@ def test_map_with_workers_killed_from_outside_finishes_identically(data, tmp_pat
     for key in ('result', 'metrics.csv', 'checkpoint'): assert found[key] == expected[key], key
     assert found['weights'].keys() == expected['weights'].keys()
     for name in expected['weights']: assert torch.equal(found['weights'][name], expected['weights'][name]), name
+
+
+def test_a_model_that_does_not_fit_the_data_is_refused_before_training(data, tmp_path):
+    "B1, B72 of the second break-it pass: 3 classes with mlp's 10 outputs failed after the whole fit; RGB images failed at the first batch."
+    three = load_mnist()
+    three = DatasetDict({k: v.filter(lambda row: row['label'] < 3).cast_column('label', ClassLabel(names=['0', '1', '2'])) for k, v in three.items()})
+    with contextlib.redirect_stderr(io.StringIO()): three.save_to_disk(str(tmp_path/'three'))
+    (tmp_path/'s.yaml').write_text(f"s:\n  dataset: {tmp_path/'three'}\n  bs: 64\n  num_iterations: 4\n  pipeline: map\n")
+    with pytest.raises(ConfigError, match=r"model: mlp gives 10 outputs per sample, but dataset '.*three' has 3 classes; expected one output "
+                                          r"per class \(for mlp: model_args: \{n_out: 3\}\)"):
+        _quiet_session(tmp_path/'s.yaml', 's', tmp_path/'results')
+    assert not list((tmp_path/'results').rglob('checkpoint-*.pt'))   # nothing was trained
+    (tmp_path/'s.yaml').write_text(f"s:\n  dataset: {tmp_path/'three'}\n  bs: 64\n  num_iterations: 4\n  pipeline: map\n"
+                                   "  model_args: {n_out: 3}\n")
+    assert _quiet_session(tmp_path/'s.yaml', 's', tmp_path/'results2')[0]['status'] == 'trained'
+    rgb = DatasetDict({k: v.map(lambda row: {'image': row['image'].convert('RGB')}) for k, v in load_mnist().items()})
+    with contextlib.redirect_stderr(io.StringIO()): rgb.save_to_disk(str(tmp_path/'rgb'))
+    (tmp_path/'s.yaml').write_text(f"s:\n  dataset: {tmp_path/'rgb'}\n  bs: 64\n  num_iterations: 4\n")
+    with pytest.raises(ConfigError, match=r"model: mlp cannot take a batch of the samples of dataset '.*rgb', of shape \[2, 2352\] "
+                                          r"\(flatten: true\): RuntimeError: mat1 and mat2 shapes cannot be multiplied"):
+        _quiet_session(tmp_path/'s.yaml', 's', tmp_path/'results3')
