@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 # %% auto #0
-__all__ = ['CommandError', 'default_model', 'parse_device', 'output_path', 'fit_mnist', 'model_of_checkpoint',
+__all__ = ['MAX_IMAGES', 'CommandError', 'default_model', 'parse_device', 'output_path', 'fit_mnist', 'model_of_checkpoint',
            'export_default_model', 'build_parser', 'bench', 'main']
 
 # %% ../nbs/99_cli.ipynb #339b96a6
@@ -139,6 +139,15 @@ def _positive(kind, name):
         return value
     return parse
 
+MAX_IMAGES = 5_000_000
+
+def _image_count(text):
+    "`--images`: a number of images > 0, at most `MAX_IMAGES` (the generated dataset takes about 2.5 KB an image, and time to make)."
+    value = _positive(int, '--images')(text)
+    if value > MAX_IMAGES:
+        raise CommandError(f"--images: expected at most {MAX_IMAGES:,} (about {MAX_IMAGES * 2500 / 2**30:.0f} GiB of PNG images), got {value:,}")
+    return value
+
 def build_parser() -> argparse.ArgumentParser:
     "The `nntrain` command line, with its subcommands."
     parser = _Parser(prog='nntrain', description='nntrain: a small, fast, notebook-first PyTorch training library.')
@@ -195,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "DataLoader with 0, 1 and 2 workers, and a ReservoirLoader's waiting against a DataLoader's")
     bench.add_argument('--data', metavar='DIR', default=None, help='with --pipelines: the folder that keeps the generated images, '
                        'reused by later runs (default: a temporary folder, removed afterwards)')
-    bench.add_argument('--images', type=_positive(int, '--images'), default=None,
+    bench.add_argument('--images', type=_image_count, default=None,
                        help='with --pipelines: images in the generated dataset (default: 100,000; 5,000 with --quick)')
     return parser
 

@@ -59,6 +59,8 @@ def test_the_dataset_is_made_once_and_reused(tmp_path):
     (['bench', '--data', 'somewhere'], "--data: only used with --pipelines"),
     (['bench', '--images', '10', '--quick'], "--images: only used with --pipelines"),
     (['bench', '--pipelines', '--images', '0'], "--images: expected an integer > 0, got 0"),
+    (['bench', '--pipelines', '--images', '99999999999999'],   # found by the second break-it pass: memory grew without bound
+     "--images: expected at most 5,000,000 (about 12 GiB of PNG images), got 99,999,999,999,999"),
     (['bench', '--pipelines', '--data', 'no/such/folder'],
      "--data no/such/folder: the folder 'no/such' does not exist; expected an existing folder or a new one in one"),
     (['bench', '--pipelines', '--data', 'a-file'], "--data a-file: is a file; expected a folder to keep the generated images in"),
