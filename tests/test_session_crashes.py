@@ -333,12 +333,18 @@ def test_a_killed_trial_is_marked_failed_and_retried(setup, where):
     _check_failed_and_retried(results)
 
 
+def _interruptible():
+    "In the child: Ctrl-C as a terminal sends it, even when this test runs in a background job (which starts with SIGINT ignored)."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_a_search_prints_one_line_and_the_trial_is_tried_again(setup):
     (setup/'slow.yaml').write_text(SEARCH.replace('num_iterations: 6', 'num_iterations: 3000').replace('valid_every: 3', 'valid_every: 1000'))
     results = setup/'search-interrupted'
     command = [sys.executable, '-c', 'import sys; from nntrain.cli import main; sys.exit(main(sys.argv[1:]))', 'search', '--cfg',
                str(setup/'slow.yaml'), '--session', 'find', '--trials', '1', '--sampler', 'random', '--results', str(results)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=_interruptible)
     deadline = time.monotonic() + 120
     def started():
         try: return bool(_study(results).trials)

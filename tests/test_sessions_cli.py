@@ -174,10 +174,16 @@ def test_export_of_a_checkpoint_of_another_model_names_the_mismatch(tmp_path):
 CTRL_C = 'import sys; from nntrain.cli import main; sys.exit(main(sys.argv[1:]))'
 
 
+def _interruptible():
+    "In the child: Ctrl-C as a terminal sends it, even when this test runs in a background job (which starts with SIGINT ignored)."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_a_session_prints_one_line_and_how_to_resume(tmp_path):
     (tmp_path/'s.yaml').write_text('digits:\n  model: mlp\n  bs: 64\n  num_epochs: 20\n  checkpoint_every: 1\n')
     child = subprocess.Popen([sys.executable, '-c', CTRL_C, 'fit', '--cfg', str(tmp_path/'s.yaml'), '--session', 'digits',
-                              '--results', str(tmp_path/'r')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              '--results', str(tmp_path/'r')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_interruptible)
     deadline = time.monotonic() + 120
     from nntrain.checkpoints import checkpoints
     while not checkpoints(tmp_path/'r'/'digits'/'default'/'checkpoints'):
