@@ -134,7 +134,10 @@ def sample_seed(epoch_seed: int, index: int) -> int:
     for name, value in (('epoch_seed', epoch_seed), ('index', index)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise TypeError(f"sample_seed expected {name} to be an int >= 0, got {value!r}")
-    epoch_seed, index = int(epoch_seed), int(index)
+    return _mix(int(epoch_seed), int(index))
+
+def _mix(epoch_seed: int, index: int) -> int:
+    "`sample_seed` without its checks, for the loaders' own calls: one per sample."
     x = (epoch_seed ^ ((index + 1) * _MIX)) & (2**64 - 1)
     x = ((x ^ (x >> 31)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)   # splitmix64's finaliser: nearby inputs, unrelated outputs
     return (x ^ (x >> 29)) >> 1   # 63 bits: a valid seed for torch, random and numpy (mod 2**32)
@@ -431,7 +434,7 @@ class _MapPlan:
         start = self.next * self.batch_size
         self.next += 1
         rows = self.order[start:start + self.batch_size].tolist()
-        return _share([(i, sample_seed(self.epoch_seed, i)) for i in rows], self.rank, self.world_size)
+        return _share([(i, _mix(self.epoch_seed, i)) for i in rows], self.rank, self.world_size)
 
 def _check_layout(loader, state: dict):
     "Refuse to resume a run whose checkpoint was written with another loader layout: its batch count would land elsewhere."
@@ -525,7 +528,7 @@ def _stream_plan(source, epoch_seed: int, buffer_size: int, batch_size: int, dro
     if buffer_size > 1: rows = _buffered(rows, buffer_size, random.Random(epoch_seed))
     batch = []
     for p, row in rows:
-        batch.append((p, sample_seed(epoch_seed, p), row))
+        batch.append((p, _mix(epoch_seed, p), row))
         if len(batch) == batch_size:
             yield _share(batch, rank, world_size)
             batch = []
@@ -634,7 +637,7 @@ def _produce(source: MapLoader, base_seed: int, rows_per_epoch: int, reservoir: 
     try:
         epoch, offset = divmod(reservoir.entered, rows_per_epoch)
         while not stop.is_set():
-            source.generator.manual_seed(sample_seed(base_seed, epoch))
+            source.generator.manual_seed(_mix(base_seed, epoch))
             for rows in source:
                 rows, offset = rows[offset:], max(0, offset - len(rows))
                 for row in rows:
