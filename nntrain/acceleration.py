@@ -285,7 +285,22 @@ class GradAccumS(Subscriber):
                              "to the next batch; expected a Learner with one optimizer (no optimizers=)")
         learn.grad_accumulation = self.n
 
-    def before_epoch(self, learn): self.count = 0
+    def before_epoch(self, learn): self.count, self.unsynced = 0, None
+
+    def before_batch(self, learn):
+        "On a batch that only accumulates, a model that exchanges gradients between processes (DDP, chapter 15) is told not to."
+        last = learn.n_batches is not None and learn.iter == learn.n_batches - 1
+        no_sync = getattr(learn.model, 'no_sync', None)
+        if learn.training and no_sync is not None and self.count + 1 < self.n and not last:
+            self.unsynced = no_sync()
+            self.unsynced.__enter__()
+
+    def after_backward(self, learn): self._synced()
+    def after_batch(self, learn): self._synced()   # also after a batch cancelled before its backward
+
+    def _synced(self):
+        if getattr(self, 'unsynced', None) is not None: self.unsynced.__exit__(None, None, None)
+        self.unsynced = None
 
     def before_step(self, learn):
         self.count += 1
@@ -296,7 +311,9 @@ class GradAccumS(Subscriber):
                 if p.grad is not None: p.grad.div_(self.count)
         self.count = 0
 
-    def cleanup_fit(self, learn): learn.__dict__.pop('grad_accumulation', None)
+    def cleanup_fit(self, learn):
+        self._synced()
+        learn.__dict__.pop('grad_accumulation', None)
 
     def state_dict(self) -> dict:
         "How many batches have been accumulated towards the next step."

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from .core import (FORMAT, CheckpointError, _FULL, _check_flag, _check_int, _describe, _write_checkpoint, checkpoints,
-                          latest_checkpoint, load_checkpoint, remove_temporaries, rng_state, save_checkpoint, set_rng_state,
-                          write_atomically)
+                          any_rank, latest_checkpoint, load_checkpoint, main_process, remove_temporaries, rng_state, save_checkpoint,
+                          set_rng_state, write_atomically)
 from .learner import CancelFitException, FastForward, Learner, MetricsS, Subscriber, every, find_metrics
 
 # %% auto #0
@@ -70,7 +70,7 @@ class CheckpointS(Subscriber):
 
     def before_fit(self, learn):
         if self.monitor: _check_monitor('CheckpointS', self.monitor, learn)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if main_process(): self.folder.mkdir(parents=True, exist_ok=True)   # in a job of several processes rank 0 writes; all take the state
         self.pending = None
 
     def _checkpoint(self, learn, epoch: int):
@@ -78,6 +78,7 @@ class CheckpointS(Subscriber):
         position = state.get('position')
         if position is not None and position['epoch'] == epoch and not learn.training:  # the training pass is over
             state['position'] = {**position, 'pass_done': True}
+        if not main_process(): return
         save_checkpoint(state, self.folder/f'checkpoint-e{epoch:04d}-b{learn.iteration:08d}.pt')
         for old in checkpoints(self.folder)[:-self.keep]: old.unlink()
 
@@ -104,7 +105,8 @@ class CheckpointS(Subscriber):
         better = self.best is None or (value < self.best if self.mode == 'min' else value > self.best)
         if math.isfinite(value) and better:
             self.best = value
-            save_checkpoint(learn.state_dict(), self.folder/'best.pt')
+            state = learn.state_dict()
+            if main_process(): save_checkpoint(state, self.folder/'best.pt')
 
     def state_dict(self) -> dict:
         "The best value so far."
@@ -155,11 +157,24 @@ class EarlyStoppingS(Subscriber):
 class TerminateOnNaNS(Subscriber):
     "Stop the fit at the first non-finite loss, before it reaches the weights; `stopped_at` is (epoch, batch). Evaluation passes are left alone."
     order, in_evaluation = -10, False
-    def before_fit(self, learn): self.stopped_at = None
+    def before_fit(self, learn): self.stopped_at, self.found = None, None
 
     def after_loss(self, learn):
-        if not torch.isfinite(learn.loss.detach()).all():
-            self.stopped_at = (learn.epoch, learn.iter)
-            print(f"TerminateOnNaNS: the loss is {learn.loss.item()} at epoch {learn.epoch}, batch {learn.iter}"
-                  f" ({'training' if learn.training else 'validation'}); stopping the fit")
-            raise CancelFitException()
+        found = not torch.isfinite(learn.loss.detach()).all() and learn.n_samples() > 0   # the mean loss of no samples is nan by definition
+        if getattr(learn, 'world_size', 1) > 1:   # several processes (chapter 15): they stop together
+            if not learn.training:   # a rank may skip an empty share of a validation batch: agree once, at the pass's end
+                if found and self.found is None: self.found = (learn.epoch, learn.iter, learn.loss.item())
+                return
+            found = any_rank(found, learn.loss.device)
+        if found: self._stop(learn.epoch, learn.iter, learn.loss.item(), learn.training)
+
+    def after_epoch(self, learn):
+        if getattr(learn, 'world_size', 1) == 1 or learn.training: return
+        found, self.found = self.found, None
+        if any_rank(found is not None): self._stop(*(found or (learn.epoch, None, math.nan)), training=False)
+
+    def _stop(self, epoch: int, batch: int | None, loss: float, training: bool):
+        self.stopped_at = (epoch, batch)
+        where = f"batch {batch}" if batch is not None else "a batch of another rank"
+        print(f"TerminateOnNaNS: the loss is {loss} at epoch {epoch}, {where} ({'training' if training else 'validation'}); stopping the fit")
+        raise CancelFitException()

@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['FORMAT', 'write_atomically', 'remove_temporaries', 'rng_state', 'set_rng_state', 'CheckpointError', 'save_checkpoint',
-           'load_checkpoint', 'checkpoints', 'latest_checkpoint']
+__all__ = ['FORMAT', 'write_atomically', 'remove_temporaries', 'rng_state', 'set_rng_state', 'distributed', 'main_process',
+           'gather_objects', 'any_rank', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'checkpoints',
+           'latest_checkpoint']
 
 # %% ../nbs/00_core.ipynb #e7578175
 def _describe(value) -> str:
@@ -49,6 +51,13 @@ def _check_flag(value, name: str, who: str) -> bool:
     "`value` when it is True or False; else a ValueError."
     if isinstance(value, (bool, np.bool_)): return bool(value)
     raise ValueError(f"{who} expected {name} to be True or False, got {_describe(value)}")
+
+def _check_shard(rank, world_size, who: str) -> tuple[int, int]:
+    "`rank` and `world_size` of a loader's share of every batch: ints with 0 <= rank < world_size; else a clear error."
+    world_size = _check_int(world_size, 'world_size', who)
+    rank = _check_int(rank, 'rank', who, minimum=0)
+    if rank >= world_size: raise ValueError(f"{who} expected rank in [0, world_size) = [0, {world_size}), got rank={rank}")
+    return rank, world_size
 
 # %% ../nbs/00_core.ipynb #77924013
 _FULL = {errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)}
@@ -146,6 +155,29 @@ def set_rng_state(state: dict):
                          'has_gauss': n['has_gauss'], 'gauss': n['gauss']})
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
+
+# %% ../nbs/00_core.ipynb #fe666c77
+def distributed() -> bool:
+    "Whether this process is one rank of several in a `torch.distributed` job (an initialised process group of more than one)."
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+def main_process() -> bool:
+    "Whether this process writes the files and prints the lines of a run: always, except on the ranks other than 0 of a distributed job."
+    return not distributed() or dist.get_rank() == 0
+
+def gather_objects(obj) -> list:
+    "`obj` from every rank, in rank order, on every rank (one collective: every rank must call it); `[obj]` outside a distributed job."
+    if not distributed(): return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+def any_rank(flag: bool, device='cpu') -> bool:
+    "Whether `flag` is true on any rank (one small collective on `device`: every rank must call it); `flag` itself outside a distributed job."
+    if not distributed(): return bool(flag)
+    count = torch.tensor(int(bool(flag)), device=device)
+    dist.all_reduce(count)
+    return count.item() > 0
 
 # %% ../nbs/00_core.ipynb #8ff5d494
 FORMAT = 'nntrain-checkpoint-2'

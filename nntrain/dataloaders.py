@@ -5,6 +5,7 @@
 # %% ../nbs/01_dataloaders.ipynb #9879f63a
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import io
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .core import _check_flag, _check_int, _describe
+from .core import _check_flag, _check_int, _check_shard, _describe
 
 # datasets, pyarrow and PIL are imported by the functions that use them: importing nntrain stays fast
 if TYPE_CHECKING:
@@ -257,8 +258,9 @@ class TensorLoader:
     device_max_bytes = 2**30
 
     def __init__(self, columns: dict, batch_size: int, shuffle: bool = False, drop_last: bool = False,
-                 flatten: bool = True, seed: int | None = None, dataset=None):
+                 flatten: bool = True, seed: int | None = None, dataset=None, rank: int = 0, world_size: int = 1):
         self.n = _rows(columns)
+        self.rank, self.world_size = _check_shard(rank, world_size, 'TensorLoader')
         batch_size = _check_int(batch_size, 'batch_size', 'TensorLoader')
         shuffle, drop_last = _check_flag(shuffle, 'shuffle', 'TensorLoader'), _check_flag(drop_last, 'drop_last', 'TensorLoader')
         flatten, seed = _check_flag(flatten, 'flatten', 'TensorLoader'), _check_int(seed, 'seed', 'TensorLoader', minimum=0, optional=True)
@@ -267,6 +269,13 @@ class TensorLoader:
                         for col in self.columns.values()]
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
         self.pinned, self.dataset = False, dataset  # `dataset`: the source rows, as PyTorch's DataLoader exposes them
+
+    def shard(self, rank: int, world_size: int) -> TensorLoader:
+        "This loader for rank `rank` of `world_size`: the same columns, order and generator; rows `rank::world_size` of every batch."
+        rank, world_size = _check_shard(rank, world_size, 'TensorLoader.shard')
+        sharded = copy.copy(self)
+        sharded.rank, sharded.world_size = rank, world_size
+        return sharded
 
     def __len__(self): return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
@@ -293,16 +302,17 @@ class TensorLoader:
 
     def __iter__(self):
         stop = len(self) * self.batch_size if self.drop_last else self.n
+        first, step = self.rank, self.world_size   # a rank's share of every batch: its rows first, first + step, ...
         if self.shuffle:
             order = torch.randperm(self.n, generator=self.generator)
             if self.device.type == 'cuda': order = order.pin_memory().to(self.device, non_blocking=True)
             elif self.device.type != 'cpu': order = order.to(self.device)
             for start in range(0, stop, self.batch_size):
-                index = order[start:start + self.batch_size]
+                index = order[start:start + self.batch_size] if step == 1 else order[start + first:start + self.batch_size:step]
                 yield [self._convert(i, self._gather(col, index)) for i, col in enumerate(self.columns.values())]
         else:
             for start in range(0, stop, self.batch_size):
-                yield [self._convert(i, col[start:start + self.batch_size]) for i, col in enumerate(self.columns.values())]
+                yield [self._convert(i, col[start + first:start + self.batch_size:step]) for i, col in enumerate(self.columns.values())]
 
     def _convert(self, i: int, x: torch.Tensor) -> torch.Tensor:
         convert = self.convert[i]
@@ -310,7 +320,8 @@ class TensorLoader:
 
     def __repr__(self):
         shapes = ', '.join(f'{k}: {tuple(v.shape)} {v.dtype}' for k, v in self.columns.items())
-        return f'TensorLoader({shapes}; batch_size={self.batch_size}, shuffle={self.shuffle}, device={self.device})'
+        shard = f', rank={self.rank} of {self.world_size}' if self.world_size > 1 else ''
+        return f'TensorLoader({shapes}; batch_size={self.batch_size}, shuffle={self.shuffle}, device={self.device}{shard})'
 
 # %% ../nbs/01_dataloaders.ipynb #fd6c4a55
 VALID_SPLIT_NAMES = ('validation', 'valid', 'test')

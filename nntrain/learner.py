@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import (FORMAT, CheckpointError, _HYPER_PARAMETERS, _check_flag, _check_int, _describe, _format_problem, _is_optimizer_state, _resume_from, _structure_problem,
-                   load_checkpoint, rng_state, save_checkpoint, set_rng_state)
+                   gather_objects, load_checkpoint, main_process, rng_state, save_checkpoint, set_rng_state)
 from .dataloaders import DataLoaders
 
 # %% auto #0
@@ -74,6 +74,7 @@ class Subscriber:
     in_evaluation = True  # False: leave me out of evaluation passes (`get_preds`, `evaluate`) run during or after a fit
     # a subscriber that keeps per-pass state and takes part in evaluation defines `for_evaluation()`, the twin the pass uses
     shows_log = False     # True: I show each pass's log myself (as ProgressS does), so MetricsS does not print it
+    rank_zero_only = False  # True: in a job of several processes (chapter 15), only rank 0 runs me (I write files or show progress)
     # `in_lr_find` (default: `in_evaluation`) says whether `learn.lr_find()` runs me: those that shape the loop do, those that record it do not
 
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'before_phase', 'after_predict', 'after_loss', 'after_backward', 'before_step',
@@ -126,9 +127,10 @@ def _handler(sub, name: str, method):
     return _Every(method, n, name in _BATCH_EVENTS)
 
 def _handler_table(subs: Iterable) -> dict:
-    "Map each event name to the handlers of it, in the subscribers' run order."
-    table = {}
+    "Map each event name to the handlers of it, in the subscribers' run order (on ranks other than 0, without the `rank_zero_only` ones)."
+    table, main = {}, main_process()
     for sub in sorted(subs, key=lambda s: s.order):
+        if getattr(sub, 'rank_zero_only', False) and not main: continue
         for name in dir(sub):
             if _is_event(name) and callable(method := getattr(sub, name)) and (handler := _handler(sub, name, method)) is not None:
                 table.setdefault(name, []).append(handler)
@@ -631,8 +633,10 @@ class Learner:
 
     def state_dict(self) -> dict:
         "Model, optimizer, subscribers with state, random state and, during a fit, the position in it (with `iteration`), as one dict."
+        main = main_process()   # in a job of several processes, the rank-0-only subscribers' states are rank 0's to give
         state = {'format': FORMAT, 'model': self.model.state_dict(), 'opt': _optimizer_state(self),
-                 'subs': {key: sub.state_dict() for key, sub in _stateful(self.subs).items()}, 'rng': rng_state()}
+                 'subs': {key: sub.state_dict() for key, sub in _stateful(self.subs).items() if main or not getattr(sub, 'rank_zero_only', False)},
+                 'rng': rng_state()}
         if self.position is not None:
             state['position'] = {**self.position, 'iteration': self.iteration, 'logged': _logged_state(self.logged) if self.training else {}}
             if hasattr(self.dls.train, 'resume_state'): state['position']['data'] = self.dls.train.resume_state()
@@ -647,8 +651,9 @@ class Learner:
         return _lr_find(self, start_lr, end_lr, num_it, stop_div)
 
     def save(self, path) -> Path:
-        "Save `state_dict()` to `path` atomically, under a checksummed header."
-        return save_checkpoint(self.state_dict(), path)
+        "Save `state_dict()` to `path` atomically, under a checksummed header (in a distributed fit every rank calls it; rank 0 writes)."
+        state = self.state_dict()
+        return save_checkpoint(state, path) if main_process() else Path(path)
 
     def load(self, path, rng: bool = True):
         "Load a checkpoint written by `save` or `CheckpointS` into this learner."
@@ -908,6 +913,9 @@ class TransformedMetric:
         return self
     def state_dict(self) -> dict: return self.metric.state_dict()
     def load_state_dict(self, state: dict, *args, **kwargs): self.metric.load_state_dict(state, *args, **kwargs)
+    def merge_state(self, metrics):
+        self.metric.merge_state([m.metric for m in metrics])
+        return self
     def __repr__(self):
         parts = ''.join(f', {k}={getattr(self, k)!r}' for k in ('preds', 'targets') if getattr(self, k) is not None)
         return f'TransformedMetric({self.metric!r}{parts})'
@@ -994,7 +1002,7 @@ class MetricsS(Subscriber):
 
     def __init__(self, **metrics):
         _check_metrics(metrics)
-        self.metrics, self.history = metrics, []
+        self.metrics, self.history, self.across_ranks = metrics, [], False
         self._passes_to_check, self._targets_unchecked, self._ranges_unchecked = set(), False, False
         self.loss_sum, self.count, self.preds, self.targets, self.buffered = torch.zeros(()), 0, [], [], 0
 
@@ -1011,6 +1019,11 @@ class MetricsS(Subscriber):
         self.preds, self.targets, self.buffered = [], [], 0
         self._targets_unchecked = learn.training in self._passes_to_check
         self._passes_to_check.discard(learn.training)
+        # a fit whose data is shared by several processes (chapter 15) reports the job's numbers: every rank's share, added up
+        self.across_ranks = getattr(learn, 'world_size', 1) > 1 and not getattr(learn, 'evaluating', False)
+        if self.across_ranks and (unmergeable := [name for name, m in self.metrics.items() if not hasattr(m, 'merge_state')]):
+            raise TypeError(f"MetricsS: the metric {unmergeable[0]!r} has no merge_state, so the shares of {learn.world_size} processes "
+                            "cannot be added up; expected a torcheval metric (or one with merge_state(metrics))")
 
     def after_batch(self, learn):
         preds, targets = learn.preds, learn.get_targets()
@@ -1053,10 +1066,25 @@ class MetricsS(Subscriber):
         self.preds, self.targets, self.buffered = [], [], 0
 
     def compute(self) -> dict:
-        "The loss and metric values of the pass so far, as Python numbers."
+        "The loss and metric values of the pass so far, as Python numbers; with the data shared by several processes, of all their shares (every rank calls it)."
         self._update_metrics()
-        loss = _as_number(self.loss_sum / self.count) if self.count else math.nan
-        return {'loss': loss, **{name: _as_number(m.compute()) for name, m in self.metrics.items()}}
+        loss_sum, count, metrics = self._job_totals() if self.across_ranks else (self.loss_sum, self.count, self.metrics)
+        loss = _as_number(loss_sum / count) if count else math.nan
+        return {'loss': loss, **{name: _as_number(m.compute()) for name, m in metrics.items()}}
+
+    def _job_totals(self) -> tuple:
+        "Every rank's loss sum, sample count and metric states, added up in rank order: the same numbers on every rank."
+        shares = gather_objects((self.loss_sum.detach().double().cpu(), self.count, {name: m.state_dict() for name, m in self.metrics.items()}))
+        loss_sum, count, device = sum(share[0] for share in shares), sum(share[1] for share in shares), self.loss_sum.device
+        metrics = {}
+        for name, metric in self.metrics.items():
+            parts = []
+            for _, _, states in shares:
+                part = copy.deepcopy(metric)
+                part.load_state_dict(states[name])
+                parts.append(part.to(device))
+            metrics[name] = parts[0].merge_state(parts[1:]) or parts[0]
+        return loss_sum, count, metrics
 
     def after_epoch(self, learn):
         values = {**self.compute(), **self._logged_means(learn)}
@@ -1065,10 +1093,12 @@ class MetricsS(Subscriber):
             self.evaluation = getattr(self, '_evaluated_for', self).evaluation = entry
             return
         self.history.append(entry)
-        if getattr(self, 'printing', True):
+        if getattr(self, 'printing', True) and main_process():
             self.output({**{k: entry[k] for k in ('epoch', 'mode')}, **{k: f'{v:.3f}' if isinstance(v, float) else str(v) for k, v in values.items()}})
         learn.log_entry = entry
         learn.publish('after_log')   # to the progress table, the loggers, early stopping: a stop they ask for waits until all have it
+
+    def cleanup_fit(self, learn): self.across_ranks = False
 
     def for_evaluation(self) -> MetricsS:
         "A twin for an evaluation pass: the same metrics, fresh, so that the fit's running sums stay as they are; its log lands in this one's `evaluation`."
@@ -1088,18 +1118,28 @@ class MetricsS(Subscriber):
             device = next(iter(sums.values())).device
             dtype = torch.float32 if device.type == 'mps' else torch.float64   # MPS has no float64
             sums = dict(zip(sums, torch.stack([t.to(device, dtype) for t in sums.values()]).tolist()))
-        return {name: (sums.get(name, 0.0) + number) / count for name, (_, number, count) in logged.items()}
+        totals = {name: (sums.get(name, 0.0) + number, count) for name, (_, number, count) in logged.items()}
+        if self.across_ranks: totals = _added_up(gather_objects(totals))   # a rank may have logged a name the others did not
+        return {name: total / count for name, (total, count) in totals.items()}
 
     def output(self, log: dict):
         "Show the log of a pass; prints it unless replaced."
         print(log)
 
     def state_dict(self) -> dict:
-        "The pass's running sums, the metrics' states, the predictions buffered since their last update, and the history, for a checkpoint."
+        "The pass's running sums, the metrics' states, the predictions buffered since their last update, and the history, for a checkpoint; with the data shared by several processes, all their shares added up (every rank calls it)."
+        if self.across_ranks: return self._job_state()
         buffer = self._buffer_state()
         if buffer is None: self._update_metrics()   # structures a checkpoint cannot hold as they are: measured now instead
         return {'loss_sum': self.loss_sum, 'count': self.count, 'history': [dict(h) for h in self.history],
                 'metrics': {name: m.state_dict() for name, m in self.metrics.items()}, 'buffer': buffer or {}}
+
+    def _job_state(self) -> dict:
+        "The state of the whole job's pass: every rank's sums and metrics merged (the buffers are measured first), as one process would hold them."
+        self._update_metrics()
+        loss_sum, count, metrics = self._job_totals()
+        return {'loss_sum': loss_sum.float(), 'count': count, 'history': [dict(h) for h in self.history],
+                'metrics': {name: m.state_dict() for name, m in metrics.items()}, 'buffer': {}}
 
     def _buffer_state(self) -> dict | None:
         "The buffered predictions and targets, each joined into one (empty: {}), so that writing a checkpoint does not change when the metrics are updated; None when a checkpoint cannot hold them (a namedtuple, say)."
@@ -1112,11 +1152,23 @@ class MetricsS(Subscriber):
         "Restore what `state_dict` returned; a state of another shape is refused, naming the entry, before anything changes."
         _check_metrics_state(state, self.metrics)
         device = self.loss_sum.device   # where this pass keeps its sums (a checkpoint is read onto the CPU)
+        if self.across_ranks and not main_process():   # the job's sums so far are rank 0's to carry: the others start the pass from none
+            self.history = [dict(h) for h in state['history']]
+            return
         for name, m in self.metrics.items(): m.load_state_dict(state['metrics'][name])
         self.loss_sum, self.count, self.history = state['loss_sum'].to(device).clone(), state['count'], [dict(h) for h in state['history']]
         buffer = state.get('buffer') or {}   # checkpoints written before the buffer was kept have none
         self.preds, self.targets = ([to_device(buffer['preds'], device)], [to_device(buffer['targets'], device)]) if buffer else ([], [])
         self.buffered = _numel(self.preds[0]) if buffer else 0
+
+def _added_up(shares: list) -> dict:
+    "Per name, the (sum, count) of every rank's `{name: (sum, count)}`, added in rank order."
+    totals = {}
+    for share in shares:
+        for name, (total, count) in share.items():
+            before = totals.get(name, (0.0, 0))
+            totals[name] = (before[0] + total, before[1] + count)
+    return totals
 
 def _savable(x) -> bool:
     "Whether `x` is a tensor, or plain dicts, lists and tuples of them: what a checkpoint holds and loads back."
@@ -1401,7 +1453,7 @@ class ProgressS(Subscriber):
     "Progress bars over epochs and batches, the metrics as a table, and with `plot=True` a live loss graph; `plain`: one line per pass (default when the output is neither a notebook nor a terminal)."
     order = MetricsS.order + 1
     refresh_seconds = 0.25
-    in_evaluation, shows_log = False, True
+    in_evaluation, shows_log, rank_zero_only = False, True, True
 
     def __init__(self, plot: bool = False, plain: bool | None = None):
         self.plot, self.bars_open = _check_flag(plot, 'plot', 'ProgressS'), False

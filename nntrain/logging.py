@@ -94,7 +94,7 @@ def _csv_write_error(e: OSError, path: Path) -> OSError:
 
 class CSVLoggerS(Subscriber):
     "Write a row per validation pass to the CSV file `path`: epoch, iteration, lr, the train and valid metrics, and the values given to `learn.log` (`logged` names those first logged after the first row)."
-    in_evaluation = False
+    in_evaluation, rank_zero_only = False, True
     order = MetricsS.order + 1
 
     def __init__(self, path, logged: Iterable[str] = ()):
@@ -195,7 +195,7 @@ class CSVLoggerS(Subscriber):
 # %% ../nbs/07_logging.ipynb #2ca76e23
 class TensorBoardS(Subscriber):
     "TensorBoard logs in `log_dir`/train and /valid: loss and lr every `log_every` iterations, each pass's log (`learn.log` values too), histograms every `histograms_every` epochs."
-    in_evaluation = False
+    in_evaluation, rank_zero_only = False, True
     order = MetricsS.order + 1
 
     def __init__(self, log_dir, log_every: int = 10, histograms_every: int | None = None):
@@ -278,7 +278,7 @@ class _Tee:
 
 class ConsoleLogS(Subscriber):
     "During a fit, copy everything printed to `sys.stdout` into the file `path` (appended with `mode='a'`, replaced with `'w'`)."
-    in_evaluation = False
+    in_evaluation, rank_zero_only = False, True
     order = -100
 
     def __init__(self, path, mode: str = 'a'):

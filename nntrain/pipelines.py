@@ -5,6 +5,7 @@
 # %% ../nbs/14_pipelines.ipynb #cadaf09d
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from .core import CheckpointError, _check_flag, _check_int, _describe
+from .core import CheckpointError, _check_flag, _check_int, _check_shard, _describe
 from .dataloaders import _column_tensor, _images_to_tensor, load_hub_dataset
 
 # datasets is imported by the functions that use it: importing nntrain stays fast
@@ -375,12 +376,6 @@ def _in_main_process(e: Exception) -> Exception | None:
     try: return type(e)(f"{message} (in worker process {worker.group(1)})")
     except Exception: return None
 
-def _check_shard(rank, world_size, who: str) -> tuple[int, int]:
-    world_size = _check_int(world_size, 'world_size', who)
-    rank = _check_int(rank, 'rank', who, minimum=0)
-    if rank >= world_size: raise ValueError(f"{who} expected rank in [0, world_size) = [0, {world_size}), got rank={rank}")
-    return rank, world_size
-
 MAX_WORKERS = 256
 
 def _check_common(who: str, batch_size, transforms, columns, collate_fn, flatten, seed, num_workers, pin_memory, prefetch_factor, timeout):
@@ -480,6 +475,13 @@ class MapLoader:
 
     def __iter__(self): return _Batches(self.runner, _MapPlan(*self.epoch_order(), len(self), self.batch_size, self.rank, self.world_size))
 
+    def shard(self, rank: int, world_size: int) -> MapLoader:
+        "This loader for rank `rank` of `world_size`: the same generator and workers; rows `rank::world_size` of every batch."
+        rank, world_size = _check_shard(rank, world_size, 'MapLoader.shard')
+        sharded = copy.copy(self)
+        sharded.rank, sharded.world_size = rank, world_size
+        return sharded
+
     def close(self):
         "Stop the worker processes now (they also stop when the loader is no longer used); the next epoch starts new ones."
         self.runner.close()
@@ -560,6 +562,13 @@ class StreamLoader:
     def __iter__(self):
         return _Batches(self.runner, _stream_plan(self.source, self.epoch_order(), self.buffer_size if self.shuffle else 1, self.batch_size,
                                                   self.drop_last, self.rank, self.world_size))
+
+    def shard(self, rank: int, world_size: int) -> StreamLoader:
+        "This loader for rank `rank` of `world_size`: the same generator and workers; rows `rank::world_size` of every batch."
+        rank, world_size = _check_shard(rank, world_size, 'StreamLoader.shard')
+        sharded = copy.copy(self)
+        sharded.rank, sharded.world_size = rank, world_size
+        return sharded
 
     def close(self):
         "Stop the worker processes now (they also stop when the loader is no longer used); the next epoch starts new ones."

@@ -334,7 +334,7 @@ def _check_class_range(preds: torch.Tensor, targets: torch.Tensor, who: str, pic
 
 class MisclassifiedS(Subscriber):
     "Record, at each validation pass of a training fit, which validation samples are misclassified; `matrix()` is [samples, epochs]; `preds`/`targets` pick one of several outputs or targets."
-    in_evaluation = False
+    in_evaluation, rank_zero_only = False, True   # in a job of several processes: rank 0's share of the validation data
     def __init__(self, preds=None, targets=None):
         self.preds, self.targets = _check_selector(preds, 'preds', 'MisclassifiedS'), _check_selector(targets, 'targets', 'MisclassifiedS')
         self.passes, self.pending, self.recording, self.checked = [], [], False, False
@@ -467,7 +467,7 @@ def _refuse_nan_scores(probs: torch.Tensor, dl, pick_preds, folder: Path):
 
 class ReportS(Subscriber):
     "At the end of a fit that trains, write confusion matrix, classification report, ROC, history and sample images to `folder`; `preds`/`targets` pick one of several outputs or targets."
-    in_evaluation = False
+    in_evaluation, rank_zero_only = False, True
     order = 100
 
     def __init__(self, folder, class_names: Sequence[str] | None = None, k_worst: int = 16, n_samples: int = 16, preds=None, targets=None):
