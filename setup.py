@@ -35,7 +35,8 @@ setuptools.setup(
     python_requires='>=' + min_python,
     install_requires=cfg['requirements'].split(),
     extras_require={'dev': cfg['dev_requirements'].split(), 'bench': cfg['bench_requirements'].split(),
-                    'export': cfg['export_requirements'].split(), 'tensorboard': cfg['tensorboard_requirements'].split()},
+                    'export': cfg['export_requirements'].split(), 'tensorboard': cfg['tensorboard_requirements'].split(),
+                    'postgres': cfg['postgres_requirements'].split()},
     entry_points={
         'console_scripts': cfg['console_scripts'].split(),
         'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

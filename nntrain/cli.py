@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 # %% auto #0
-__all__ = ['MAX_IMAGES', 'CommandError', 'default_model', 'parse_device', 'output_path', 'fit_mnist', 'model_of_checkpoint',
-           'export_default_model', 'build_parser', 'bench', 'main']
+__all__ = ['MAX_IMAGES', 'STORAGE_HELP', 'CommandError', 'default_model', 'parse_device', 'output_path', 'fit_mnist',
+           'model_of_checkpoint', 'export_default_model', 'build_parser', 'bench', 'main']
 
 # %% ../nbs/99_cli.ipynb #339b96a6
 class CommandError(Exception):
@@ -140,6 +140,8 @@ def _positive(kind, name):
     return parse
 
 MAX_IMAGES = 5_000_000
+STORAGE_HELP = ('journal:PATH (or PATH.log, PATH.journal) for one machine or a shared filesystem, or an SQLAlchemy URL '
+                '(sqlite:///PATH, postgresql://USER@HOST/DB) for many machines')
 
 def _image_count(text):
     "`--images`: a number of images > 0, at most `MAX_IMAGES` (the generated dataset takes about 2.5 KB an image, and time to make)."
@@ -170,14 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument('--results', metavar='DIR', default=None, help='where session results go: DIR/SESSION/EXPERIMENT (default: results)')
     fit.add_argument('--rerun-changed', action='store_true', help='with --cfg: rerun experiments whose settings changed since they ran '
                      '(their old folders are kept as EXPERIMENT.replaced-N); without it such a session is refused')
+    fit.add_argument('--workers', type=_positive(int, '--workers'), default=None, metavar='N',
+                     help="with --cfg: run the session's experiments in N worker processes sharing an Optuna study, each "
+                     'experiment trained once; a dead worker\'s experiment is resumed by another (default: one after the other, '
+                     'in this process)')
+    fit.add_argument('--storage', metavar='URL', default=None, help=f'with --cfg: the study the workers share, also from other '
+                     f'machines: {STORAGE_HELP} (default: RESULTS/SESSION/session.db)')
     search = commands.add_parser('search', help='search hyper-parameters of a session with Optuna',
                                  description="Run the `search` of a session in --cfg (ranges declared in the YAML) with Optuna, "
-                                 "storing trials in RESULTS/SESSION/search.db so a search resumes, then write its report.")
+                                 "storing trials in RESULTS/SESSION/search.db (or --storage) so a search resumes, then write its report. "
+                                 "With --workers N, N processes run trials of the study at once; the same command on other "
+                                 "machines with the same --storage joins them.")
     search.add_argument('--cfg', metavar='FILE', required=True, help='YAML file of sessions')
     search.add_argument('--session', metavar='NAME', required=True, help='the session whose `search` to run')
     search.add_argument('--trials', type=_positive(int, '--trials'), required=True, help='finished trials the study should hold')
     search.add_argument('--sampler', choices=['tpe', 'random'], default='tpe', help="Optuna's TPE or random search (default: tpe)")
     search.add_argument('--results', metavar='DIR', default='results', help='where the study and report go (default: results)')
+    search.add_argument('--workers', type=_positive(int, '--workers'), default=1, metavar='N',
+                        help='worker processes running trials of the study at once (default: 1)')
+    search.add_argument('--storage', metavar='URL', default=None, help=f'where the study is kept, so that workers on other machines '
+                        f'join it: {STORAGE_HELP} (default: RESULTS/SESSION/search.db)')
     export = commands.add_parser('export', help='export a model trained by nntrain fit to ONNX',
                                  description='Export the model of a checkpoint written by `nntrain fit --save` to ONNX, '
                                  'with a dynamic batch dimension, checked with the onnx checker.')
@@ -258,7 +272,7 @@ def _check_fit_options(args):
                                      "them in the YAML (num_epochs, bs, lr, device, seed), or a run without --cfg")
         if args.results is None: args.results = 'results'
     else:
-        for name in ('results', 'rerun_changed'):
+        for name in ('results', 'rerun_changed', 'workers', 'storage'):
             if getattr(args, name) not in (None, False): raise CommandError(f"--{name.replace('_', '-')}: only used with --cfg and --session")
         for name, value in _FIT_DEFAULTS.items():
             if getattr(args, name) is None: setattr(args, name, value)
@@ -278,7 +292,11 @@ def _interrupted(args, argv) -> str:
         return (f"nntrain: interrupted; {base} keeps {finished} finished experiment(s) and {resumable} with checkpoints to "
                 f"resume from; carry on with: {again}")
     if args.command == 'search':
-        return f"nntrain: interrupted; finished trials are kept in {Path(args.results)/args.session/'search.db'}; carry on with: {again}"
+        if args.storage is None: kept = Path(args.results)/args.session/'search.db'
+        else:
+            from nntrain.search import storage_name
+            kept = storage_name(args.storage)
+        return f"nntrain: interrupted; finished trials are kept in {kept}; carry on with: {again}"
     return 'nntrain: interrupted; nothing was saved' + (f' (--save {args.save} is written when training ends)' if getattr(args, 'save', None) else '')
 
 def _reported(error: Exception) -> bool:
@@ -286,7 +304,8 @@ def _reported(error: Exception) -> bool:
     if isinstance(error, (CommandError, ImportError, OSError)): return True
     from nntrain.checkpoints import CheckpointError   # imported already by the command that raised `error`
     from nntrain.experiments import ConfigError
-    return isinstance(error, (ConfigError, CheckpointError))
+    from nntrain.search import WorkersError
+    return isinstance(error, (ConfigError, CheckpointError, WorkersError))
 
 def main(argv: list[str] | None = None) -> int:
     "Run the `nntrain` command with `argv` (default: `sys.argv[1:]`); return the exit status."
@@ -301,14 +320,19 @@ def main(argv: list[str] | None = None) -> int:
             print(bench(args))
             return 0
         if args.command == 'search':
-            from nntrain.search import run_search, search_report
-            study = run_search(args.cfg, args.session, args.trials, args.results, sampler=args.sampler)
+            from nntrain.search import run_search, run_search_workers, search_report
+            if args.workers == 1: study = run_search(args.cfg, args.session, args.trials, args.results, sampler=args.sampler, storage=args.storage)
+            else: study = run_search_workers(args.cfg, args.session, args.trials, args.workers, args.results, sampler=args.sampler, storage=args.storage)
             search_report(study, args.cfg, args.session, args.results)
             return 0
         if args.command == 'export':
             print(f"wrote {export_default_model(args.checkpoint, args.out)}")
             return 0
         _check_fit_options(args)
+        if args.cfg is not None and (args.workers, args.storage) != (None, None):
+            from nntrain.search import run_session_workers
+            run_session_workers(args.cfg, args.session, args.workers or 1, args.results, storage=args.storage, rerun_changed=args.rerun_changed)
+            return 0
         if args.cfg is not None:
             from nntrain.sessions import run_session
             run_session(args.cfg, args.session, args.results, rerun_changed=args.rerun_changed)

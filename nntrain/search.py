@@ -5,32 +5,43 @@
 # %% ../nbs/13_search.ipynb #b84ac7ff
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import difflib
+import hashlib
 import inspect
 import io
 import json
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import filelock
 import numpy as np
 import optuna
+import sqlalchemy
 import yaml
 
+import nntrain
 from .core import _check_int, write_atomically
-from .experiments import SETTINGS, ConfigError, check_config, read_yaml
+from .experiments import SETTINGS, ConfigError, check_config, load_session, read_yaml
 from .experiments import fit_iterations
 from .learner import Subscriber
-from .sessions import METRICS, _write_text, build_learner, confined, training_plan
+from .sessions import (METRICS, _check_unchanged, _write_text, build_learner, confined, refuse_links, run_experiment,
+                              training_plan, write_summary)
 
 # %% auto #0
-__all__ = ['SPACE_KINDS', 'MAX_RETRIES', 'load_search', 'ReportToTrialS', 'PerTrialSeedSampler', 'run_search', 'importances',
-           'search_report']
+__all__ = ['SPACE_KINDS', 'MAX_RETRIES', 'OWNERLESS_AFTER', 'STORAGE_FORMS', 'POLL', 'STOP_WAIT', 'QUEUE_WAIT', 'load_search',
+           'ReportToTrialS', 'PerTrialSeedSampler', 'storage_name', 'open_storage', 'run_search', 'importances',
+           'search_report', 'WorkersError', 'run_search_workers', 'run_session_worker', 'run_session_workers']
 
 # %% ../nbs/13_search.ipynb #d929d229
 SPACE_KINDS = ('float', 'int', 'choice')
@@ -139,40 +150,77 @@ _COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_RETRIES = 3
 
 def _retry(study, trial):
-    "Queue `trial`'s parameters again (its process died or was interrupted), at most `MAX_RETRIES` times in a row."
-    retries = trial.user_attrs.get('retries', 0)
-    if trial.params and retries < MAX_RETRIES:
-        study.enqueue_trial(trial.params, user_attrs={'retry_of': trial.number, 'retries': retries + 1})
+    "Queue `trial`'s parameters (a session's trial: its experiment) again, since its process died or was interrupted, at most `MAX_RETRIES` times in a row."
+    retries, experiment = trial.user_attrs.get('retries', 0), trial.user_attrs.get('experiment')
+    if (trial.params or experiment is not None) and retries < MAX_RETRIES:
+        again = {'retry_of': trial.number, 'retries': retries + 1}
+        study.enqueue_trial(trial.params, user_attrs=again if experiment is None else {'experiment': experiment, **again})
 
-def _storage(db: Path, heartbeat: int) -> optuna.storages.RDBStorage:
-    "The study's SQLite storage: waits for other processes' writes; a trial whose process stopped beating is failed and retried."
+def _rdb_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
+    "The database storage at `url`: a trial whose process stopped beating is failed and retried; SQLite waits for other processes' writes."
     stale = ('heartbeat_stale_trial_callback' if 'heartbeat_stale_trial_callback' in inspect.signature(optuna.storages.RDBStorage).parameters
              else 'failed_trial_callback')
+    engine = {'connect_args': {'timeout': 60}} if url.startswith('sqlite') else {'pool_pre_ping': True}
     with warnings.catch_warnings():   # heartbeats are "experimental" in Optuna, and have been for years
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(f"sqlite:///{db}", engine_kwargs={'connect_args': {'timeout': 60}},
-                                          heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **{stale: _retry})
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                          **{stale: _retry})
+
+def _storage(db: Path, heartbeat: int) -> optuna.storages.RDBStorage:
+    "The study's SQLite storage in the file `db`."
+    return _rdb_storage(f"sqlite:///{db}", heartbeat)
 
 # %% ../nbs/13_search.ipynb #98b69afd
+OWNERLESS_AFTER = 60   # seconds: without heartbeats, a running trial that never named its process is taken for dead after this
+
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: pass
     return True
 
+def _process() -> str: return f'{socket.gethostname()}:{os.getpid()}'
+
 def _fail_dead_trials(study, storage):
     "Fail and queue again, at once, the running trials whose process on this machine is gone (elsewhere the heartbeat does it)."
+    beats = isinstance(storage, optuna.storages.RDBStorage)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         host, _, pid = str(trial.user_attrs.get('process', '')).rpartition(':')
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-            try: storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError: continue   # another process got there first
-            _retry(study, trial)
+        dead = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        ownerless = (not beats and not host and trial.datetime_start is not None
+                     and datetime.now() - trial.datetime_start > timedelta(seconds=OWNERLESS_AFTER))
+        if not (dead or ownerless): continue
+        try: storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError: continue   # another process got there first
+        _retry(study, trial)
+
+def _take_over(study, storage):
+    "Fail and queue again the trials of dead processes: of this machine at once, of others once their heartbeat is stale."
+    _fail_dead_trials(study, storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)   # does nothing on a storage without heartbeats (a journal)
+
+class _Surplus(Exception):
+    "A trial started when the study already held, or was running, all the trials it needs: it ends at once, failed, and is left out of reports."
+
+def _surplus(trial) -> _Surplus:
+    trial.set_user_attr('surplus', True)
+    return _Surplus(f'trial {trial.number} is not needed')
 
 class _QuietAfterInterrupt(logging.Filter):
-    "Drop Optuna's warnings about a trial that Ctrl-C stopped: the command says so in one line."
+    "Drop Optuna's warnings about a trial that Ctrl-C stopped (the command says so in one line) and about surplus trials."
     def __init__(self): super().__init__(); self.interrupted = False
-    def filter(self, record): return not self.interrupted
+    def filter(self, record): return not self.interrupted and '_Surplus(' not in record.getMessage()
+
+@contextlib.contextmanager
+def _filtered(quiet: logging.Filter):
+    "Apply `quiet` to Optuna's log handlers while the block runs."
+    handlers = logging.getLogger('optuna').handlers
+    for handler in handlers: handler.addFilter(quiet)
+    try: yield
+    finally:
+        for handler in handlers: handler.removeFilter(quiet)
 
 # %% ../nbs/13_search.ipynb #972aab70
 def _same_search(study, base: dict, space: dict, objective: str, db: Path):
@@ -185,27 +233,82 @@ def _same_search(study, base: dict, space: dict, objective: str, db: Path):
     if changes: raise ConfigError(f"{db} holds the trials of a search with other settings ({'; '.join(changes)}); expected the "
                                   "same settings: give this search another session name or results folder (or move search.db away)")
 
-# %% ../nbs/13_search.ipynb #de7d518d
-def run_search(cfg, session: str, trials: int, results='results', sampler: str = 'tpe', seed: int = 0, pruner=None,
-               heartbeat: int = 10) -> optuna.Study:
-    "Run `session`'s search until the study in `results/session/search.db` holds `trials` finished (complete or pruned) trials."
+# %% ../nbs/13_search.ipynb #de13932b
+STORAGE_FORMS = ("journal:PATH (or a PATH ending in .log or .journal), or an SQLAlchemy URL such as sqlite:///PATH or "
+                 "postgresql://USER@HOST/DB")
+
+def _journal_path(text: str) -> str | None:
+    "The journal file `text` names, or None when it names no journal."
+    if text.startswith('journal:'): return text[len('journal:'):]
+    return text if '://' not in text and text.endswith(('.log', '.journal')) else None
+
+def storage_name(storage) -> str:
+    "`storage` as it may be shown: the password of a URL hidden."
+    text = str(storage)
+    if _journal_path(text) is not None or '://' not in text: return text
+    try: return sqlalchemy.engine.make_url(text).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError: return text
+
+def open_storage(storage, heartbeat: int = 10) -> optuna.storages.BaseStorage:
+    "The Optuna storage `storage` names: a journal file (`journal:PATH`, `PATH.log`, `PATH.journal`) or an SQLAlchemy URL, with heartbeats."
+    text = str(storage)
+    if (path := _journal_path(text)) is not None:
+        if not path or Path(path).is_dir():
+            raise ConfigError(f"storage {text!r}: expected the path of a journal file, got {'a folder' if path else 'no path'}")
+        folder = Path(path).expanduser().parent
+        if not folder.is_dir(): raise ConfigError(f"storage {text!r}: the folder {str(folder)!r} does not exist; expected a journal file in an existing folder")
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(Path(path).expanduser())))
+    try: url = sqlalchemy.engine.make_url(text) if '://' in text else None
+    except sqlalchemy.exc.ArgumentError: url = None
+    if url is None: raise ConfigError(f"storage: expected {STORAGE_FORMS}; got {text!r}")
+    shown = storage_name(text)
+    try: url.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ConfigError(f"storage {shown!r}: SQLAlchemy knows no database {url.drivername!r}; expected {STORAGE_FORMS}") from None
+    for attempt in range(3):
+        try: return _rdb_storage(text, heartbeat)
+        except ImportError as e:   # Optuna's message does not say which module is missing; the one it re-raises does
+            raise ConfigError(f"storage {shown!r}: the database driver is not installed ({e.__cause__ or e}); for PostgreSQL: "
+                              "pip install 'psycopg[binary]' and a URL postgresql+psycopg://USER@HOST/DB") from None
+        except sqlalchemy.exc.OperationalError as e:
+            reason = str(e.orig or e).strip().splitlines()[0]
+            raise ConfigError(f"storage {shown!r}: cannot connect ({reason}); expected a database that is running and that this user may open") from None
+        except sqlalchemy.exc.DBAPIError:   # machines creating the tables of a new database at once collide; the next try finds them
+            if attempt == 2: raise
+            time.sleep(1 + attempt)
+
+# %% ../nbs/13_search.ipynb #04fc00c8
+POLL = 1.0   # seconds between looks at a study whose last trials run elsewhere
+
+def _search_study(cfg, session, trials, results, sampler, seed, pruner, heartbeat, storage):
+    "Check a search's arguments, then open (or create) its study: the study, its storage, the fixed settings, the space, the objective, `trials`."
     base, space, objective = load_search(cfg, session)
     trials = _check_int(trials, 'trials', 'run_search')
     if sampler not in ('tpe', 'random'): raise ValueError(f"expected sampler 'tpe' or 'random', got {sampler!r}")
     heartbeat = _check_int(heartbeat, 'heartbeat (seconds)', 'run_search')
     folder = confined(results, session)
+    opened = None if storage is None else open_storage(storage, heartbeat)   # refused before anything is written
     folder.mkdir(parents=True, exist_ok=True)
     samplers = {'tpe': optuna.samplers.TPESampler, 'random': optuna.samplers.RandomSampler}
-    with filelock.FileLock(folder/'.search.lock'):   # two processes creating the tables at once would collide
-        storage = _storage(folder/'search.db', heartbeat)
-        study = optuna.create_study(study_name=session, storage=storage, load_if_exists=True,
+    with filelock.FileLock(folder/'.search.lock'):   # two processes creating the tables of search.db at once would collide
+        opened = opened or _storage(folder/'search.db', heartbeat)
+        study = optuna.create_study(study_name=session, storage=opened, load_if_exists=True,
                                     direction=_direction(objective), sampler=PerTrialSeedSampler(samplers[sampler], seed),
                                     pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-        _same_search(study, base, space, objective, folder/'search.db')
-        _fail_dead_trials(study, storage)
+        _same_search(study, base, space, objective, folder/'search.db' if storage is None else storage_name(storage))
+        _fail_dead_trials(study, opened)
+    return study, opened, base, space, objective, trials
+
+# %% ../nbs/13_search.ipynb #de7d518d
+def run_search(cfg, session: str, trials: int, results='results', sampler: str = 'tpe', seed: int = 0, pruner=None,
+               heartbeat: int = 10, storage=None) -> optuna.Study:
+    "Run `session`'s search until its study (in `results/session/search.db`, or `storage`) holds `trials` finished (complete or pruned) trials."
+    study, storage, base, space, objective, trials = _search_study(cfg, session, trials, results, sampler, seed, pruner, heartbeat, storage)
     quiet = _QuietAfterInterrupt()
     def run_trial(trial):
-        trial.set_user_attr('process', f'{socket.gethostname()}:{os.getpid()}')
+        trial.set_user_attr('process', _process())
+        counted = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, *_COUNTED))
+        if sum(t.number < trial.number for t in counted) >= trials: raise _surplus(trial)   # others took the last places first
         config = base
         for name, spec in space.items(): config = _apply(config, name, _suggest(trial, name, spec))
         try:
@@ -217,13 +320,15 @@ def run_search(cfg, session: str, trials: int, results='results', sampler: str =
             _retry(study, trial)   # Optuna marks it failed; the next run tries the same parameters again
             raise
         return learn.metrics.history[-1][objective]
-    done = len(study.get_trials(deepcopy=False, states=_COUNTED))
-    if done < trials:   # other processes on the same study count too: stop once the study holds enough
-        handlers = logging.getLogger('optuna').handlers
-        for handler in handlers: handler.addFilter(quiet)
-        try: study.optimize(run_trial, n_trials=trials - done, catch=(), callbacks=[optuna.study.MaxTrialsCallback(trials, states=_COUNTED)])
-        finally:
-            for handler in handlers: handler.removeFilter(quiet)
+    with _filtered(quiet):
+        while True:   # other processes on the same study count too
+            _take_over(study, storage)
+            found = study.get_trials(deepcopy=False)
+            finished = sum(t.state in _COUNTED for t in found)
+            if finished >= trials: break
+            if finished + sum(t.state == optuna.trial.TrialState.RUNNING for t in found) < trials:
+                study.optimize(run_trial, n_trials=1, catch=(_Surplus,))
+            else: time.sleep(POLL)   # the last trials run elsewhere: wait, to take them over if their process dies
     return study
 
 # %% ../nbs/13_search.ipynb #f3d81272
@@ -240,7 +345,7 @@ def search_report(study: optuna.Study, cfg, session: str, results='results') -> 
     import matplotlib.pyplot as plt
     base, space, objective = load_search(cfg, session)
     folder = confined(results, session)
-    rows = [{'trial': t.number, 'state': t.state.name, objective: t.value, **t.params} for t in study.trials]
+    rows = [{'trial': t.number, 'state': t.state.name, objective: t.value, **t.params} for t in study.trials if not t.user_attrs.get('surplus')]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO(); writer = csv.DictWriter(buffer, columns); writer.writeheader(); writer.writerows(rows)
     _write_text(folder/'trials.csv', buffer.getvalue())
@@ -259,3 +364,163 @@ def search_report(study: optuna.Study, cfg, session: str, results='results') -> 
     print(f"best trial {summary['best_trial']}: {objective} {study.best_value:.4f} with {study.best_trial.params}")
     print('importance: ' + ', '.join(f'{k} {v:.2f}' for k, v in found.items()))
     return summary
+
+# %% ../nbs/13_search.ipynb #9fb4d0f6
+STOP_WAIT = 30   # seconds a worker has to stop after Ctrl-C before it is killed
+_WORKER = 'import sys; from nntrain.search import _worker_main; sys.exit(_worker_main(sys.argv[1]))'
+
+class WorkersError(RuntimeError):
+    "Workers stopped before their study was done: says what is missing and why."
+
+def _interrupt_once(signum, frame):
+    "The first Ctrl-C interrupts a worker; later ones are ignored, so that it can queue its trial again and stop cleanly."
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+def _worker_main(job: str) -> int:
+    "A worker process: run the job (JSON) `_run_workers` gave it; Ctrl-C stops it quietly, a bad config or storage in one line."
+    signal.signal(signal.SIGINT, _interrupt_once)
+    job = json.loads(job)
+    optuna.logging.set_verbosity(job['verbosity'])
+    work = {'search': run_search, 'session': run_session_worker}[job['function']]
+    try: work(**job['kwargs'])
+    except KeyboardInterrupt: return 130
+    except (ConfigError, WorkersError, OSError) as e:
+        print(f"nntrain: worker {os.getpid()}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+def _stop_workers(processes: list):
+    "Ctrl-C to every worker still running, then SIGKILL to any that has not stopped after `STOP_WAIT` seconds."
+    for process in processes:
+        if process.poll() is None: process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_WAIT
+    for process in processes:
+        try: process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired: process.kill(); process.wait()
+
+def _run_workers(function: str, kwargs: dict, workers: int, quiet: bool = False) -> list[str]:
+    "Run `function(**kwargs)` in `workers` new processes, wait for them all; a line for each that stopped abnormally. Ctrl-C stops them all."
+    job = json.dumps({'function': function, 'kwargs': kwargs, 'verbosity': optuna.logging.get_verbosity()})
+    package = str(Path(nntrain.__file__).resolve().parent.parent)   # the workers import this nntrain, wherever they start
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in (package, os.environ.get('PYTHONPATH')) if p)}
+    processes = [subprocess.Popen([sys.executable, '-c', _WORKER, job], env=env, stdout=subprocess.DEVNULL if quiet else None)
+                 for _ in range(workers)]
+    problems, running = [], dict(enumerate(processes, 1))
+    try:
+        while running:
+            for number, process in list(running.items()):
+                if (status := process.poll()) is None: continue
+                del running[number]
+                if status == 0: continue
+                how = f'was killed by {signal.Signals(-status).name}' if status < 0 else f'stopped with exit status {status}'
+                problems.append(f'worker {number} (process {process.pid}) {how}')
+                print(f'nntrain: {problems[-1]}' + ('; the other workers carry on' if running else ''), file=sys.stderr, flush=True)
+            time.sleep(0.1)
+    except BaseException:   # Ctrl-C (or anything else) here: no worker is left behind
+        _stop_workers(processes)
+        raise
+    return problems
+
+# %% ../nbs/13_search.ipynb #58460caa
+def run_search_workers(cfg, session: str, trials: int, workers: int = 2, results='results', sampler: str = 'tpe', seed: int = 0,
+                       heartbeat: int = 10, storage=None, quiet: bool = False) -> optuna.Study:
+    "Run `session`'s search in `workers` processes sharing its study (`storage`, or `results/session/search.db`) until it holds `trials` finished trials."
+    workers = _check_int(workers, 'workers', 'run_search_workers')
+    study, _, _, _, _, trials = _search_study(cfg, session, trials, results, sampler, seed, None, heartbeat, storage)
+    job = dict(cfg=str(cfg), session=session, trials=trials, results=str(results), sampler=sampler, seed=seed, heartbeat=heartbeat,
+               storage=None if storage is None else str(storage))
+    if workers == 1: return run_search(**job)
+    problems = _run_workers('search', job, workers, quiet)
+    if (finished := len(study.get_trials(deepcopy=False, states=_COUNTED))) < trials:
+        raise WorkersError(f"the study holds {finished} of the {trials} finished trials asked for ({'; '.join(problems) or 'no worker failed'}); "
+                           "the same command carries on")
+    return study
+
+# %% ../nbs/13_search.ipynb #e8880590
+QUEUE_WAIT = 120   # seconds a worker waits for the process that created a session's study to queue its experiments
+
+def _session_study(experiments, session: str, results, storage, heartbeat: int):
+    "The study of `session`'s `experiments`, created with one queued trial per experiment by the first process, joined by the others; and its storage."
+    folder = confined(results, session)
+    opened = None if storage is None else open_storage(storage, heartbeat)   # refused before anything is written
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [i for i, _ in experiments]
+    name = f"{session}:{hashlib.sha256(json.dumps(experiments, sort_keys=True, default=str).encode()).hexdigest()[:12]}"
+    with filelock.FileLock(folder/'.session.lock'):   # two processes creating the tables of session.db at once would collide
+        opened = opened or _storage(folder/'session.db', heartbeat)
+        try: study = optuna.create_study(study_name=name, storage=opened, sampler=optuna.samplers.RandomSampler())
+        except optuna.exceptions.DuplicatedStudyError: pass
+        else:
+            for i in ids: study.enqueue_trial({}, user_attrs={'experiment': i})
+            study.set_user_attr('experiments', ids)   # the mark that every experiment is queued
+            return study, opened
+    study = optuna.load_study(study_name=name, storage=opened, sampler=optuna.samplers.RandomSampler())
+    deadline = time.monotonic() + QUEUE_WAIT
+    while study.user_attrs.get('experiments') != ids:   # its creator, perhaps on another machine, is still queueing them
+        if time.monotonic() > deadline:
+            raise WorkersError(f"the study {name!r} in {storage_name(storage or folder/'session.db')} was created, but its experiments were "
+                               f"not all queued within {QUEUE_WAIT} s (its creator stopped?); expected them queued: delete the study "
+                               "(optuna.delete_study) and start again")
+        time.sleep(POLL)
+    return study, opened
+
+def _session_results(study) -> dict:
+    "The stored result of each finished experiment of a session's study."
+    found = {}
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if 'experiment' in trial.user_attrs and 'result' in trial.user_attrs: found.setdefault(trial.user_attrs['experiment'], trial.user_attrs['result'])
+    return found
+
+def _session_folders(cfg, session: str, results, rerun_changed: bool):
+    "The checked experiments of `session` and their folders (links refused, changed configs refused or set aside)."
+    experiments = load_session(cfg, session)
+    folders = {i: confined(results, session, i) for i, _ in experiments}
+    for folder in folders.values(): refuse_links(folder)   # before reading anything in them
+    _check_unchanged(experiments, folders, rerun_changed)
+    return experiments, folders
+
+# %% ../nbs/13_search.ipynb #ccc37ecc
+def run_session_worker(cfg, session: str, results='results', storage=None, heartbeat: int = 10) -> optuna.Study:
+    "Train the experiments of `session` its study hands this process, one at a time, until none is left to start or take over; return the study."
+    experiments, folders = _session_folders(cfg, session, results, rerun_changed=False)
+    configs = dict(experiments)
+    study, opened = _session_study(experiments, session, results, storage, heartbeat)
+    quiet = _QuietAfterInterrupt()
+    def run_trial(trial):
+        trial.set_user_attr('process', _process())
+        experiment = trial.user_attrs.get('experiment')
+        if experiment is None: raise _surplus(trial)   # not a queued trial: the last one was taken just before
+        print(f'== {session}/{experiment}', flush=True)
+        try: result = run_experiment(configs[experiment], folders[experiment])
+        except KeyboardInterrupt:
+            quiet.interrupted = True
+            _retry(study, trial)   # the next run resumes it
+            raise
+        trial.set_user_attr('result', result)
+        return 0.0   # a session optimizes nothing: its result is in the trial's user attributes
+    waiting, running = optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING
+    with _filtered(quiet):
+        while True:
+            _take_over(study, opened)
+            if set(_session_results(study)) >= set(configs): break
+            found = study.get_trials(deepcopy=False, states=(waiting, running))
+            if any(t.state == waiting for t in found): study.optimize(run_trial, n_trials=1, catch=(_Surplus,))
+            elif found: time.sleep(POLL)   # others run the last ones: wait, to take one over if its worker dies
+            else: break   # what is left cannot finish (it raised, or died MAX_RETRIES times): the caller says so
+    return study
+
+def run_session_workers(cfg, session: str, workers: int = 2, results='results', storage=None, heartbeat: int = 10,
+                        rerun_changed: bool = False, quiet: bool = False) -> list[dict]:
+    "Run `session`'s experiments in `workers` processes sharing one study (each experiment trained once); write and print the summary."
+    workers = _check_int(workers, 'workers', 'run_session_workers')
+    experiments, _ = _session_folders(cfg, session, results, rerun_changed)
+    study, _ = _session_study(experiments, session, results, storage, heartbeat)
+    job = dict(cfg=str(cfg), session=session, results=str(results), storage=None if storage is None else str(storage), heartbeat=heartbeat)
+    if workers == 1: run_session_worker(**job); problems = []
+    else: problems = _run_workers('session', job, workers, quiet)
+    results_of = _session_results(study)
+    if missing := [i for i, _ in experiments if i not in results_of]:
+        raise WorkersError(f"{len(missing)} of {len(experiments)} experiment(s) did not finish: {', '.join(missing)} "
+                           f"({'; '.join(problems) or 'see the errors above'}); the same command resumes them")
+    return write_summary(experiments, results_of, confined(results, session))

@@ -36,7 +36,7 @@ from .reports import MisclassifiedS, ReportS
 # %% auto #0
 __all__ = ['METRICS', 'COLUMNS', 'HELD_OUT', 'environment', 'WeightedCrossEntropy', 'open_experiment_dataset',
            'experiment_loaders', 'build_learner', 'schedule', 'training_plan', 'confined', 'refuse_links',
-           'config_changes', 'experiment_lock', 'run_experiment', 'run_session']
+           'config_changes', 'experiment_lock', 'run_experiment', 'write_summary', 'run_session']
 
 # %% ../nbs/12_sessions.ipynb #16c3844c
 def _write_text(path: Path, text: str):
@@ -331,6 +331,23 @@ def _check_unchanged(experiments, folders: dict, rerun_changed: bool):
             if config_changes(dict(experiments)[i], folders[i]): print(f"== set aside the old run as {_set_aside(folders[i]).name}")
 
 # %% ../nbs/12_sessions.ipynb #e2f42c9f
+def write_summary(experiments, results_of: dict, folder) -> list[dict]:
+    "Write `summary.csv` and `summary.md` of `experiments` (their results in `results_of`) in the session `folder`, print it; return its rows."
+    varying = [k for k in SETTINGS if len({repr(c[k]) for _, c in experiments}) > 1]
+    rows = [{'experiment': i, **{k: c[k] for k in varying}, **{k: v for k, v in results_of[i].items() if k != 'experiment'}}
+            for i, c in experiments]
+    columns, cells = _table(rows)
+    buffer = io.StringIO(); csv.writer(buffer).writerows([columns, *cells])
+    markdown = '\n'.join('| ' + ' | '.join(r) + ' |' for r in [columns, ['---'] * len(columns), *cells])
+    folder = Path(folder)
+    with experiment_lock(folder/'summary'):
+        remove_temporaries(folder)
+        _write_text(folder/'summary.csv', buffer.getvalue())
+        _write_text(folder/'summary.md', markdown + '\n')
+    widths = [max(len(r[i]) for r in [columns, *cells]) for i in range(len(columns))]
+    print('\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)) for r in [columns, *cells]))
+    return rows
+
 def run_session(cfg, session: str, results='results', rerun_changed: bool = False, max_experiments: int = 10_000) -> list[dict]:
     "Run every experiment of `session` in `cfg` (checked first: nothing runs if any is wrong); write and print a summary."
     experiments = load_session(cfg, session, max_experiments=max_experiments)
@@ -338,7 +355,6 @@ def run_session(cfg, session: str, results='results', rerun_changed: bool = Fals
     folders = {i: confined(results, session, i) for i, _ in experiments}
     for folder in folders.values(): refuse_links(folder)   # before reading anything in them
     _check_unchanged(experiments, folders, rerun_changed)
-    varying = [k for k in SETTINGS if len({repr(c[k]) for _, c in experiments}) > 1]
     results_of, waiting, timeout = {}, list(experiments), 0
     while waiting:   # first pass: skip experiments another process holds; then wait for them
         held = []
@@ -349,15 +365,4 @@ def run_session(cfg, session: str, results='results', rerun_changed: bool = Fals
                 print(f'== {session}/{experiment_id}: another process is running it; coming back to it', flush=True)
                 held.append((experiment_id, config))
         waiting, timeout = held, -1
-    rows = [{'experiment': i, **{k: c[k] for k in varying}, **{k: v for k, v in results_of[i].items() if k != 'experiment'}}
-            for i, c in experiments]
-    columns, cells = _table(rows)
-    buffer = io.StringIO(); csv.writer(buffer).writerows([columns, *cells])
-    markdown = '\n'.join('| ' + ' | '.join(r) + ' |' for r in [columns, ['---'] * len(columns), *cells])
-    with experiment_lock(base/'summary'):
-        remove_temporaries(base)
-        _write_text(base/'summary.csv', buffer.getvalue())
-        _write_text(base/'summary.md', markdown + '\n')
-    widths = [max(len(r[i]) for r in [columns, *cells]) for i in range(len(columns))]
-    print('\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)) for r in [columns, *cells]))
-    return rows
+    return write_summary(experiments, results_of, base)
