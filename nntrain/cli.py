@@ -69,10 +69,11 @@ def fit_mnist(epochs: int = 3, bs: int = 128, lr: float = 3e-3, device: str | to
     from torcheval.metrics import MulticlassAccuracy
     from nntrain.dataloaders import DataLoaders, load_mnist
     from nntrain.learner import DeviceS, Learner, MetricsS, ProgressS
+    from nntrain.distributed import DistributedS
     torch.manual_seed(seed)
     dls = DataLoaders.from_hf_dd(load_mnist(), batch_size=bs)
     metrics = MetricsS(accuracy=MulticlassAccuracy())
-    subs = [metrics, DeviceS(device)] + ([ProgressS()] if progress else [])
+    subs = [metrics, DeviceS(device), DistributedS()] + ([ProgressS()] if progress else [])   # DistributedS: nothing without torchrun
     learn = Learner(default_model(), dls, F.cross_entropy, torch.optim.AdamW, lr, subs)
     learn.fit(epochs)
     if save is not None: learn.save(save)
@@ -165,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument('--device', type=parse_device, default=None,
                      help='cpu, cuda, cuda:N or mps (default: cuda if available, then mps, else cpu)')
     fit.add_argument('--seed', type=int, default=None, help='random seed for weights and shuffling (default: 0)')
+    fit.add_argument('--nproc', type=_positive(int, '--nproc'), default=None,
+                     help="train in N processes on this machine, data-parallel, started by torch's launcher (torchrun); "
+                     '--bs is then the batch of all of them together, shared out between them')
     fit.add_argument('--save', metavar='PATH', help='save the trained learner (a safe checkpoint) to PATH')
     fit.add_argument('--cfg', metavar='FILE', help='a YAML file of sessions: run every experiment of --session instead '
                      '(the session sets everything: --epochs, --bs, --lr, --device, --seed and --save are refused with it)')
@@ -265,17 +269,22 @@ _FIT_DEFAULTS = {'epochs': 3, 'bs': 128, 'lr': 3e-3, 'device': None, 'seed': 0, 
 
 def _check_fit_options(args):
     "Refuse the options a session would ignore; fill in the defaults of the others."
+    from nntrain.distributed import launched
     if args.cfg is not None or args.session is not None:
         if args.cfg is None or args.session is None: raise CommandError("--cfg and --session go together: give both")
         given = [f'--{name}' for name in _FIT_DEFAULTS if getattr(args, name) is not None]
         if given: raise CommandError(f"{', '.join(given)}: not used with --cfg, whose session sets every setting; expected "
                                      "them in the YAML (num_epochs, bs, lr, device, seed), or a run without --cfg")
+        if args.nproc is not None: raise CommandError("--nproc: not used with --cfg; expected --workers N to run a session's experiments in parallel")
         if args.results is None: args.results = 'results'
     else:
         for name in ('results', 'rerun_changed', 'workers', 'storage'):
             if getattr(args, name) not in (None, False): raise CommandError(f"--{name.replace('_', '-')}: only used with --cfg and --session")
         for name, value in _FIT_DEFAULTS.items():
             if getattr(args, name) is None: setattr(args, name, value)
+    if args.nproc is not None and launched() and args.nproc != int(os.environ['WORLD_SIZE']):
+        raise CommandError(f"--nproc {args.nproc}: this process is one of {os.environ['WORLD_SIZE']} started by a launcher (torchrun); "
+                           "expected the same number, or no --nproc")
 
 def _interrupted(args, argv) -> str:
     "The line printed on Ctrl-C: what was kept, and the command that carries on."
@@ -307,6 +316,18 @@ def _reported(error: Exception) -> bool:
     from nntrain.search import WorkersError
     return isinstance(error, (ConfigError, CheckpointError, WorkersError))
 
+def _launch_fit(args, nproc: int) -> int:
+    "Run this `nntrain fit` in `nproc` processes started by torch's elastic launcher (`torchrun --standalone`); return its exit status."
+    import subprocess
+    # the options as parsed, spelled out: torchrun reads any option that looks like one of its own (`--nproc` would be)
+    options = [part for name in _FIT_DEFAULTS if getattr(args, name) is not None for part in (f'--{name}', str(getattr(args, name)))]
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={nproc}', '-m', 'nntrain', 'fit', *options]
+    launcher = subprocess.Popen(command)
+    try: return launcher.wait()
+    except KeyboardInterrupt:   # Ctrl-C reached the launcher too: it stops the processes; wait until it has
+        launcher.wait()
+        raise
+
 def main(argv: list[str] | None = None) -> int:
     "Run the `nntrain` command with `argv` (default: `sys.argv[1:]`); return the exit status."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -337,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             from nntrain.sessions import run_session
             run_session(args.cfg, args.session, args.results, rerun_changed=args.rerun_changed)
             return 0
+        from nntrain.distributed import launched
+        if args.nproc is not None and not launched(): return _launch_fit(args, args.nproc)
         result = fit_mnist(args.epochs, args.bs, args.lr, args.device, args.seed, save=args.save)
     except KeyboardInterrupt:
         print('\n' + (_interrupted(args, argv) if args is not None else 'nntrain: interrupted'), file=sys.stderr)
@@ -345,5 +368,6 @@ def main(argv: list[str] | None = None) -> int:
         if not _reported(e): raise
         print(f"nntrain: error: {e}", file=sys.stderr)   # a ConfigError lists every problem of the config, one per line
         return 2
-    print(f"final validation accuracy: {result['accuracy']:.4f}")
+    from nntrain.core import main_process
+    if main_process(): print(f"final validation accuracy: {result['accuracy']:.4f}")
     return 0

@@ -241,11 +241,13 @@ class LaunchError(RuntimeError):
 
 class _Entry:
     "What every process runs: `fn(*args, **kwargs)`; an exception it raises is also written to `folder`/RANK, for the launching process to report."
-    def __init__(self, fn, kwargs: dict, folder: str):
-        self.fn, self.kwargs, self.folder = fn, kwargs, folder
+    def __init__(self, fn, kwargs: dict, folder: str, forked: bool):
+        self.fn, self.kwargs, self.folder, self.forked = fn, kwargs, folder, forked
         self.__name__ = self.__qualname__ = getattr(fn, '__name__', 'fn')   # the launcher names its entry point
 
     def __call__(self, *args):
+        if self.forked:   # the parent's OpenMP threads are not in a forked process: a parallel region would wait for them forever
+            torch.set_num_threads(1)
         if not isinstance(sys.stdout, io.TextIOWrapper):   # forked from a notebook's kernel: its output streams are the kernel's threads
             sys.stdout, sys.stderr = (io.open(fd, 'w', buffering=1, closefd=False) for fd in (1, 2))
         try: return self.fn(*args, **self.kwargs)
@@ -278,7 +280,7 @@ def launch(fn, *args, nproc: int = 2, max_restarts: int = 0, start_method: str |
     quiet = logging.getLogger('torch.distributed.elastic')
     level, quiet.level = quiet.level, logging.CRITICAL   # the launcher logs every failure at length; the error below says it once
     with tempfile.TemporaryDirectory(prefix='nntrain-launch-') as errors:
-        try: results = elastic_launch(config, _Entry(fn, kwargs, errors))(*args)
+        try: results = elastic_launch(config, _Entry(fn, kwargs, errors, start_method == 'fork'))(*args)
         except ChildFailedError as e: raise LaunchError(_failures(e, Path(errors), nproc)) from None
         finally: quiet.setLevel(level)
     return [results[rank] for rank in range(nproc)]
