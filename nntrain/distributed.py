@@ -51,7 +51,13 @@ def join_process_group(backend: str | None = None, timeout: float = 120) -> tupl
             raise RuntimeError("join_process_group found no launcher's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); "
                                "expected a process started by torchrun, `nntrain fit --nproc N` or nntrain.distributed.launch")
         backend = backend or ('nccl' if torch.cuda.is_available() and dist.is_nccl_available() else 'gloo')
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        rank, world_size, wait = int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), datetime.timedelta(seconds=timeout)
+        # torchrun's agent serves the store at MASTER_PORT; restarted processes would read the killed attempt's addresses there,
+        # so every attempt of the job (TORCHELASTIC_RESTART_COUNT) keeps its keys apart
+        served = os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True'
+        store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), world_size, is_master=not served and rank == 0, timeout=wait)
+        store = dist.PrefixStore(f"nntrain/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=wait)
     return dist.get_rank(), dist.get_world_size()
 
 # %% ../nbs/15_distributed.ipynb #38f4acf4
@@ -121,7 +127,10 @@ def _shard_dataloader(dl: DataLoader, rank: int, world_size: int, generator: tor
 def shard_loader(loader, rank: int, world_size: int, generator: torch.Generator | None = None, role: str = 'training'):
     "`loader` for rank `rank` of `world_size`: every rank gets the same number of batches, rows `rank::world_size` of each; None stays None."
     rank, world_size = _check_shard(rank, world_size, 'shard_loader')
-    if loader is None or world_size == 1: return loader
+    if loader is None: return None
+    if isinstance(loader, DataLoader):   # rebuilt even for one process, so that its order is the one of any number of them
+        return _shard_dataloader(loader, rank, world_size, generator or torch.Generator(), role)
+    if world_size == 1: return loader
     if isinstance(loader, (TensorLoader, MapLoader, StreamLoader, ReservoirLoader)) and loader.world_size > 1 or isinstance(loader, ReservoirLoader):
         if (loader.rank, loader.world_size) == (rank, world_size): return loader   # sharded by the user already
         if isinstance(loader, ReservoirLoader) and loader.world_size == 1:
@@ -130,7 +139,6 @@ def shard_loader(loader, rank: int, world_size: int, generator: torch.Generator 
         raise ValueError(f"the {role} loader is sharded for rank {loader.rank} of {loader.world_size}, but this process is rank {rank} "
                          f"of {world_size}; expected a loader for one process (DistributedS shares it out) or one for this rank")
     if isinstance(loader, (TensorLoader, MapLoader, StreamLoader)): return loader.shard(rank, world_size)
-    if isinstance(loader, DataLoader): return _shard_dataloader(loader, rank, world_size, generator or torch.Generator(), role)
     raise TypeError(f"DistributedS shares out TensorLoader, MapLoader, StreamLoader, ReservoirLoader and PyTorch DataLoader batches, "
                     f"but the {role} loader is {_describe(loader)}; expected one of them (a list of batches would be the same on every rank)")
 
@@ -164,7 +172,7 @@ class DistributedS(Subscriber):
         self.generators, self.learn, self.ddp, self.rows, self.loss = {}, None, None, None, None
 
     def before_fit(self, learn):
-        if not self.active or self.world_size == 1: return
+        if not self.active: return
         self.device = _local_device(dist.get_backend())
         self.module, self.dls, self.learn = learn.model, learn.dls, learn
         learn.rank, learn.world_size = self.rank, self.world_size
@@ -221,7 +229,7 @@ class DistributedS(Subscriber):
         if self.loss is not None: learn.loss, self.loss = self.loss, None   # the metrics see the loss of this rank's rows
 
     def cleanup_fit(self, learn):
-        if not self.active or self.world_size == 1 or self.learn is None: return
+        if not self.active or self.learn is None: return
         learn.model, learn.dls, self.learn, self.ddp, self.rows = self.module, self.dls, None, None, None
         for name in ('rank', 'world_size'): learn.__dict__.pop(name, None)
 

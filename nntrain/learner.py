@@ -1067,27 +1067,33 @@ class MetricsS(Subscriber):
 
     def compute(self) -> dict:
         "The loss and metric values of the pass so far, as Python numbers; with the data shared by several processes, of all their shares (every rank calls it)."
-        self._update_metrics()
-        loss_sum, count, metrics = self._job_totals() if self.across_ranks else (self.loss_sum, self.count, self.metrics)
-        loss = _as_number(loss_sum / count) if count else math.nan
-        return {'loss': loss, **{name: _as_number(m.compute()) for name, m in metrics.items()}}
+        return self._measure({})
 
-    def _job_totals(self) -> tuple:
-        "Every rank's loss sum, sample count and metric states, added up in rank order: the same numbers on every rank."
-        shares = gather_objects((self.loss_sum.detach().double().cpu(), self.count, {name: m.state_dict() for name, m in self.metrics.items()}))
+    def _measure(self, logged: dict) -> dict:
+        "The pass's loss and metrics, then the mean of each `logged` {name: (sum, count)}; of every rank's share when the data is shared out."
+        self._update_metrics()
+        if self.across_ranks: loss_sum, count, metrics, logged = self._job_totals(logged)
+        else: loss_sum, count, metrics = self.loss_sum, self.count, self.metrics
+        loss = _as_number(loss_sum / count) if count else math.nan
+        return {'loss': loss, **{name: _as_number(m.compute()) for name, m in metrics.items()},
+                **{name: total / n for name, (total, n) in logged.items()}}
+
+    def _job_totals(self, logged: dict) -> tuple:
+        "Every rank's loss sum, sample count, metric states and `logged` totals, added up in rank order (one collective): the same numbers on every rank."
+        shares = gather_objects((self.loss_sum.detach().double().cpu(), self.count, {name: m.state_dict() for name, m in self.metrics.items()}, logged))
         loss_sum, count, device = sum(share[0] for share in shares), sum(share[1] for share in shares), self.loss_sum.device
         metrics = {}
         for name, metric in self.metrics.items():
             parts = []
-            for _, _, states in shares:
+            for _, _, states, _ in shares:
                 part = copy.deepcopy(metric)
                 part.load_state_dict(states[name])
                 parts.append(part.to(device))
             metrics[name] = parts[0].merge_state(parts[1:]) or parts[0]
-        return loss_sum, count, metrics
+        return loss_sum, count, metrics, _added_up([share[3] for share in shares])   # a rank may have logged a name the others did not
 
     def after_epoch(self, learn):
-        values = {**self.compute(), **self._logged_means(learn)}
+        values = self._measure(self._logged_totals(learn))
         entry = {'epoch': getattr(learn, 'epoch', 0), 'mode': 'train' if learn.training else 'eval', **values}
         if getattr(learn, 'evaluating', False):  # a pass of `get_preds` or `evaluate`: not part of the fit's history
             self.evaluation = getattr(self, '_evaluated_for', self).evaluation = entry
@@ -1106,8 +1112,8 @@ class MetricsS(Subscriber):
         twin.metrics, twin._evaluated_for = {name: copy.deepcopy(m) for name, m in self.metrics.items()}, self
         return twin
 
-    def _logged_means(self, learn) -> dict:
-        "The mean of each value given to `learn.log` during the pass; the tensors' sums are read from the device in one transfer."
+    def _logged_totals(self, learn) -> dict:
+        "The (sum, count) of each value given to `learn.log` during the pass; the tensors' sums are read from the device in one transfer."
         logged = getattr(learn, 'logged', None) or {}
         learn._log_open = False   # what is logged after this would be lost: `learn.log` refuses it
         if clash := [name for name in logged if name in _LOG_KEYS or name in self.metrics]:
@@ -1118,9 +1124,7 @@ class MetricsS(Subscriber):
             device = next(iter(sums.values())).device
             dtype = torch.float32 if device.type == 'mps' else torch.float64   # MPS has no float64
             sums = dict(zip(sums, torch.stack([t.to(device, dtype) for t in sums.values()]).tolist()))
-        totals = {name: (sums.get(name, 0.0) + number, count) for name, (_, number, count) in logged.items()}
-        if self.across_ranks: totals = _added_up(gather_objects(totals))   # a rank may have logged a name the others did not
-        return {name: total / count for name, (total, count) in totals.items()}
+        return {name: (sums.get(name, 0.0) + number, count) for name, (_, number, count) in logged.items()}
 
     def output(self, log: dict):
         "Show the log of a pass; prints it unless replaced."
@@ -1137,7 +1141,7 @@ class MetricsS(Subscriber):
     def _job_state(self) -> dict:
         "The state of the whole job's pass: every rank's sums and metrics merged (the buffers are measured first), as one process would hold them."
         self._update_metrics()
-        loss_sum, count, metrics = self._job_totals()
+        loss_sum, count, metrics, _ = self._job_totals({})
         return {'loss_sum': loss_sum.float(), 'count': count, 'history': [dict(h) for h in self.history],
                 'metrics': {name: m.state_dict() for name, m in metrics.items()}, 'buffer': {}}
 
