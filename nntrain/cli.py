@@ -275,7 +275,9 @@ def _check_fit_options(args):
         given = [f'--{name}' for name in _FIT_DEFAULTS if getattr(args, name) is not None]
         if given: raise CommandError(f"{', '.join(given)}: not used with --cfg, whose session sets every setting; expected "
                                      "them in the YAML (num_epochs, bs, lr, device, seed), or a run without --cfg")
-        if args.nproc is not None: raise CommandError("--nproc: not used with --cfg; expected --workers N to run a session's experiments in parallel")
+        if args.nproc is not None or launched():   # each process would run the whole session
+            raise CommandError(f"{'--nproc' if args.nproc is not None else '--cfg under a launcher (torchrun)'}: a session's experiments are not "
+                               "trained data-parallel; expected --workers N to run them in parallel, each in a process of its own")
         if args.results is None: args.results = 'results'
     else:
         for name in ('results', 'rerun_changed', 'workers', 'storage'):
