@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #c5f040ea
 from __future__ import annotations
 
+import copy
 import errno
 import functools
 import hashlib
@@ -58,6 +59,13 @@ def _check_shard(rank, world_size, who: str) -> tuple[int, int]:
     rank = _check_int(rank, 'rank', who, minimum=0)
     if rank >= world_size: raise ValueError(f"{who} expected rank in [0, world_size) = [0, {world_size}), got rank={rank}")
     return rank, world_size
+
+def _sharded_copy(loader, rank, world_size, who: str):
+    "A shallow copy of `loader` for rank `rank` of `world_size`: its data, order and generator shared, rows `rank::world_size` of each batch."
+    rank, world_size = _check_shard(rank, world_size, who)
+    sharded = copy.copy(loader)
+    sharded.rank, sharded.world_size = rank, world_size
+    return sharded
 
 # %% ../nbs/00_core.ipynb #77924013
 _FULL = {errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)}

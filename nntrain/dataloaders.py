@@ -5,7 +5,6 @@
 # %% ../nbs/01_dataloaders.ipynb #9879f63a
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import io
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .core import _check_flag, _check_int, _check_shard, _describe
+from .core import _check_flag, _check_int, _check_shard, _describe, _sharded_copy
 
 # datasets, pyarrow and PIL are imported by the functions that use them: importing nntrain stays fast
 if TYPE_CHECKING:
@@ -272,10 +271,7 @@ class TensorLoader:
 
     def shard(self, rank: int, world_size: int) -> TensorLoader:
         "This loader for rank `rank` of `world_size`: the same columns, order and generator; rows `rank::world_size` of every batch."
-        rank, world_size = _check_shard(rank, world_size, 'TensorLoader.shard')
-        sharded = copy.copy(self)
-        sharded.rank, sharded.world_size = rank, world_size
-        return sharded
+        return _sharded_copy(self, rank, world_size, 'TensorLoader.shard')
 
     def __len__(self): return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 

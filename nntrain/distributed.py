@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import functools
 import io
 import logging
 import math
@@ -24,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
-from .core import _check_int, _check_shard, _describe, gather_objects, main_process, rng_state
+from .core import _check_int, _check_shard, _describe, gather_objects, rng_state
 from .dataloaders import TensorLoader
 from .learner import DeviceS, Subscriber
 from .pipelines import MapLoader, ReservoirLoader, StreamLoader

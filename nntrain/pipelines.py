@@ -5,7 +5,6 @@
 # %% ../nbs/14_pipelines.ipynb #cadaf09d
 from __future__ import annotations
 
-import copy
 import ctypes
 import gc
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from .core import CheckpointError, _check_flag, _check_int, _check_shard, _describe
+from .core import CheckpointError, _check_flag, _check_int, _check_shard, _describe, _sharded_copy
 from .dataloaders import _column_tensor, _images_to_tensor, load_hub_dataset
 
 # datasets is imported by the functions that use it: importing nntrain stays fast
@@ -477,10 +476,7 @@ class MapLoader:
 
     def shard(self, rank: int, world_size: int) -> MapLoader:
         "This loader for rank `rank` of `world_size`: the same generator and workers; rows `rank::world_size` of every batch."
-        rank, world_size = _check_shard(rank, world_size, 'MapLoader.shard')
-        sharded = copy.copy(self)
-        sharded.rank, sharded.world_size = rank, world_size
-        return sharded
+        return _sharded_copy(self, rank, world_size, 'MapLoader.shard')
 
     def close(self):
         "Stop the worker processes now (they also stop when the loader is no longer used); the next epoch starts new ones."
@@ -565,10 +561,7 @@ class StreamLoader:
 
     def shard(self, rank: int, world_size: int) -> StreamLoader:
         "This loader for rank `rank` of `world_size`: the same generator and workers; rows `rank::world_size` of every batch."
-        rank, world_size = _check_shard(rank, world_size, 'StreamLoader.shard')
-        sharded = copy.copy(self)
-        sharded.rank, sharded.world_size = rank, world_size
-        return sharded
+        return _sharded_copy(self, rank, world_size, 'StreamLoader.shard')
 
     def close(self):
         "Stop the worker processes now (they also stop when the loader is no longer used); the next epoch starts new ones."
