@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sequent
 
 from .core import _check_int, _check_shard, _describe, gather_objects, rng_state
 from .dataloaders import TensorLoader
-from .learner import DeviceS, Subscriber
+from .learner import DeviceS, Subscriber, _logged_state
 from .pipelines import MapLoader, ReservoirLoader, StreamLoader
 
 # %% auto #0
@@ -155,6 +155,19 @@ def _layout(loader) -> tuple[int, int, bool] | None:
     if isinstance(sampler, ShardedBatchSampler): return sampler.n, sampler.batch_size, sampler.drop_last
     return None
 
+def _merged_logged(shares: list, world_size: int) -> dict:
+    "The sums of `learn.log` values of the ranks' checkpoint states, added up and scaled to `world_size` ranks (each logs once a batch), for rank 0 to carry."
+    merged, scale = {}, world_size / len(shares)
+    for share in shares:
+        for name, entry in share.items():
+            total = merged.setdefault(name, {'tensor': None, 'number': 0.0, 'count': 0})
+            if entry['tensor'] is not None: total['tensor'] = entry['tensor'] if total['tensor'] is None else total['tensor'] + entry['tensor']
+            total['number'], total['count'] = total['number'] + entry['number'], total['count'] + entry['count']
+    for total in merged.values():   # as many values a batch as this job's ranks give: the mean goes on with the same weights
+        if total['tensor'] is not None: total['tensor'] = total['tensor'] * scale
+        total['number'], total['count'] = total['number'] * scale, total['count'] * scale
+    return merged
+
 # %% ../nbs/15_distributed.ipynb #d826ddcf
 class DistributedS(Subscriber):
     "Under torchrun (or `launch`): join the process group, wrap the model in DDP on this rank's device, share out the loaders' batches and make the metrics the job's; alone, nothing."
@@ -183,7 +196,7 @@ class DistributedS(Subscriber):
         learn.dls.train, learn.dls.valid = self.train, self.valid
         self.rows = _layout(self.train)
         self._agree_on_orders()
-        self._resume_own_random_state(learn)
+        self._resume_own_state(learn)
         self.ddp = _DDP(self.module, device_ids=[self.device.index] if self.device.type == 'cuda' else None, **self.ddp_kwargs)
         self.loss = None
 
@@ -203,14 +216,19 @@ class DistributedS(Subscriber):
             generator = getattr(dl, 'generator', None)
             if isinstance(generator, torch.Generator): generator.set_state(gather_objects(generator.get_state())[0])
 
-    def _resume_own_random_state(self, learn):
-        "When the fit resumes a checkpoint of a job of this world size, each rank goes on with its own random state, not rank 0's."
+    def _resume_own_state(self, learn):
+        "When the fit resumes a checkpoint: at the same world size each rank goes on with its own random state and logged sums; at another, rank 0 carries the job's logged sums and every rank goes on from rank 0's random state."
         resume = learn._resume   # (path, state) of the checkpoint the fit resumes, or None
-        saved = resume[1]['subs'].get(type(self).__name__) if resume is not None else None
-        if not saved or saved.get('world_size') != self.world_size: return   # another world size: every rank goes on from rank 0's
+        if resume is None: return
         state = resume[1]
-        state['rng'] = saved['rng'][self.rank]
-        if saved['epoch_rng'][self.rank] is not None: state['position']['epoch_start']['rng'] = saved['epoch_rng'][self.rank]
+        saved = state['subs'].get(type(self).__name__) or {}
+        if saved.get('world_size') == self.world_size:
+            state['rng'], mine = saved['rng'][self.rank], saved['epoch_rng'][self.rank]
+            if mine is not None and 'position' in state: state['position']['epoch_start']['rng'] = mine
+            if 'logged' in saved and 'position' in state: state['position']['logged'] = saved['logged'][self.rank]
+        elif 'position' in state:   # the sums logged so far belong to the whole job: carried by rank 0, as if this job had made them
+            shares = saved.get('logged') or [state['position'].get('logged', {})]
+            state['position']['logged'] = _merged_logged(shares, self.world_size) if self.rank == 0 else {}
 
     def before_epoch(self, learn):
         if self.ddp is not None: learn.model = self.ddp if learn.training else self.module   # validation exchanges nothing
@@ -233,11 +251,13 @@ class DistributedS(Subscriber):
         for name in ('rank', 'world_size'): learn.__dict__.pop(name, None)
 
     def state_dict(self) -> dict:
-        "Every rank's random state, now and at the start of the training pass (one collective during a distributed fit: every rank calls it)."
-        position = getattr(self.learn, 'position', None)
-        mine = (rng_state(), position['epoch_start']['rng'] if position else None)
-        shares = gather_objects(mine) if self.learn is not None else [mine]
-        return {'world_size': len(shares), 'rng': [s[0] for s in shares], 'epoch_rng': [s[1] for s in shares]}
+        "Every rank's random state, now and at the start of the training pass, and its sums of `learn.log` values (one collective during a distributed fit: every rank calls it)."
+        learn = self.learn
+        position = getattr(learn, 'position', None)
+        logged = _logged_state({name: [t.cpu() if t is not None else None, n, c] for name, (t, n, c) in learn.logged.items()}) if position and learn.training else {}
+        mine = (rng_state(), position['epoch_start']['rng'] if position else None, logged)
+        shares = gather_objects(mine) if learn is not None else [mine]
+        return {'world_size': len(shares), 'rng': [s[0] for s in shares], 'epoch_rng': [s[1] for s in shares], 'logged': [s[2] for s in shares]}
 
     def load_state_dict(self, state: dict):
         "Nothing to load here: `before_fit` gave this rank its own random state from the checkpoint being resumed."
