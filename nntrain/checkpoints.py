@@ -165,16 +165,17 @@ class TerminateOnNaNS(Subscriber):
             if not learn.training:   # a rank may skip an empty share of a validation batch: agree once, at the pass's end
                 if found and self.found is None: self.found = (learn.epoch, learn.iter, learn.loss.item())
                 return
-            found = any_rank(found, learn.loss.device)
+            if any_rank(found, learn.loss.device) and not found: self._stop(learn.epoch, learn.iter, None, True)   # another rank's loss
         if found: self._stop(learn.epoch, learn.iter, learn.loss.item(), learn.training)
 
     def after_epoch(self, learn):
         if getattr(learn, 'world_size', 1) == 1 or learn.training: return
         found, self.found = self.found, None
-        if any_rank(found is not None): self._stop(*(found or (learn.epoch, None, math.nan)), training=False)
+        if any_rank(found is not None): self._stop(*(found or (learn.epoch, None, None)), training=False)
 
-    def _stop(self, epoch: int, batch: int | None, loss: float, training: bool):
+    def _stop(self, epoch: int, batch: int | None, loss: float | None, training: bool):
+        "Stop the fit; `loss` None: another rank's loss was not finite (at `batch` in training; somewhere in the pass in validation)."
         self.stopped_at = (epoch, batch)
-        where = f"batch {batch}" if batch is not None else "a batch of another rank"
-        print(f"TerminateOnNaNS: the loss is {loss} at epoch {epoch}, {where} ({'training' if training else 'validation'}); stopping the fit")
+        if loss is None: print(f"TerminateOnNaNS: the loss of another rank is not finite at epoch {epoch} ({'training' if training else 'validation'}); stopping the fit")
+        else: print(f"TerminateOnNaNS: the loss is {loss} at epoch {epoch}, batch {batch} ({'training' if training else 'validation'}); stopping the fit")
         raise CancelFitException()

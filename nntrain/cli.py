@@ -361,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             run_session(args.cfg, args.session, args.results, rerun_changed=args.rerun_changed)
             return 0
         from nntrain.distributed import launched
-        if args.nproc is not None and not launched(): return _launch_fit(args, args.nproc)
+        if args.nproc is not None and not launched():
+            if args.save is not None: output_path(args.save, '--save')   # refused here, once, before any process starts
+            return _launch_fit(args, args.nproc)
         result = fit_mnist(args.epochs, args.bs, args.lr, args.device, args.seed, save=args.save)
     except KeyboardInterrupt:
         print('\n' + (_interrupted(args, argv) if args is not None else 'nntrain: interrupted'), file=sys.stderr)

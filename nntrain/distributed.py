@@ -11,6 +11,7 @@ import io
 import logging
 import math
 import os
+import pickle
 import socket
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sequent
 
 from .core import _check_int, _check_shard, _describe, gather_objects, rng_state
 from .dataloaders import TensorLoader
-from .learner import DeviceS, Subscriber, _logged_state
+from .learner import DeviceS, Subscriber, _length, _logged_state
 from .pipelines import MapLoader, ReservoirLoader, StreamLoader
 
 # %% auto #0
@@ -168,6 +169,21 @@ def _merged_logged(shares: list, world_size: int) -> dict:
         total['number'], total['count'] = total['number'] * scale, total['count'] * scale
     return merged
 
+def _job_outline(learn) -> dict:
+    "What every rank of a job must share: its loaders' lengths and batch sizes, and the subscribers that take part in exchanges."
+    loaders = {role: (_length(dl), getattr(dl, 'batch_size', None)) for role, dl in (('training', learn.dls.train), ('validation', learn.dls.valid))}
+    return {'loaders': loaders, 'subscribers': [type(s).__name__ for s in learn.subs if not getattr(s, 'rank_zero_only', False)]}
+
+def _check_same_job(learn, rank: int):
+    "Refuse, on every rank and before any exchange, ranks whose loaders or subscribers differ: their exchanges would not pair up."
+    outlines = gather_objects(_job_outline(learn))
+    for other, outline in enumerate(outlines):
+        for part in ('loaders', 'subscribers'):
+            if outline[part] != outlines[0][part]:
+                raise ValueError(f"DistributedS: the ranks of this job differ in their {part}: rank 0 has {outlines[0][part]}, rank {other} has "
+                                 f"{outline[part]}; expected every process to build the same fit (the same script and data; a subscriber "
+                                 "that writes files is given on every rank: it writes on rank 0 only)")
+
 # %% ../nbs/15_distributed.ipynb #d826ddcf
 class DistributedS(Subscriber):
     "Under torchrun (or `launch`): join the process group, wrap the model in DDP on this rank's device, share out the loaders' batches and make the metrics the job's; alone, nothing."
@@ -195,6 +211,7 @@ class DistributedS(Subscriber):
         learn.dls = copy.copy(learn.dls)
         learn.dls.train, learn.dls.valid = self.train, self.valid
         self.rows = _layout(self.train)
+        _check_same_job(learn, self.rank)
         self._agree_on_orders()
         self._resume_own_state(learn)
         self.ddp = _DDP(self.module, device_ids=[self.device.index] if self.device.type == 'cuda' else None, **self.ddp_kwargs)
@@ -277,9 +294,18 @@ class _Entry:
             torch.set_num_threads(1)
         if not isinstance(sys.stdout, io.TextIOWrapper):   # forked from a notebook's kernel: its output streams are the kernel's threads
             sys.stdout, sys.stderr = (io.open(fd, 'w', buffering=1, closefd=False) for fd in (1, 2))
-        try: return self.fn(*args, **self.kwargs)
+        rank = os.environ.get('RANK', '0')
+        Path(self.folder, f'{rank}.started').touch()   # a rank that started, neither returned nor raised, was killed
+        try:
+            result = self.fn(*args, **self.kwargs)
+            try: pickle.dumps(result)
+            except Exception as e:
+                raise TypeError(f"rank {rank}'s result cannot be sent back to the launching process: {type(result).__name__} cannot be "
+                                f"pickled ({type(e).__name__}: {e}); expected a result of numbers, tensors, lists, dicts...") from None
+            Path(self.folder, f'{rank}.returned').touch()
+            return result
         except BaseException as e:
-            with open(os.path.join(self.folder, os.environ.get('RANK', '0')), 'w') as f: f.write(f'{time.time()}\n{type(e).__name__}: {e}')
+            with open(os.path.join(self.folder, rank), 'w') as f: f.write(f'{time.time()}\n{type(e).__name__}: {e}')
             raise
 
 def _free_port() -> int:
@@ -312,6 +338,7 @@ def launch(fn, *args, nproc: int = 2, max_restarts: int = 0, start_method: str |
         finally: quiet.setLevel(level)
     return [results[rank] for rank in range(nproc)]
 
+_KILLED = 'ended without returning or raising: killed (by a signal, or for memory)'
 _PEER_GONE = ('Connection closed by peer', 'Connection reset by peer', 'remote worker crashing', 'NCCL communicator was aborted')
 
 def _failure_message(failure) -> str:
@@ -327,8 +354,15 @@ def _failures(error, errors: Path, nproc: int) -> str:
     "Which ranks failed and why, the cause first: a rank that failed because another had gone comes after it."
     messages = {rank: _failure_message(failure) for rank, failure in error.failures.items()}
     times = {}
+    for path in errors.glob('*.started'):
+        rank = int(path.stem)
+        if not (errors/f'{rank}.returned').exists() and not (errors/str(rank)).exists():
+            messages[rank] = _KILLED
     for path in errors.iterdir():   # what each failed process wrote itself: the launcher records only the first it sees
+        if path.suffix: continue
         when, _, message = path.read_text().partition('\n')
         messages[int(path.name)], times[int(path.name)] = message.splitlines()[0] if message else message, float(when)
-    order = sorted(messages, key=lambda rank: (any(s in messages[rank] for s in _PEER_GONE), times.get(rank, math.inf), rank))
+    # the cause first: an error raised, then a process killed, then those that failed because another had gone
+    kind = lambda rank: 2 if any(s in messages[rank] for s in _PEER_GONE) else 1 if messages[rank] == _KILLED else 0
+    order = sorted(messages, key=lambda rank: (kind(rank), times.get(rank, math.inf), rank))
     return f"{len(messages)} of {nproc} processes failed: " + '; '.join(f"rank {rank}: {messages[rank]}" for rank in order)

@@ -249,9 +249,14 @@ def storage_name(storage) -> str:
     try: return sqlalchemy.engine.make_url(text).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError: return text
 
-def open_storage(storage, heartbeat: int = 10) -> optuna.storages.BaseStorage:
-    "The Optuna storage `storage` names: a journal file (`journal:PATH`, `PATH.log`, `PATH.journal`) or an SQLAlchemy URL, with heartbeats."
+def open_storage(storage, heartbeat: int = 10, results=None) -> optuna.storages.BaseStorage:
+    "The Optuna storage `storage` names: a journal file (`journal:PATH`, `PATH.log`, `PATH.journal`) or an SQLAlchemy URL, with heartbeats; never inside or at the `results` folder's place."
     text = str(storage)
+    if (path := _journal_path(text)) and results is not None:
+        journal, kept = Path(path).expanduser().resolve(), Path(results).expanduser().resolve()
+        if journal == kept or journal in kept.parents:   # the file would stand where the results folder (or one above it) must be
+            raise ConfigError(f"storage {text!r}: the journal file would be made at {str(journal)!r}, where the results folder "
+                              f"{str(kept)!r} {'is' if journal == kept else 'goes'}; expected a file in a folder (e.g. journal:{kept}/study.log)")
     if (path := _journal_path(text)) is not None:
         if not path or Path(path).is_dir():
             raise ConfigError(f"storage {text!r}: expected the path of a journal file, got {'a folder' if path else 'no path'}")
@@ -262,6 +267,9 @@ def open_storage(storage, heartbeat: int = 10) -> optuna.storages.BaseStorage:
     except sqlalchemy.exc.ArgumentError: url = None
     if url is None: raise ConfigError(f"storage: expected {STORAGE_FORMS}; got {text!r}")
     shown = storage_name(text)
+    if url.get_backend_name() == 'sqlite' and url.database in (None, '', ':memory:'):
+        raise ConfigError(f"storage {text!r}: an in-memory SQLite database lives and dies with one process, so workers cannot share it; "
+                          "expected a file every worker opens, sqlite:///PATH")
     try: url.get_dialect()
     except sqlalchemy.exc.NoSuchModuleError:
         raise ConfigError(f"storage {shown!r}: SQLAlchemy knows no database {url.drivername!r}; expected {STORAGE_FORMS}") from None
@@ -287,7 +295,7 @@ def _search_study(cfg, session, trials, results, sampler, seed, pruner, heartbea
     if sampler not in ('tpe', 'random'): raise ValueError(f"expected sampler 'tpe' or 'random', got {sampler!r}")
     heartbeat = _check_int(heartbeat, 'heartbeat (seconds)', 'run_search')
     folder = confined(results, session)
-    opened = None if storage is None else open_storage(storage, heartbeat)   # refused before anything is written
+    opened = None if storage is None else open_storage(storage, heartbeat, results)   # refused before anything is written
     folder.mkdir(parents=True, exist_ok=True)
     samplers = {'tpe': optuna.samplers.TPESampler, 'random': optuna.samplers.RandomSampler}
     with filelock.FileLock(folder/'.search.lock'):   # two processes creating the tables of search.db at once would collide
@@ -443,7 +451,7 @@ QUEUE_WAIT = 120   # seconds a worker waits for the process that created a sessi
 def _session_study(experiments, session: str, results, storage, heartbeat: int):
     "The study of `session`'s `experiments`, created with one queued trial per experiment by the first process, joined by the others; and its storage."
     folder = confined(results, session)
-    opened = None if storage is None else open_storage(storage, heartbeat)   # refused before anything is written
+    opened = None if storage is None else open_storage(storage, heartbeat, results)   # refused before anything is written
     folder.mkdir(parents=True, exist_ok=True)
     ids = [i for i, _ in experiments]
     name = f"{session}:{hashlib.sha256(json.dumps(experiments, sort_keys=True, default=str).encode()).hexdigest()[:12]}"

@@ -1,0 +1,53 @@
+"What the independent break-it pass of chapter 15 found, each kept as a test (gloo on 127.0.0.1, bounded by timeouts)."
+import os, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent/'distributed_scripts'))
+import breakit_fns
+from nntrain.distributed import LaunchError, launch
+
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(Path(__file__).parents[1])}
+
+def test_ranks_with_other_data_are_refused_before_any_exchange():
+    started = time.monotonic()
+    with pytest.raises(LaunchError, match=r"rank \d: ValueError: DistributedS: the ranks of this job differ in their loaders: rank 0 has "
+                                          r"\{'training': \(8, 8\), 'validation': \(4, 16\)\}, rank 1 has \{'training': \(9, 8\)"):
+        launch(breakit_fns.fit, 72, nproc=2)
+    assert time.monotonic() - started < 60   # not the 30 s timeout of an exchange that never pairs up, twice
+
+def test_a_checkpoint_subscriber_on_rank_0_only_is_refused(tmp_path):
+    with pytest.raises(LaunchError, match=r"the ranks of this job differ in their subscribers: rank 0 has \['MetricsS', 'DistributedS', "
+                                          r"'CheckpointS'\], rank 1 has \['MetricsS', 'DistributedS'\]; expected every process to build the same fit"):
+        launch(breakit_fns.fit, 64, str(tmp_path/'checkpoints'), nproc=2)
+    assert not (tmp_path/'checkpoints').exists() or not list((tmp_path/'checkpoints').iterdir())
+
+def test_a_result_that_cannot_be_sent_back_is_named():
+    with pytest.raises(LaunchError, match=r"rank \d: TypeError: rank \d's result cannot be sent back to the launching process: function cannot be pickled"):
+        launch(breakit_fns.returns_a_lambda, nproc=2)
+
+def test_a_killed_rank_is_named_first():
+    with pytest.raises(LaunchError, match=r"processes failed: rank 1: ended without returning or raising: killed \(by a signal, or for memory\)"):
+        launch(breakit_fns.rank1_killed, nproc=2)
+
+def test_nproc_with_an_unwritable_save_is_refused_before_launching(tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'nntrain', 'fit', '--nproc', '2', '--save', str(tmp_path/'no'/'such'/'m.pt')],
+                       env=ENV, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"nntrain: error: --save {tmp_path/'no'/'such'/'m.pt'}: the folder '{tmp_path/'no'/'such'}' does not exist"), lines
+    assert 'torch.distributed' not in r.stderr and 'ChildFailedError' not in r.stderr
+
+@pytest.mark.parametrize('storage, message', [
+    ('journal:{results}', "the journal file would be made at '{results}', where the results folder '{results}' is; expected a file in a folder"),
+    ('sqlite:///:memory:', "storage 'sqlite:///:memory:': an in-memory SQLite database lives and dies with one process, so workers cannot share it"),
+])
+def test_storages_that_cannot_be_shared_are_refused(tmp_path, storage, message):
+    results = tmp_path/'r0'
+    (tmp_path/'s.yaml').write_text('grid:\n  num_iterations: 5\n')
+    r = subprocess.run([sys.executable, '-m', 'nntrain', 'fit', '--cfg', 's.yaml', '--session', 'grid', '--results', str(results), '--workers', '2',
+                        '--storage', storage.format(results=results)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert message.format(results=results) in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['s.yaml']   # nothing written
