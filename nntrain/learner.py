@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -1078,9 +1079,9 @@ class MetricsS(Subscriber):
         return {'loss': loss, **{name: _as_number(m.compute()) for name, m in metrics.items()},
                 **{name: total / n for name, (total, n) in logged.items()}}
 
-    def _job_totals(self, logged: dict) -> tuple:
+    def _job_totals(self, logged: dict, shares: list | None = None) -> tuple:
         "Every rank's loss sum, sample count, metric states and `logged` totals, added up in rank order (one collective): the same numbers on every rank."
-        shares = gather_objects((self.loss_sum.detach().double().cpu(), self.count, {name: m.state_dict() for name, m in self.metrics.items()}, logged))
+        if shares is None: shares = gather_objects(self._share(logged))
         loss_sum, count, device = sum(share[0] for share in shares), sum(share[1] for share in shares), self.loss_sum.device
         metrics = {}
         for name, metric in self.metrics.items():
@@ -1138,12 +1139,18 @@ class MetricsS(Subscriber):
         return {'loss_sum': self.loss_sum, 'count': self.count, 'history': [dict(h) for h in self.history],
                 'metrics': {name: m.state_dict() for name, m in self.metrics.items()}, 'buffer': buffer or {}}
 
+    def _share(self, logged: dict) -> tuple:
+        "This rank's loss sum, sample count, metric states and `logged` totals, as they cross to the other ranks."
+        return self.loss_sum.detach().double().cpu(), self.count, {name: m.state_dict() for name, m in self.metrics.items()}, logged
+
     def _job_state(self) -> dict:
-        "The state of the whole job's pass: every rank's sums and metrics merged (the buffers are measured first), as one process would hold them."
+        "The state of the whole job's pass: every rank's sums and metrics merged (the buffers are measured first), as one process would hold them; and each rank's own, for a resume on as many ranks."
         self._update_metrics()
-        loss_sum, count, metrics, _ = self._job_totals({})
+        shares = gather_objects(self._share({}))
+        loss_sum, count, metrics, _ = self._job_totals({}, shares)
         return {'loss_sum': loss_sum.float(), 'count': count, 'history': [dict(h) for h in self.history],
-                'metrics': {name: m.state_dict() for name, m in metrics.items()}, 'buffer': {}}
+                'metrics': {name: m.state_dict() for name, m in metrics.items()}, 'buffer': {},
+                'ranks': [{'loss_sum': s[0].float(), 'count': s[1], 'metrics': s[2]} for s in shares]}
 
     def _buffer_state(self) -> dict | None:
         "The buffered predictions and targets, each joined into one (empty: {}), so that writing a checkpoint does not change when the metrics are updated; None when a checkpoint cannot hold them (a namedtuple, say)."
@@ -1156,7 +1163,11 @@ class MetricsS(Subscriber):
         "Restore what `state_dict` returned; a state of another shape is refused, naming the entry, before anything changes."
         _check_metrics_state(state, self.metrics)
         device = self.loss_sum.device   # where this pass keeps its sums (a checkpoint is read onto the CPU)
-        if self.across_ranks and not main_process():   # the job's sums so far are rank 0's to carry: the others start the pass from none
+        ranks = state.get('ranks') or []
+        if self.across_ranks and len(ranks) == dist.get_world_size():   # as many ranks as wrote it: each goes on from its own sums
+            state = {**state, **ranks[dist.get_rank()], 'buffer': {}}
+            _check_metrics_state(state, self.metrics)
+        elif self.across_ranks and not main_process():   # the job's sums so far are rank 0's to carry: the others start the pass from none
             self.history = [dict(h) for h in state['history']]
             return
         for name, m in self.metrics.items(): m.load_state_dict(state['metrics'][name])

@@ -24,3 +24,4 @@ def test_logged_values_resume_once(tmp_path, unbroken, stopped_on, resumed_on):
     history = job(resumed_on, 'resume', tmp_path/'checkpoints', tmp_path/'resumed.json')
     assert history[0]['it'] == unbroken[0]['it'] == 62.0   # the mean batch index of 125 batches: no rank's sums counted twice
     assert abs(history[0]['loss'] - unbroken[0]['loss']) < 1e-4 and abs(history[1]['loss'] - unbroken[1]['loss']) < 1e-4
+    if stopped_on == resumed_on: assert history == unbroken   # each rank went on from its own sums: bit for bit
