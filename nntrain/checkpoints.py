@@ -80,7 +80,7 @@ class CheckpointS(Subscriber):
             state['position'] = {**position, 'pass_done': True}
         if not main_process(): return
         save_checkpoint(state, self.folder/f'checkpoint-e{epoch:04d}-b{learn.iteration:08d}.pt')
-        for old in checkpoints(self.folder)[:-self.keep]: old.unlink()
+        for old in checkpoints(self.folder)[:-self.keep]: old.unlink(missing_ok=True)   # another process may have pruned it first
 
     def _write_pending(self, learn):
         "Write the checkpoint of the training pass that ended, now that every subscriber has had its `after_epoch`."

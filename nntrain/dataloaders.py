@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .core import _check_flag, _check_int, _check_shard, _describe, _sharded_copy
+from .core import CheckpointError, _check_flag, _check_int, _check_shard, _describe, _sharded_copy
 
 # datasets, pyarrow and PIL are imported by the functions that use them: importing nntrain stays fast
 if TYPE_CHECKING:
@@ -274,6 +274,20 @@ class TensorLoader:
         return _sharded_copy(self, rank, world_size, 'TensorLoader.shard')
 
     def __len__(self): return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def resume_state(self) -> dict:
+        "What a checkpoint records of this loader: its layout, which a resume must share (the position is a count of its batches)."
+        return {'kind': 'TensorLoader', 'rows': self.n, 'batch_size': self.batch_size, 'shuffle': self.shuffle, 'drop_last': self.drop_last}
+
+    def load_resume_state(self, state: dict):
+        "Refuse to resume a checkpoint written with another layout (another batch size, say): its count of batches would land on other rows."
+        mine = self.resume_state()
+        if isinstance(state, Mapping) and state.get('kind') == mine['kind'] and not (changed := [f"{k}={state.get(k)!r} there, {v!r} here"
+                                                                                               for k, v in mine.items() if state.get(k) != v]): return
+        what = f"another TensorLoader ({'; '.join(changed)})" if isinstance(state, Mapping) and state.get('kind') == mine['kind'] else (
+            f"a training loader of another kind ({state.get('kind') if isinstance(state, Mapping) else _describe(state)})")
+        raise CheckpointError(f"the checkpoint was written with {what}: its position, a count of batches, would land on other rows; "
+                              "expected the loader of the run that wrote it")
 
     @property
     def nbytes(self) -> int: return sum(col.nbytes for col in self.columns.values())

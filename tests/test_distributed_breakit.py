@@ -51,3 +51,36 @@ def test_storages_that_cannot_be_shared_are_refused(tmp_path, storage, message):
     assert r.returncode == 2, r.stderr
     assert message.format(results=results) in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ['s.yaml']   # nothing written
+
+# The second pass found these two in one process as well.
+import torch
+from torch import nn
+from nntrain.checkpoints import CheckpointS
+from nntrain.core import CheckpointError
+from nntrain.dataloaders import DataLoaders, TensorLoader
+from nntrain.learner import CancelFitException, Learner, Subscriber
+
+class StopAt(Subscriber):
+    def __init__(self, iteration): self.iteration = iteration
+    def after_batch(self, learn):
+        if learn.training and learn.iteration == self.iteration: raise CancelFitException()
+
+def small_learner(batch_size, subs=()):
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 5), torch.randint(0, 3, (96,))
+    dls = DataLoaders(TensorLoader({'x': x, 'y': y}, batch_size, shuffle=True, seed=1), TensorLoader({'x': x, 'y': y}, 32))
+    return Learner(nn.Linear(5, 3), dls, lr=0.1, subs=list(subs))
+
+def test_a_mid_epoch_resume_with_another_batch_size_is_refused(tmp_path):
+    small_learner(16).fit(1, subs=[CheckpointS(tmp_path, every_batches=2), StopAt(4)])
+    learn = small_learner(32)
+    with pytest.raises(CheckpointError, match=r"written with another TensorLoader \(batch_size=16 there, 32 here\): its position, a count of batches"):
+        learn.fit(1, resume=tmp_path)
+    small_learner(16).fit(1, resume=tmp_path)   # the same loader resumes
+
+def test_pruning_a_checkpoint_another_process_removed_first_goes_on(tmp_path, monkeypatch):
+    import nntrain.checkpoints as chapter
+    listed = chapter.checkpoints
+    monkeypatch.setattr(chapter, 'checkpoints', lambda folder: [tmp_path/'checkpoint-e0000-b00000000.pt', *listed(folder)])   # gone already
+    small_learner(16).fit(1, subs=[CheckpointS(tmp_path, every_batches=2, keep=1)])
+    assert len(listed(tmp_path)) == 1
