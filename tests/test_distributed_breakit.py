@@ -1,35 +1,40 @@
 "What the independent break-it pass of chapter 15 found, each kept as a test (gloo on 127.0.0.1, bounded by timeouts)."
-import os, subprocess, sys, time
+import os, re, subprocess, sys, time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent/'distributed_scripts'))
-import breakit_fns
-from nntrain.distributed import LaunchError, launch
-
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(Path(__file__).parents[1])}
+SCRIPTS = Path(__file__).parent/'distributed_scripts'
+
+def launched_error(call: str) -> str:
+    "The LaunchError message of `launch(...)` run in a fresh process (launching from the test process would leave it a child: spawn's resource tracker)."
+    code = f"import breakit_fns\nfrom nntrain.distributed import LaunchError, launch\ntry: {call}\nexcept LaunchError as e: print('LaunchError:', e)"
+    r = subprocess.run([sys.executable, '-c', code], cwd=SCRIPTS, env={**ENV, 'PYTHONPATH': f"{SCRIPTS}{os.pathsep}{ENV['PYTHONPATH']}"},
+                       capture_output=True, text=True, timeout=120)
+    assert 'LaunchError:' in r.stdout, (r.stdout[-2000:], r.stderr[-2000:])
+    return r.stdout.split('LaunchError:', 1)[1].strip()
 
 def test_ranks_with_other_data_are_refused_before_any_exchange():
     started = time.monotonic()
-    with pytest.raises(LaunchError, match=r"rank \d: ValueError: DistributedS: the ranks of this job differ in their loaders: rank 0 has "
-                                          r"\{'training': \(8, 8\), 'validation': \(4, 16\)\}, rank 1 has \{'training': \(9, 8\)"):
-        launch(breakit_fns.fit, 72, nproc=2)
+    message = launched_error("launch(breakit_fns.fit, 72, nproc=2)")
+    assert re.search(r"rank \d: ValueError: DistributedS: the ranks of this job differ in their loaders: rank 0 has "
+                     r"\{'training': \(8, 8\), 'validation': \(4, 16\)\}, rank 1 has \{'training': \(9, 8\)", message), message
     assert time.monotonic() - started < 60   # not the 30 s timeout of an exchange that never pairs up, twice
 
 def test_a_checkpoint_subscriber_on_rank_0_only_is_refused(tmp_path):
-    with pytest.raises(LaunchError, match=r"the ranks of this job differ in their subscribers: rank 0 has \['MetricsS', 'DistributedS', "
-                                          r"'CheckpointS'\], rank 1 has \['MetricsS', 'DistributedS'\]; expected every process to build the same fit"):
-        launch(breakit_fns.fit, 64, str(tmp_path/'checkpoints'), nproc=2)
+    message = launched_error(f"launch(breakit_fns.fit, 64, {str(tmp_path/'checkpoints')!r}, nproc=2)")
+    assert ("the ranks of this job differ in their subscribers: rank 0 has ['MetricsS', 'DistributedS', 'CheckpointS'], rank 1 has "
+            "['MetricsS', 'DistributedS']; expected every process to build the same fit") in message, message
     assert not (tmp_path/'checkpoints').exists() or not list((tmp_path/'checkpoints').iterdir())
 
 def test_a_result_that_cannot_be_sent_back_is_named():
-    with pytest.raises(LaunchError, match=r"rank \d: TypeError: rank \d's result cannot be sent back to the launching process: function cannot be pickled"):
-        launch(breakit_fns.returns_a_lambda, nproc=2)
+    message = launched_error("launch(breakit_fns.returns_a_lambda, nproc=2)")
+    assert re.search(r"rank \d: TypeError: rank \d's result cannot be sent back to the launching process: function cannot be pickled", message), message
 
 def test_a_killed_rank_is_named_first():
-    with pytest.raises(LaunchError, match=r"processes failed: rank 1: ended without returning or raising: killed \(by a signal, or for memory\)"):
-        launch(breakit_fns.rank1_killed, nproc=2)
+    message = launched_error("launch(breakit_fns.rank1_killed, nproc=2)")
+    assert 'processes failed: rank 1: ended without returning or raising: killed (by a signal, or for memory)' in message, message
 
 def test_nproc_with_an_unwritable_save_is_refused_before_launching(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'nntrain', 'fit', '--nproc', '2', '--save', str(tmp_path/'no'/'such'/'m.pt')],
