@@ -10,9 +10,11 @@ import copy
 import gc
 import io
 import json
+import logging
 import os
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -147,10 +149,23 @@ def run_lightning(w: Workload, model: nn.Module):
         def __init__(self): super().__init__(); self.model = model
         def training_step(self, batch, batch_idx): return F.cross_entropy(self.model(batch[0]), batch[1])
         def configure_optimizers(self): return torch.optim.SGD(self.parameters(), w.lr)
-    trainer = L.Trainer(max_epochs=w.epochs, accelerator='gpu' if w.device.type == 'cuda' else 'cpu', devices=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(Module(), train_dataloaders=w.train)
+    with _quiet('lightning.pytorch', 'lightning.fabric'):   # its notices of devices, tips and deprecations go to stderr
+        trainer = L.Trainer(max_epochs=w.epochs, accelerator='gpu' if w.device.type == 'cuda' else 'cpu', devices=1,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, limit_val_batches=0)
+        trainer.fit(Module(), train_dataloaders=w.train)
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    "Silence these loggers below ERROR, and warnings, for the duration; put back their levels after."
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    try:
+        for name in loggers: logging.getLogger(name).setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            yield
+    finally:
+        for name, level in saved.items(): logging.getLogger(name).setLevel(level)
 
 def run_ignite(w: Workload, model: nn.Module):
     "Ignite's `create_supervised_trainer` on the same batches."
