@@ -288,9 +288,9 @@ class GradAccumS(Subscriber):
     def before_epoch(self, learn): self.count, self.unsynced = 0, None
 
     def before_batch(self, learn):
-        "On a batch that only accumulates, a model that exchanges gradients between processes (DDP, chapter 15) is told not to."
+        "On a batch that only accumulates, a model that exchanges gradients between processes (DDP or FSDP2, chapter 15) is told not to."
         last = learn.n_batches is not None and learn.iter == learn.n_batches - 1
-        no_sync = getattr(learn.model, 'no_sync', None)
+        no_sync = getattr(learn.model, 'no_sync', None) or _sync_switch(learn.model)
         if learn.training and no_sync is not None and self.count + 1 < self.n and not last:
             self.unsynced = no_sync()
             self.unsynced.__enter__()
@@ -342,6 +342,17 @@ class GradClipS(Subscriber):
         nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type)
 
     def cleanup_fit(self, learn): self.params = {}
+
+class _GradientSyncOff:
+    "FSDP2's switch for exchanging gradients, as a context like DDP's `no_sync`: off inside, on again after."
+    def __init__(self, model): self.model = model
+    def __enter__(self): self.model.set_requires_gradient_sync(False)
+    def __exit__(self, *exc): self.model.set_requires_gradient_sync(True)
+
+def _sync_switch(model):
+    "A `no_sync`-like maker of contexts for a model sharded by FSDP2 (which has `set_requires_gradient_sync` instead), or None."
+    return (lambda: _GradientSyncOff(model)) if callable(getattr(model, 'set_requires_gradient_sync', None)) else None
+
 
 def _found_inf(scaler, opt) -> bool:
     per_device = scaler._found_inf_per_device(opt) if hasattr(scaler, '_found_inf_per_device') else None

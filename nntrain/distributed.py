@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
@@ -149,6 +150,66 @@ class _DDP(DistributedDataParallel):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
 
+class _WholeState:
+    "How the learner saves and loads a model sharded by FSDP2: whole tensors on rank 0's CPU for a checkpoint (empty on the other ranks), taken from a whole checkpoint on every rank; optimizer states keyed by numbers as `Optimizer.state_dict` keys them, so the files load anywhere (each call is a collective)."
+    def __init__(self, model: nn.Module): self.model = model
+
+    def _options(self, **kwargs):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+        return StateDictOptions(full_state_dict=True, **kwargs)
+
+    def model_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        return get_model_state_dict(self.model, options=self._options(cpu_offload=True))
+
+    def load_model_state(self, state: dict):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+        set_model_state_dict(self.model, state, options=self._options())
+
+    def optimizer_state(self, opt) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        named = get_optimizer_state_dict(self.model, opt, options=self._options(cpu_offload=True))   # keyed by parameter names
+        if not named: return {}   # a rank other than 0
+        number = {name: i for i, name in enumerate(name for group in named['param_groups'] for name in group['params'])}
+        return {'state': {number[name]: state for name, state in named['state'].items()},
+                'param_groups': [{**group, 'params': [number[name] for name in group['params']]} for group in named['param_groups']]}
+
+    def load_optimizer_state(self, opt, state: dict):
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+        names, groups = {id(p): name for name, p in self.model.named_parameters()}, state['param_groups']
+        if [len(g['params']) for g in opt.param_groups] != [len(g['params']) for g in groups]:
+            raise ValueError(f"its param groups hold {[len(g['params']) for g in groups]} parameters, this optimizer's "
+                             f"{[len(g['params']) for g in opt.param_groups]}")
+        name = {i: names[id(p)] for group, saved in zip(opt.param_groups, groups) for p, i in zip(group['params'], saved['params'])}
+        named = {'state': {name[i]: s for i, s in state['state'].items()},
+                 'param_groups': [{**group, 'params': [name[i] for i in group['params']]} for group in groups]}
+        set_optimizer_state_dict(self.model, opt, named, options=self._options())
+
+def _units(model: nn.Module, layers) -> list[nn.Module]:
+    "The submodules of `model` that FSDP2 shards as units, children before their parents: those `layers` picks (module classes, or a function of a module), by default each that holds parameters of its own."
+    picks = ((lambda m: any(True for _ in m.parameters(recurse=False))) if layers is None else
+             (lambda m: isinstance(m, layers)) if isinstance(layers, tuple) else layers)
+    return [m for m in reversed(list(model.modules())) if m is not model and picks(m)]
+
+def _check_layers(layers):
+    "`layers` for FSDP2 as `_units` takes it: None, a module class or a tuple of them, or a function of a module."
+    if layers is None or callable(layers) and not isinstance(layers, type): return layers
+    classes = layers if isinstance(layers, tuple) else (layers,)
+    if classes and all(isinstance(c, type) and issubclass(c, nn.Module) for c in classes): return classes
+    raise TypeError(f"DistributedS expected layers to be the module classes FSDP2 shards as units (nn.Linear, or a tuple of classes), "
+                    f"a function of a module returning True for a unit, or None (every module with parameters of its own), got {_describe(layers)}")
+
+def _check_options(kwargs: dict, strategy: str):
+    "Refuse, when `DistributedS` is made, keyword arguments that DDP (or `fully_shard`) does not take."
+    import inspect
+    from torch.distributed.fsdp import fully_shard
+    target = DistributedDataParallel.__init__ if strategy == 'ddp' else fully_shard
+    known = [name for name in inspect.signature(target).parameters if name not in ('self', 'module', 'device_ids')]
+    if unknown := sorted(set(kwargs) - set(known)):
+        what = 'DistributedDataParallel' if strategy == 'ddp' else 'fully_shard'
+        raise TypeError(f"DistributedS(strategy={strategy!r}) passes its other keyword arguments to {what}, which does not take "
+                        f"{unknown}; expected some of {known}")
+
 def _layout(loader) -> tuple[int, int, bool] | None:
     "(rows, batch size, drop_last) of a sharded loader whose global batches are known, for weighting uneven shares; else None."
     if isinstance(loader, (TensorLoader, MapLoader)): return loader.n, loader.batch_size, loader.drop_last
@@ -174,7 +235,8 @@ def _job_outline(learn) -> dict:
     loaders = {role: (_length(dl), getattr(dl, 'batch_size', None)) for role, dl in (('training', learn.dls.train), ('validation', learn.dls.valid))}
     return {'loaders': loaders, 'subscribers': [type(s).__name__ for s in learn.subs if not getattr(s, 'rank_zero_only', False)]}
 
-def _check_same_job(learn, rank: int):
+def _check_same_job(learn):
+
     "Refuse, on every rank and before any exchange, ranks whose loaders or subscribers differ: their exchanges would not pair up."
     outlines = gather_objects(_job_outline(learn))
     for other, outline in enumerate(outlines):
@@ -186,14 +248,21 @@ def _check_same_job(learn, rank: int):
 
 # %% ../nbs/15_distributed.ipynb #d826ddcf
 class DistributedS(Subscriber):
-    "Under torchrun (or `launch`): join the process group, wrap the model in DDP on this rank's device, share out the loaders' batches and make the metrics the job's; alone, nothing."
+    "Under torchrun (or `launch`): join the process group, wrap the model in DDP (or shard it with FSDP2) on this rank's device, share out the loaders' batches and make the metrics the job's; alone, nothing."
     order, in_evaluation, in_lr_find = -50, False, False
 
-    def __init__(self, backend: str | None = None, timeout: float = 120, **ddp_kwargs):
+    def __init__(self, backend: str | None = None, timeout: float = 120, strategy: str = 'ddp', layers=None, **kwargs):
         if backend not in (None, 'gloo', 'nccl'): raise ValueError(f"DistributedS expected backend None, 'gloo' or 'nccl', got {_describe(backend)}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 86_400:
             raise ValueError(f"DistributedS expected timeout to be the seconds a rank waits for the others, a number in (0, 86400), got {_describe(timeout)}")
-        self.backend, self.timeout, self.ddp_kwargs = backend, timeout, ddp_kwargs
+        if strategy not in ('ddp', 'fsdp'):
+            raise ValueError(f"DistributedS expected strategy 'ddp' (a copy of the model on every rank) or 'fsdp' (FSDP2: the model "
+                             f"sharded over the ranks), got {_describe(strategy)}")
+        if layers is not None and strategy != 'fsdp':
+            raise ValueError(f"DistributedS got layers={_describe(layers)}, which picks FSDP2's units, with strategy='ddp'; expected "
+                             "strategy='fsdp' with it, or no layers")
+        _check_options(kwargs, strategy)
+        self.backend, self.timeout, self.strategy, self.layers, self.kwargs = backend, timeout, strategy, _check_layers(layers), kwargs
         self.active = launched() or dist.is_initialized()
         # joined now, not at the fit: the learner's table of subscribers must know this process's rank when it is built
         if self.active: self.rank, self.world_size = join_process_group(backend, timeout)
@@ -211,11 +280,31 @@ class DistributedS(Subscriber):
         learn.dls = copy.copy(learn.dls)
         learn.dls.train, learn.dls.valid = self.train, self.valid
         self.rows = _layout(self.train)
-        _check_same_job(learn, self.rank)
+        _check_same_job(learn)
         self._agree_on_orders()
         self._resume_own_state(learn)
-        self.ddp = _DDP(self.module, device_ids=[self.device.index] if self.device.type == 'cuda' else None, **self.ddp_kwargs)
+        if self.strategy == 'fsdp': self._shard_model(learn)
+        else: self.ddp = _DDP(self.module, device_ids=[self.device.index] if self.device.type == 'cuda' else None, **self.kwargs)
         self.loss = None
+
+    def _shard_model(self, learn):
+        "FSDP2: shard each unit of the model, then the model itself, over the ranks (once: a second fit finds it sharded), and point the fit's optimizers at the sharded parameters."
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+        model = self.module
+        if alone := next((s for s in learn.subs if getattr(s, 'predicts_alone', False)), None):
+            raise ValueError(f"DistributedS(strategy='fsdp'): {type(alone).__name__} runs the model on rank 0 alone, but a model sharded "
+                             "by FSDP2 runs on every rank at once, so rank 0 would wait for the others until the timeout; expected "
+                             f"strategy='ddp' with {type(alone).__name__}, or its work done after the fit in one process from a checkpoint")
+        if not isinstance(model, FSDPModule):
+            names = {id(p): name for name, p in model.named_parameters()}
+            for unit in _units(model, self.layers): fully_shard(unit, **self.kwargs)
+            fully_shard(model, **self.kwargs)
+            sharded = dict(model.named_parameters())
+            for opt in learn.opts.values():   # made by the fit before its subscribers' before_fit, with the parameters of before
+                for group in opt.param_groups: group['params'] = [sharded[names[id(p)]] if id(p) in names else p for p in group['params']]
+
+            model._whole_state = _WholeState(model)
+
 
     def _shard(self, dl, role: str):
         "This rank's share of `dl`; a loader that would shuffle with PyTorch's global generator gets its own (the ranks' global ones differ)."

@@ -635,7 +635,8 @@ class Learner:
     def state_dict(self) -> dict:
         "Model, optimizer, subscribers with state, random state and, during a fit, the position in it (with `iteration`), as one dict."
         main = main_process()   # in a job of several processes, the rank-0-only subscribers' states are rank 0's to give
-        state = {'format': FORMAT, 'model': self.model.state_dict(), 'opt': _optimizer_state(self),
+        whole = _whole_state(self.model)   # a model sharded over processes (FSDP2, chapter 15) gives its whole weights (a collective)
+        state = {'format': FORMAT, 'model': self.model.state_dict() if whole is None else whole.model_state(), 'opt': _optimizer_state(self),
                  'subs': {key: sub.state_dict() for key, sub in _stateful(self.subs).items() if main or not getattr(sub, 'rank_zero_only', False)},
                  'rng': rng_state()}
         if self.position is not None:
@@ -701,11 +702,17 @@ def _missing_hyper_parameters(opt, opt_state: dict) -> str | None:
 
 _SCHEDULER_KEYS = ('initial_lr', 'max_lr', 'min_lr', 'max_momentum', 'base_momentum')   # what torch's schedulers add to a param group
 
+def _whole_state(model):
+    "What saves and loads the whole weights and optimizer states of a model sharded over processes (set on it by `DistributedS` for FSDP2, chapter 15), or None."
+    return getattr(model, '_whole_state', None)
+
 def _optimizer_state(learn: Learner):
     "The optimizers' states for a checkpoint: None before a fit made one, one state dict, or with named optimizers a dict of them by name."
-    if learn.optimizers is None: return learn.opt.state_dict() if getattr(learn, 'opt', None) is not None else None
+    whole = _whole_state(learn.model)
+    state = (lambda opt: opt.state_dict()) if whole is None else whole.optimizer_state
+    if learn.optimizers is None: return state(learn.opt) if getattr(learn, 'opt', None) is not None else None
     opts = learn.__dict__.get('opts')
-    return None if opts is None else {name: opt.state_dict() for name, opt in opts.items()}
+    return None if opts is None else {name: state(opt) for name, opt in opts.items()}
 
 def _optimizer_pairs(learn: Learner, saved) -> list:
     "(name, optimizer, its saved state) for each optimizer the learner has made, matched with the checkpoint's `saved` states; a mismatch is a `CheckpointError`."
@@ -738,11 +745,13 @@ def _restore(learn: Learner, opts: list, subs: dict, saved: dict):
 
 def _load_parts(learn: Learner, state: dict, opts: list, subs: dict, rng: bool):
     "Load each part of `state` in turn; a part that does not fit raises `CheckpointError`."
-    try: learn.model.load_state_dict(state['model'])
+    whole = _whole_state(learn.model)   # a sharded model (FSDP2) takes the whole tensors and keeps its own shard of them
+    try: learn.model.load_state_dict(state['model']) if whole is None else whole.load_model_state(state['model'])
     except RuntimeError as e:
         raise CheckpointError(f"the checkpoint's weights do not fit this {type(learn.model).__name__}: {_first_mismatch(e)}") from None
     for name, opt, opt_state in opts:
-        try: opt.load_state_dict(opt_state)
+        try: opt.load_state_dict(opt_state) if whole is None else whole.load_optimizer_state(opt, opt_state)
+
         except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
             which = '' if learn.optimizers is None else f' {name!r}'
             raise CheckpointError(f"the checkpoint's optimizer{which} state does not fit this {type(opt).__name__} ({type(e).__name__}: {e})") from None

@@ -468,7 +468,9 @@ def _refuse_nan_scores(probs: torch.Tensor, dl, pick_preds, folder: Path):
 class ReportS(Subscriber):
     "At the end of a fit that trains, write confusion matrix, classification report, ROC, history and sample images to `folder`; `preds`/`targets` pick one of several outputs or targets."
     in_evaluation, rank_zero_only = False, True
+    predicts_alone = True   # it runs the model on rank 0 alone (`get_preds` after the fit), which a model sharded by FSDP2 cannot do
     order = 100
+
 
     def __init__(self, folder, class_names: Sequence[str] | None = None, k_worst: int = 16, n_samples: int = 16, preds=None, targets=None):
         self.folder, self.class_names = _check_folder(folder), class_names

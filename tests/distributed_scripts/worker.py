@@ -84,7 +84,8 @@ class NaNOnRankS(Subscriber):
 metrics, seen = MetricsS(accuracy=MulticlassAccuracy()), SeenS()
 subs = [metrics, seen]
 if cfg.get('rejoin_delay') and restart and rank == 1: time.sleep(cfg['rejoin_delay'])   # a restarted rank slow to rejoin
-if cfg.get('distributed', True): subs.append(DistributedS(timeout=cfg.get('pg_timeout', 120)))
+strategy = cfg.get('strategy', 'ddp')   # 'fsdp': the model sharded by FSDP2, one unit per Linear
+if cfg.get('distributed', True): subs.append(DistributedS(timeout=cfg.get('pg_timeout', 120), strategy=strategy))
 names = cfg.get('subs', [])
 folder = out/'checkpoints' if cfg.get('folder') is None else Path(cfg['folder'])
 if 'checkpoint' in names: subs.append(CheckpointS(folder, every_batches=cfg.get('every_batches'), every_epochs=1, keep=cfg.get('keep', 2)))
@@ -104,11 +105,20 @@ if 'mixed_clip' in names:
     from nntrain.acceleration import GradClipS, MixedPrecisionS
     subs += [MixedPrecisionS(), GradClipS(0.5)]
 
-learn = Learner(model, dls, lr=cfg.get('lr', 0.1), subs=subs)
+if 'report' in names:
+    from nntrain.reports import ReportS
+    subs.append(ReportS(out/'report'))
+
+# 'adam': an optimizer with state (moments and a step count) that a checkpoint must carry across strategies and world sizes
+optim = {'optim_class': torch.optim.Adam} if cfg.get('adam') else {}
+learn = Learner(model, dls, lr=cfg.get('lr', 0.1), subs=subs, **optim)
 resume = folder if cfg.get('resume') and folder.is_dir() and any(folder.glob('checkpoint-*.pt')) else None
 learn.fit(cfg.get('epochs', 1), resume=resume)
+if cfg.get('refit'): learn.fit(1)   # a second fit of the same learner (with FSDP2: of a model sharded already)
 
-torch.save({'history': metrics.history, 'weights': {k: v.clone() for k, v in model.state_dict().items()}, 'passes': seen.passes,
+# a sharded model's whole weights come from the learner's state (a collective: rank 0 gets them, the others nothing)
+weights = learn.state_dict()['model'] if strategy == 'fsdp' and cfg.get('distributed', True) else model.state_dict()
+torch.save({'history': metrics.history, 'weights': {k: v.clone() for k, v in weights.items()}, 'passes': seen.passes,
             'losses': seen.losses, 'resumed_from': None if resume is None else str(resume), 'restart': restart,
             'early_stopped_epoch': None if early is None else early.stopped_epoch,
             'nan_stopped_at': None if terminate is None else terminate.stopped_at,
