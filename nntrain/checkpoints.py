@@ -9,6 +9,7 @@ import errno
 import math
 import numbers
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from .core import (FORMAT, CheckpointError, _FULL, _check_flag, _check_int, _des
 from .learner import CancelFitException, FastForward, Learner, MetricsS, Subscriber, every, find_metrics
 
 # %% auto #0
-__all__ = ['CheckpointS', 'EarlyStoppingS', 'TerminateOnNaNS']
+__all__ = ['LOCK_WAIT', 'CheckpointS', 'EarlyStoppingS', 'TerminateOnNaNS']
 
 # %% ../nbs/05_checkpoints.ipynb #62870092
 # The learner's state, its checkpoint files and resuming belong to the Learner (chapter 02) and the bottom of the
@@ -53,6 +54,45 @@ def _check_monitor(owner: str, monitor: str, learn: Learner) -> MetricsS:
                          "(a value given to learn.log cannot be monitored: its name is known only once it is logged)")
     return metrics
 
+_HELD: dict = {}   # the folders this process holds the lock of: real path -> [descriptor, number of CheckpointS holding it]
+LOCK_WAIT = 15.0   # seconds to wait for a folder's lock: what a killed run's forked loader workers keep it for, at most
+
+def _hold_folder(folder: Path) -> str | None:
+    "Lock `folder` for this process's fit: an advisory lock on the folder itself (no file is made; it goes with the process); refuse a folder another process holds."
+    try: import fcntl
+    except ImportError: return None   # no flock (Windows): unlocked
+    key = os.path.realpath(folder)
+    if key in _HELD:   # two CheckpointS of this process in one folder share the lock
+        _HELD[key][1] += 1
+        return key
+    fd, deadline = os.open(key, os.O_RDONLY), time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):   # a filesystem without locks (some network ones): unlocked
+                os.close(fd)
+                return None
+            if time.monotonic() > deadline:   # a killed run's forked workers hold it a few seconds; a live run, for good
+                os.close(fd)
+                raise RuntimeError(f"CheckpointS: another process is writing checkpoints to {folder} (it has held the folder's lock for "
+                                   f"{LOCK_WAIT:g} s); two runs in one folder would prune and resume each other's checkpoints; expected a "
+                                   "folder of this run's own, or the other run to end first") from None
+            time.sleep(0.1)
+    _HELD[key] = [fd, 1]
+    return key
+
+def _let_go(key: str | None):
+    "Release this process's hold on a folder `_hold_folder` locked; the last holder unlocks it (for forked workers that share the descriptor too) and closes it."
+    if key is None or key not in _HELD: return
+    _HELD[key][1] -= 1
+    if _HELD[key][1] == 0:
+        import fcntl
+        fd = _HELD.pop(key)[0]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
 class CheckpointS(Subscriber):
     "Write checkpoints every `every_batches` training iterations and every `every_epochs` epochs; keep the newest `keep` and the best by `monitor`."
     order, in_evaluation = MetricsS.order + 2, False
@@ -66,12 +106,19 @@ class CheckpointS(Subscriber):
             raise ValueError("CheckpointS expected every_batches, every_epochs or monitor; with none of them it never writes a checkpoint")
         self.folder, self.monitor = _check_folder('CheckpointS', folder), monitor
         self.mode = mode or ('min' if monitor and 'loss' in monitor else 'max')
-        self.best = None
+        self.best, self.held = None, None
 
     def before_fit(self, learn):
         if self.monitor: _check_monitor('CheckpointS', self.monitor, learn)
-        if main_process(): self.folder.mkdir(parents=True, exist_ok=True)   # in a job of several processes rank 0 writes; all take the state
+        if main_process():   # in a job of several processes rank 0 writes; all take the state
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.held = _hold_folder(self.folder)   # one run at a time in a folder
         self.pending = None
+
+    def cleanup_fit(self, learn):
+        _let_go(self.held)
+        self.held = None
+
 
     def _checkpoint(self, learn, epoch: int):
         state = learn.state_dict()
