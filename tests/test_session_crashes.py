@@ -1,5 +1,5 @@
 """Sessions and searches killed from outside at every point where a file is written, and run by two processes at once."""
-import json, os, signal, subprocess, sys, textwrap, time, random
+import concurrent.futures, json, os, signal, subprocess, sys, textwrap, threading, time, random
 import contextlib, io
 from pathlib import Path
 
@@ -63,11 +63,14 @@ CHILD = HOOKS + textwrap.dedent('''
     print('POINTS', state['count'], flush=True)
 ''')
 
-# Many runs, each forked from one process that has imported nntrain already (a run then starts in milliseconds):
+# Many runs, each forked from one process that has imported nntrain and made one run already (a run then starts in milliseconds):
 # reads "target marker done cfg session results" lines, forks a run for each, and prints its pid. The run writes
-# its count of write points to `done` when it finishes.
+# its count of write points and the statuses of its experiments to `done` when it finishes.
 ZYGOTE = HOOKS + textwrap.dedent('''
     import contextlib, io, signal, traceback
+    import tempfile
+    with tempfile.TemporaryDirectory() as warm, contextlib.redirect_stdout(io.StringIO()):
+        run_session(sys.argv[1], 'tiny', warm)   # imports what a run imports when it needs it (the reports' matplotlib...) once, for every fork
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # the kernel reaps the runs
     for line in sys.stdin:
         target, marker, done, cfg, session, results = line.rstrip('\\n').split('\\t')
@@ -75,8 +78,8 @@ ZYGOTE = HOOKS + textwrap.dedent('''
         if pid == 0:
             state.update(count=0, target=int(target), marker=marker)
             try:
-                with contextlib.redirect_stdout(io.StringIO()): run_session(cfg, session, results)
-                Path(done).write_text(str(state['count'])); code = 0
+                with contextlib.redirect_stdout(io.StringIO()): rows = run_session(cfg, session, results)
+                Path(done).write_text(f"{state['count']} {' '.join(r['status'] for r in rows)}"); code = 0
             except BaseException: Path(done).write_text('ERROR ' + traceback.format_exc()); code = 1
             os._exit(code)
         print(pid, flush=True)
@@ -94,7 +97,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def zygote(setup):
-    process = subprocess.Popen([sys.executable, str(setup/'zygote.py')], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+    process = subprocess.Popen([sys.executable, str(setup/'zygote.py'), str(setup/'sessions.yaml')], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
     yield process
     process.stdin.close()
     process.wait(timeout=30)
@@ -106,13 +109,16 @@ def _alive(pid) -> bool:
     return True
 
 
+_ZYGOTE_LOCK = threading.Lock()   # one request to the zygote at a time: its pids come back in the order asked
+
 def _forked_run(zygote, tmp, point, results, session='tiny', timeout=240):
-    "Fork a run that stops at write point `point` and SIGKILL it there; ('killed', where) or ('finished', points)."
-    marker, done = tmp/'marker', tmp/'done'
+    "Fork a run that stops at write point `point` (0: never) and SIGKILL it there; ('killed', where) or ('finished', (points, statuses))."
+    marker, done = results.parent/f'{results.name}.marker', results.parent/f'{results.name}.done'
     marker.unlink(missing_ok=True); done.unlink(missing_ok=True)
-    zygote.stdin.write('\t'.join(map(str, (point, marker, done, tmp/'sessions.yaml', session, results))) + '\n')
-    zygote.stdin.flush()
-    pid = int(zygote.stdout.readline())
+    with _ZYGOTE_LOCK:
+        zygote.stdin.write('\t'.join(map(str, (point, marker, done, tmp/'sessions.yaml', session, results))) + '\n')
+        zygote.stdin.flush()
+        pid = int(zygote.stdout.readline())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if marker.exists():
@@ -122,7 +128,8 @@ def _forked_run(zygote, tmp, point, results, session='tiny', timeout=240):
         if done.exists() and not _alive(pid):
             text = done.read_text()
             assert not text.startswith('ERROR'), text
-            return 'finished', int(text)
+            count, *statuses = text.split()
+            return 'finished', (int(count), statuses)
         time.sleep(0.005)
     os.kill(pid, signal.SIGKILL)
     raise AssertionError(f'the run neither reached write point {point} nor finished in {timeout} s')
@@ -158,7 +165,7 @@ def _leftovers(results: Path) -> list:
 
 @pytest.fixture(scope='module')
 def reference(setup, zygote):
-    status, points = _forked_run(zygote, setup, 0, setup/'reference')
+    status, (points, _) = _forked_run(zygote, setup, 0, setup/'reference')
     assert status == 'finished'
     return points, _fingerprint(setup/'reference'/'tiny'/'default'), (setup/'reference'/'tiny'/'summary.csv').read_text()
 
@@ -166,15 +173,17 @@ def reference(setup, zygote):
 def test_killed_at_every_write_point_the_rerun_finishes_identically(setup, zygote, reference):
     points, expected, summary = reference
     assert points >= 30, points   # config, environment, checkpoints, CSV rows, every report file, result, summaries
-    for point in range(1, points + 1):
+    def kill_then_rerun(point):
         results = setup/f'killed-{point}'
         status, where = _forked_run(zygote, setup, point, results)
         assert status == 'killed', (point, where)
-        rows = _rerun(setup/'sessions.yaml', 'tiny', results)
-        assert rows[0]['status'] in ('trained', 'resumed', 'skipped'), rows
+        status, (_, statuses) = _forked_run(zygote, setup, 0, results)   # the rerun, forked too: two points run at once
+        assert status == 'finished' and statuses[0] in ('trained', 'resumed', 'skipped'), (point, where, statuses)
         _same(_fingerprint(results/'tiny'/'default'), expected, f'killed at point {point}: {where}')
-        assert (results/'tiny'/'summary.csv').read_text() == summary.replace('trained', rows[0]['status']), (point, where)
+        assert (results/'tiny'/'summary.csv').read_text() == summary.replace('trained', statuses[0]), (point, where)
         assert _leftovers(results) == [], (point, where, _leftovers(results))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for done in pool.map(kill_then_rerun, range(1, points + 1)): pass   # re-raises the first failure
 
 
 def test_killed_at_random_moments_the_rerun_finishes_identically(setup, reference):
