@@ -168,6 +168,9 @@ class _WholeState:
 
     def optimizer_state(self, opt) -> dict:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        # an optimizer without state yet (plain SGD; Adam before its first step) is saved as it is: torch's function would make
+        # its state by taking a step with zero gradients, which counts as a step for Adam
+        if not opt.state: return opt.state_dict()
         named = get_optimizer_state_dict(self.model, opt, options=self._options(cpu_offload=True))   # keyed by parameter names
         if not named: return {}   # a rank other than 0
         number = {name: i for i, name in enumerate(name for group in named['param_groups'] for name in group['params'])}
@@ -180,20 +183,54 @@ class _WholeState:
         if [len(g['params']) for g in opt.param_groups] != [len(g['params']) for g in groups]:
             raise ValueError(f"its param groups hold {[len(g['params']) for g in groups]} parameters, this optimizer's "
                              f"{[len(g['params']) for g in opt.param_groups]}")
+        if not state['state']: return opt.load_state_dict(state)   # nothing to shard: the hyper-parameters only (torch's function refuses it)
         name = {i: names[id(p)] for group, saved in zip(opt.param_groups, groups) for p, i in zip(group['params'], saved['params'])}
         named = {'state': {name[i]: s for i, s in state['state'].items()},
                  'param_groups': [{**group, 'params': [name[i] for i in group['params']]} for group in groups]}
         set_optimizer_state_dict(self.model, opt, named, options=self._options())
 
 def _units(model: nn.Module, layers) -> list[nn.Module]:
-    "The submodules of `model` that FSDP2 shards as units, children before their parents: those `layers` picks (module classes, or a function of a module), by default each that holds parameters of its own."
-    picks = ((lambda m: any(True for _ in m.parameters(recurse=False))) if layers is None else
-             (lambda m: isinstance(m, layers)) if isinstance(layers, tuple) else layers)
+    "The submodules of `model` that FSDP2 shards as units, children before their parents: those `layers` picks (module classes, or a function of a module), by default each that holds parameters of its own and shares none with another module (tied weights go to the model's unit)."
+    if layers is None:
+        owners = {}
+        for module in model.modules():
+            for p in module._parameters.values():
+                if p is not None: owners.setdefault(id(p), set()).add(id(module))
+        own = lambda m: [p for p in m._parameters.values() if p is not None]
+        picks = lambda m: bool(own(m)) and all(len(owners[id(p)]) == 1 for p in own(m))
+    else: picks = (lambda m: isinstance(m, layers)) if isinstance(layers, tuple) else layers
     return [m for m in reversed(list(model.modules())) if m is not model and picks(m)]
+
+def _check_tied(model: nn.Module, units: list):
+    "Refuse units that would share a parameter (tied weights): each parameter belongs to the nearest unit around the modules that hold it, and FSDP2 needs that to be one unit."
+    unit_ids, nearest = {id(u) for u in units}, {}
+    def walk(module, around):
+        around = module if id(module) in unit_ids else around
+        nearest[id(module)] = around
+        for child in module.children(): walk(child, around)
+    walk(model, model)
+    homes = {}
+    for prefix, module in model.named_modules():
+        for name, p in module._parameters.items():
+            if p is not None: homes.setdefault(id(p), {})[id(nearest[id(module)])] = f'{prefix}.{name}' if prefix else name
+    if tied := next((list(h.values()) for h in homes.values() if len(h) > 1), None):
+        raise ValueError(f"DistributedS(strategy='fsdp'): the units that layers= picks share a parameter ({' and '.join(tied)} are one "
+                         "tensor: tied weights), which FSDP2 cannot shard in two units; expected layers= to leave such modules out "
+                         "(their parameters then go to the model's own unit), or layers=None, which does")
+
+def _check_shardable(model: nn.Module):
+
+    "Refuse, before any exchange, parameters that `fully_shard` cannot shard: 0-d ones and empty ones."
+    for name, p in model.named_parameters():
+        if p.ndim == 0 or p.numel() == 0:
+            what = 'a 0-d parameter' if p.ndim == 0 else f'a parameter with no elements (shape {tuple(p.shape)})'
+            raise ValueError(f"DistributedS(strategy='fsdp'): {name} is {what}, which FSDP2 cannot shard; expected parameters of one "
+                             "dimension or more with elements (a learnable scalar as nn.Parameter(torch.tensor([value]))), or strategy='ddp'")
 
 def _check_layers(layers):
     "`layers` for FSDP2 as `_units` takes it: None, a module class or a tuple of them, or a function of a module."
-    if layers is None or callable(layers) and not isinstance(layers, type): return layers
+    if layers is None or callable(layers) and not isinstance(layers, (type, nn.Module)): return layers
+
     classes = layers if isinstance(layers, tuple) else (layers,)
     if classes and all(isinstance(c, type) and issubclass(c, nn.Module) for c in classes): return classes
     raise TypeError(f"DistributedS expected layers to be the module classes FSDP2 shards as units (nn.Linear, or a tuple of classes), "
@@ -209,6 +246,21 @@ def _check_options(kwargs: dict, strategy: str):
         what = 'DistributedDataParallel' if strategy == 'ddp' else 'fully_shard'
         raise TypeError(f"DistributedS(strategy={strategy!r}) passes its other keyword arguments to {what}, which does not take "
                         f"{unknown}; expected some of {known}")
+    if strategy == 'fsdp': _check_fsdp_values(kwargs)
+
+def _check_fsdp_values(kwargs: dict):
+    "Refuse values of `fully_shard`'s options that it would fail on at the fit (or take silently): each of the kind it expects."
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy
+    kinds = {'mesh': ((DeviceMesh,), 'a DeviceMesh'), 'mp_policy': ((MixedPrecisionPolicy,), 'a MixedPrecisionPolicy'),
+             'offload_policy': ((OffloadPolicy,), 'an OffloadPolicy (or CPUOffloadPolicy)')}
+    checks = {'reshard_after_forward': (lambda v: v is None or isinstance(v, bool) or isinstance(v, int) and v >= 1, 'a bool or an int >= 1'),
+              'shard_placement_fn': (lambda v: v is None or callable(v), 'a function of a parameter'),
+              'ignored_params': (lambda v: v is None or isinstance(v, set) and all(isinstance(p, nn.Parameter) for p in v), 'a set of parameters'),
+              **{name: (lambda v, types=types: isinstance(v, types), what) for name, (types, what) in kinds.items()}}
+    for name, value in kwargs.items():
+        if name in checks and not checks[name][0](value):
+            raise TypeError(f"DistributedS(strategy='fsdp') expected {name} to be {checks[name][1]} (it is given to fully_shard), got {_describe(value)}")
 
 def _layout(loader) -> tuple[int, int, bool] | None:
     "(rows, batch size, drop_last) of a sharded loader whose global batches are known, for weighting uneven shares; else None."
@@ -296,9 +348,13 @@ class DistributedS(Subscriber):
                              "by FSDP2 runs on every rank at once, so rank 0 would wait for the others until the timeout; expected "
                              f"strategy='ddp' with {type(alone).__name__}, or its work done after the fit in one process from a checkpoint")
         if not isinstance(model, FSDPModule):
+            _check_shardable(model)
             names = {id(p): name for name, p in model.named_parameters()}
-            for unit in _units(model, self.layers): fully_shard(unit, **self.kwargs)
+            units = _units(model, self.layers)
+            _check_tied(model, units)
+            for unit in units: fully_shard(unit, **self.kwargs)
             fully_shard(model, **self.kwargs)
+
             sharded = dict(model.named_parameters())
             for opt in learn.opts.values():   # made by the fit before its subscribers' before_fit, with the parameters of before
                 for group in opt.param_groups: group['params'] = [sharded[names[id(p)]] if id(p) in names else p for p in group['params']]
@@ -330,6 +386,7 @@ class DistributedS(Subscriber):
         saved = state['subs'].get(type(self).__name__) or {}
         if saved.get('world_size') == self.world_size:
             state['rng'], mine = saved['rng'][self.rank], saved['epoch_rng'][self.rank]
+            if saved.get('buffers') and saved['buffers'][self.rank]: state['model'].update(saved['buffers'][self.rank])   # FSDP2: its own
             if mine is not None and 'position' in state: state['position']['epoch_start']['rng'] = mine
             if 'logged' in saved and 'position' in state: state['position']['logged'] = saved['logged'][self.rank]
         elif 'position' in state:   # the sums logged so far belong to the whole job: carried by rank 0, as if this job had made them
@@ -361,9 +418,18 @@ class DistributedS(Subscriber):
         learn = self.learn
         position = getattr(learn, 'position', None)
         logged = _logged_state({name: [t.cpu() if t is not None else None, n, c] for name, (t, n, c) in learn.logged.items()}) if position and learn.training else {}
-        mine = (rng_state(), position['epoch_start']['rng'] if position else None, logged)
+        mine = (rng_state(), position['epoch_start']['rng'] if position else None, logged, self._own_buffers() if learn is not None else None)
         shares = gather_objects(mine) if learn is not None else [mine]
-        return {'world_size': len(shares), 'rng': [s[0] for s in shares], 'epoch_rng': [s[1] for s in shares], 'logged': [s[2] for s in shares]}
+        state = {'world_size': len(shares), 'rng': [s[0] for s in shares], 'epoch_rng': [s[1] for s in shares], 'logged': [s[2] for s in shares]}
+        if self.strategy == 'fsdp': state['buffers'] = [s[3] for s in shares]
+        return state
+
+    def _own_buffers(self) -> dict | None:
+        "Under FSDP2, this rank's buffers (BatchNorm's running statistics): neither sharded nor made the same, each rank has its own."
+        if self.strategy != 'fsdp': return None
+        names = {name for name, _ in self.module.named_buffers()}
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items() if k in names}
+
 
     def load_state_dict(self, state: dict):
         "Nothing to load here: `before_fit` gave this rank its own random state from the checkpoint being resumed."

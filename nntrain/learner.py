@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import (FORMAT, CheckpointError, _HYPER_PARAMETERS, _check_flag, _check_int, _describe, _format_problem, _is_optimizer_state, _resume_from, _structure_problem,
-                   gather_objects, load_checkpoint, main_process, rng_state, save_checkpoint, set_rng_state)
+                   any_rank, distributed, gather_objects, load_checkpoint, main_process, rng_state, save_checkpoint, set_rng_state)
+
 from .dataloaders import DataLoaders
 
 # %% auto #0
@@ -653,9 +654,18 @@ class Learner:
         return _lr_find(self, start_lr, end_lr, num_it, stop_div)
 
     def save(self, path) -> Path:
-        "Save `state_dict()` to `path` atomically, under a checksummed header (in a distributed fit every rank calls it; rank 0 writes)."
+        "Save `state_dict()` to `path` atomically, under a checksummed header (in a distributed job every rank calls it; rank 0 writes, and every rank returns once the file is there)."
         state = self.state_dict()
-        return save_checkpoint(state, path) if main_process() else Path(path)
+        if not distributed(): return save_checkpoint(state, path)
+        failed = None
+        if main_process():
+            try: path = save_checkpoint(state, path)
+            except Exception as e: failed = e
+        if any_rank(failed is not None):   # the others wait for rank 0's write (a load right after would not find the file)
+            if failed is not None: raise failed
+            raise CheckpointError(f"rank 0 could not write {path}; its error is in its own output")
+        return Path(path)
+
 
     def load(self, path, rng: bool = True):
         "Load a checkpoint written by `save` or `CheckpointS` into this learner."

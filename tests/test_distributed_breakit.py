@@ -89,3 +89,31 @@ def test_pruning_a_checkpoint_another_process_removed_first_goes_on(tmp_path, mo
     monkeypatch.setattr(chapter, 'checkpoints', lambda folder: [tmp_path/'checkpoint-e0000-b00000000.pt', *listed(folder)])   # gone already
     small_learner(16).fit(1, subs=[CheckpointS(tmp_path, every_batches=2, keep=1)])
     assert len(listed(tmp_path)) == 1
+
+
+# --- FSDP2 (the second break-it pass, of strategy='fsdp')
+
+def launched(call: str):
+    "The results of `launch(...)` run in a fresh process."
+    code = f"import breakit_fns\nfrom nntrain.distributed import launch\nprint('RESULT', repr({call}))"
+    r = subprocess.run([sys.executable, '-c', code], cwd=SCRIPTS, env={**ENV, 'PYTHONPATH': f"{SCRIPTS}{os.pathsep}{ENV['PYTHONPATH']}"},
+                       capture_output=True, text=True, timeout=120)
+    assert 'RESULT' in r.stdout, (r.stdout[-2000:], r.stderr[-3000:])
+    return eval(r.stdout.split('RESULT', 1)[1].strip())
+
+def test_fsdp_tied_weights_go_to_the_models_unit_and_save_then_load_at_once_works(tmp_path):
+    "Tied weights under the default units train as one process does; save then load on every rank at once finds the file, and plain SGD's empty state loads."
+    (rank0, difference), (rank1, _) = launched(f"launch(breakit_fns.fsdp_fit, 'tied', {str(tmp_path)!r}, nproc=2)")
+    assert (rank0, rank1) == (0, 1) and difference <= 1e-5
+    assert (tmp_path/'saved.pt').exists()
+
+def test_fsdp_units_that_share_a_parameter_are_refused():
+    message = launched_error("launch(breakit_fns.fsdp_fit, 'tied', layers=(breakit_fns.nn.Embedding, breakit_fns.nn.Linear), nproc=2)")
+    assert ("ValueError: DistributedS(strategy='fsdp'): the units that layers= picks share a parameter (0.weight and 2.weight are one "
+            "tensor: tied weights), which FSDP2 cannot shard in two units; expected layers= to leave such modules out (their parameters "
+            "then go to the model's own unit), or layers=None, which does") in message, message
+
+def test_fsdp_refuses_a_0d_parameter_before_the_fit():
+    message = launched_error("launch(breakit_fns.fsdp_fit, 'scalar', nproc=2)")
+    assert ("ValueError: DistributedS(strategy='fsdp'): temperature is a 0-d parameter, which FSDP2 cannot shard; expected parameters of "
+            "one dimension or more with elements (a learnable scalar as nn.Parameter(torch.tensor([value]))), or strategy='ddp'") in message, message

@@ -53,7 +53,7 @@ else: raise ValueError(f'unknown loader {loader!r}')
 torch.manual_seed(0)   # the same initial weights everywhere (DDP would broadcast rank 0's anyway)
 # a smooth activation: at ReLU's kink a rounding difference of 1e-7 between world sizes (gradients added up in another
 # order) can flip one row's gradient and move a weight by 5e-5, which would hide what the tests compare
-layers = [nn.Linear(784, 32), nn.Tanh()] + ([nn.Dropout(0.3)] if cfg.get('dropout') else []) + [nn.Linear(32, 10)]
+layers = [nn.Linear(784, 32)] + ([nn.BatchNorm1d(32)] if cfg.get('batchnorm') else []) + [nn.Tanh()] + ([nn.Dropout(0.3)] if cfg.get('dropout') else []) + [nn.Linear(32, 10)]
 model = nn.Sequential(*layers)
 torch.manual_seed(1000 + rank)   # every rank draws its own dropout masks: its own random state matters for a resume
 
