@@ -322,9 +322,11 @@ def _write_checkpoint(state, path) -> Path:
         f.write(_MAGIC + _SUM + b'0' * 64 + b'\n')
         payload = _HashingWriter(f)
         try: torch.save(state, payload)
-        except RuntimeError:  # torch's archive writer hides a full disk behind an error of its own
+        except RuntimeError as e:  # torch's archive writer hides a full disk, or a Ctrl-C during the write, behind an error of its own
             if payload.error is not None: raise payload.error from None
+            if isinstance(e.__context__, KeyboardInterrupt): raise e.__context__ from None
             raise
+
         f.seek(len(_MAGIC) + len(_SUM))
         f.write(payload.sha256.hexdigest().encode())
     return write_atomically(path, write)

@@ -583,3 +583,16 @@ def test_a_link_swapped_in_at_the_temporary_name_during_the_write_is_caught(tmp_
         write_atomically(folder/'result.json', write)
     assert victim.read_text() == 'keep'
     assert [p for p in folder.iterdir() if p.is_symlink()] == []   # neither at the temporary name nor at the final one
+
+
+def test_ctrl_c_during_a_checkpoint_write_is_a_keyboard_interrupt_and_leaves_no_file(tmp_path, monkeypatch):
+    "A Ctrl-C that lands inside torch.save: torch's archive writer turns it into a RuntimeError of its own, which must not hide it."
+    import nntrain.core as core
+    real, calls = core._HashingWriter.write, []
+    def write(self, data):
+        calls.append(len(data))
+        if len(calls) == 3: raise KeyboardInterrupt   # what the SIGINT handler raises, mid-record
+        return real(self, data)
+    monkeypatch.setattr(core._HashingWriter, 'write', write)
+    with pytest.raises(KeyboardInterrupt): core.save_checkpoint({'w': torch.randn(1000)}, tmp_path/'c.pt')
+    assert list(tmp_path.iterdir()) == []   # neither the checkpoint nor its temporary
