@@ -353,7 +353,6 @@ def _sync_switch(model):
     "A `no_sync`-like maker of contexts for a model sharded by FSDP2 (which has `set_requires_gradient_sync` instead), or None."
     return (lambda: _GradientSyncOff(model)) if callable(getattr(model, 'set_requires_gradient_sync', None)) else None
 
-
 def _found_inf(scaler, opt) -> bool:
     per_device = scaler._found_inf_per_device(opt) if hasattr(scaler, '_found_inf_per_device') else None
     if per_device is not None: return sum(v.item() for v in per_device.values()) > 0

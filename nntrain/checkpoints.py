@@ -65,7 +65,10 @@ def _hold_folder(folder: Path) -> str | None:
     if key in _HELD:   # two CheckpointS of this process in one folder share the lock
         _HELD[key][1] += 1
         return key
-    fd, deadline = os.open(key, os.O_RDONLY), time.monotonic() + LOCK_WAIT
+    try: fd = os.open(key, os.O_RDONLY)
+    except OSError: return None   # a folder this process may write but not read: unlocked
+    deadline = time.monotonic() + LOCK_WAIT
+
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -219,7 +219,6 @@ def _check_tied(model: nn.Module, units: list):
                          "(their parameters then go to the model's own unit), or layers=None, which does")
 
 def _check_shardable(model: nn.Module):
-
     "Refuse, before any exchange, parameters that `fully_shard` cannot shard: 0-d ones and empty ones."
     for name, p in model.named_parameters():
         if p.ndim == 0 or p.numel() == 0:
@@ -230,7 +229,6 @@ def _check_shardable(model: nn.Module):
 def _check_layers(layers):
     "`layers` for FSDP2 as `_units` takes it: None, a module class or a tuple of them, or a function of a module."
     if layers is None or callable(layers) and not isinstance(layers, (type, nn.Module)): return layers
-
     classes = layers if isinstance(layers, tuple) else (layers,)
     if classes and all(isinstance(c, type) and issubclass(c, nn.Module) for c in classes): return classes
     raise TypeError(f"DistributedS expected layers to be the module classes FSDP2 shards as units (nn.Linear, or a tuple of classes), "
@@ -288,7 +286,6 @@ def _job_outline(learn) -> dict:
     return {'loaders': loaders, 'subscribers': [type(s).__name__ for s in learn.subs if not getattr(s, 'rank_zero_only', False)]}
 
 def _check_same_job(learn):
-
     "Refuse, on every rank and before any exchange, ranks whose loaders or subscribers differ: their exchanges would not pair up."
     outlines = gather_objects(_job_outline(learn))
     for other, outline in enumerate(outlines):
@@ -354,13 +351,10 @@ class DistributedS(Subscriber):
             _check_tied(model, units)
             for unit in units: fully_shard(unit, **self.kwargs)
             fully_shard(model, **self.kwargs)
-
             sharded = dict(model.named_parameters())
             for opt in learn.opts.values():   # made by the fit before its subscribers' before_fit, with the parameters of before
                 for group in opt.param_groups: group['params'] = [sharded[names[id(p)]] if id(p) in names else p for p in group['params']]
-
             model._whole_state = _WholeState(model)
-
 
     def _shard(self, dl, role: str):
         "This rank's share of `dl`; a loader that would shuffle with PyTorch's global generator gets its own (the ranks' global ones differ)."
@@ -429,7 +423,6 @@ class DistributedS(Subscriber):
         if self.strategy != 'fsdp': return None
         names = {name for name, _ in self.module.named_buffers()}
         return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items() if k in names}
-
 
     def load_state_dict(self, state: dict):
         "Nothing to load here: `before_fit` gave this rank its own random state from the checkpoint being resumed."
