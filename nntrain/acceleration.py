@@ -285,7 +285,7 @@ class GradAccumS(Subscriber):
                              "to the next batch; expected a Learner with one optimizer (no optimizers=)")
         learn.grad_accumulation = self.n
 
-    def before_epoch(self, learn): self.count, self.unsynced = 0, None
+    def before_epoch(self, learn): self.count, self.unsynced, learn.gradients_pending = 0, None, False
 
     def before_batch(self, learn):
         "On a batch that only accumulates, a model that exchanges gradients between processes (DDP or FSDP2, chapter 15) is told not to."
@@ -305,7 +305,8 @@ class GradAccumS(Subscriber):
     def before_step(self, learn):
         self.count += 1
         last = learn.n_batches is not None and learn.iter == learn.n_batches - 1
-        if self.count < self.n and not last: raise CancelStepException()
+        learn.gradients_pending = self.count < self.n and not last   # a checkpoint now would lose them (CheckpointS waits for the step)
+        if learn.gradients_pending: raise CancelStepException()
         if self.count > 1:
             for p in learn.model.parameters():
                 if p.grad is not None: p.grad.div_(self.count)
@@ -313,7 +314,8 @@ class GradAccumS(Subscriber):
 
     def cleanup_fit(self, learn):
         self._synced()
-        learn.__dict__.pop('grad_accumulation', None)
+        for name in ('grad_accumulation', 'gradients_pending'): learn.__dict__.pop(name, None)
+
 
     def state_dict(self) -> dict:
         "How many batches have been accumulated towards the next step."

@@ -83,8 +83,9 @@ def _hold_folder(folder: Path) -> str | None:
                                    f"{LOCK_WAIT:g} s); two runs in one folder would prune and resume each other's checkpoints; expected a "
                                    "folder of this run's own, or the other run to end first") from None
             time.sleep(0.1)
-    _HELD[key] = [fd, 1]
+    _HELD[key] = [fd, 1, (os.fstat(fd).st_dev, os.fstat(fd).st_ino)]
     return key
+
 
 def _let_go(key: str | None):
     "Release this process's hold on a folder `_hold_folder` locked; the last holder unlocks it (for forked workers that share the descriptor too) and closes it."
@@ -116,11 +117,21 @@ class CheckpointS(Subscriber):
         if main_process():   # in a job of several processes rank 0 writes; all take the state
             self.folder.mkdir(parents=True, exist_ok=True)
             self.held = _hold_folder(self.folder)   # one run at a time in a folder
-        self.pending = None
+        self.pending, self.deferred = None, False
 
     def cleanup_fit(self, learn):
         _let_go(self.held)
         self.held = None
+
+    def _check_folder_kept(self):
+        "Refuse to write into a folder that was removed or replaced since the fit locked it: another run may be writing there now."
+        if self.held is None: return
+        try: now = os.stat(self.folder)
+        except OSError: now = None
+        if now is None or (now.st_dev, now.st_ino) != _HELD[self.held][2]:
+            raise RuntimeError(f"CheckpointS: the folder {self.folder} was {'removed' if now is None else 'replaced'} during the fit (by another "
+                               "process?); stopped rather than mix this run's checkpoints with another's; expected the folder to stay while "
+                               "the fit runs")
 
 
     def _checkpoint(self, learn, epoch: int):
@@ -129,6 +140,7 @@ class CheckpointS(Subscriber):
         if position is not None and position['epoch'] == epoch and not learn.training:  # the training pass is over
             state['position'] = {**position, 'pass_done': True}
         if not main_process(): return
+        self._check_folder_kept()
         save_checkpoint(state, self.folder/f'checkpoint-e{epoch:04d}-b{learn.iteration:08d}.pt')
         for old in checkpoints(self.folder)[:-self.keep]: old.unlink(missing_ok=True)   # another process may have pruned it first
 
@@ -141,8 +153,12 @@ class CheckpointS(Subscriber):
     def after_fit(self, learn): self._write_pending(learn)
     def after_cancel_fit(self, learn): self._write_pending(learn)
 
-    @every('every_batches')
-    def after_batch(self, learn): self._checkpoint(learn, learn.epoch)
+    def after_batch(self, learn):
+        "Every `every_batches` training iterations; while `GradAccumS` holds gradients of a step not yet taken, at the batch that takes it (the checkpoint would not hold them)."
+        due = self.every_batches is not None and learn.training and learn.iteration % self.every_batches == 0
+        if not (due or self.deferred) or not learn.training: return
+        self.deferred = bool(learn.__dict__.get('gradients_pending'))
+        if not self.deferred: self._checkpoint(learn, learn.epoch)
 
     @every('every_epochs')
     def after_epoch(self, learn):
@@ -156,7 +172,10 @@ class CheckpointS(Subscriber):
         if math.isfinite(value) and better:
             self.best = value
             state = learn.state_dict()
-            if main_process(): save_checkpoint(state, self.folder/'best.pt')
+            if main_process():
+                self._check_folder_kept()
+                save_checkpoint(state, self.folder/'best.pt')
+
 
     def state_dict(self) -> dict:
         "The best value so far."
@@ -165,6 +184,17 @@ class CheckpointS(Subscriber):
     def load_state_dict(self, state: dict): self.best = state['best']
 
 # %% ../nbs/05_checkpoints.ipynb #969cf316
+def _whole(value):
+    "A tensor of a state dict as a whole tensor: a shard of a `DTensor` (FSDP2, chapter 15) gathered from every rank (a collective), anything else as it is."
+    full = getattr(value, 'full_tensor', None)
+    return full().cpu() if callable(full) else value
+
+def _put_weights(model, weights: dict):
+    "Load `weights` into `model`: whole tensors into a model sharded by FSDP2 go through its `_whole_state` (each rank keeps its shard)."
+    whole = getattr(model, '_whole_state', None)
+    sharded = whole is not None and not any(callable(getattr(v, 'full_tensor', None)) for v in weights.values())
+    whole.load_model_state(weights) if sharded else model.load_state_dict(weights)
+
 class EarlyStoppingS(Subscriber):
     "Stop when `monitor` (a MetricsS value) has not improved by `min_delta` for `patience` validation passes."
     order, in_evaluation = MetricsS.order + 1, False
@@ -195,11 +225,12 @@ class EarlyStoppingS(Subscriber):
             raise CancelFitException()
 
     def cleanup_fit(self, learn):
-        if self.restore_best and getattr(self, 'best_weights', None) is not None: learn.model.load_state_dict(self.best_weights)
+        if self.restore_best and getattr(self, 'best_weights', None) is not None: _put_weights(learn.model, self.best_weights)
 
     def state_dict(self) -> dict:
-        "Best value, its epoch, the passes waited, and the best weights."
-        return {'best': self.best, 'best_epoch': self.best_epoch, 'wait': self.wait, 'best_weights': self.best_weights}
+        "Best value, its epoch, the passes waited, and the best weights (whole tensors, also of a model sharded by FSDP2: then every rank calls it)."
+        weights = None if self.best_weights is None else {k: _whole(v) for k, v in self.best_weights.items()}
+        return {'best': self.best, 'best_epoch': self.best_epoch, 'wait': self.wait, 'best_weights': weights}
 
     def load_state_dict(self, state: dict):
         self.best, self.best_epoch, self.wait, self.best_weights = state['best'], state['best_epoch'], state['wait'], state['best_weights']

@@ -299,7 +299,10 @@ _CONTAINERS = (list, tuple, dict, OrderedDict, torch.Size)
 def _unloadable(value, where: str) -> str | None:
     "The key path of the first value in `value` that `load_checkpoint` could not read back (not a tensor, plain value or container of them), or None."
     kind = type(value)
+    if isinstance(value, torch.Tensor) and kind not in (torch.Tensor, torch.nn.Parameter):   # a DTensor (FSDP2), say: not read back
+        return f"{where} is a {kind.__qualname__}, a kind of tensor load_checkpoint cannot read back (a DTensor's whole tensor is .full_tensor())"
     if kind in _PLAIN or isinstance(value, torch.Tensor): return None
+
     if kind not in _CONTAINERS: return f"{where} is of type {kind.__qualname__}"
     if kind in (dict, OrderedDict):
         for key, item in value.items():

@@ -1,5 +1,5 @@
 "What the independent break-it pass of chapter 15 found, each kept as a test (gloo on 127.0.0.1, bounded by timeouts)."
-import os, re, subprocess, sys, time
+import base64, os, pickle, re, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -95,11 +95,11 @@ def test_pruning_a_checkpoint_another_process_removed_first_goes_on(tmp_path, mo
 
 def launched(call: str):
     "The results of `launch(...)` run in a fresh process."
-    code = f"import breakit_fns\nfrom nntrain.distributed import launch\nprint('RESULT', repr({call}))"
+    code = f"import base64, pickle, breakit_fns\nfrom nntrain.distributed import launch\nprint('RESULT', base64.b64encode(pickle.dumps({call})).decode())"
     r = subprocess.run([sys.executable, '-c', code], cwd=SCRIPTS, env={**ENV, 'PYTHONPATH': f"{SCRIPTS}{os.pathsep}{ENV['PYTHONPATH']}"},
                        capture_output=True, text=True, timeout=120)
     assert 'RESULT' in r.stdout, (r.stdout[-2000:], r.stderr[-3000:])
-    return eval(r.stdout.split('RESULT', 1)[1].strip())
+    return pickle.loads(base64.b64decode(r.stdout.split('RESULT', 1)[1].strip()))
 
 def test_fsdp_tied_weights_go_to_the_models_unit_and_save_then_load_at_once_works(tmp_path):
     "Tied weights under the default units train as one process does; save then load on every rank at once finds the file, and plain SGD's empty state loads."
@@ -117,3 +117,12 @@ def test_fsdp_refuses_a_0d_parameter_before_the_fit():
     message = launched_error("launch(breakit_fns.fsdp_fit, 'scalar', nproc=2)")
     assert ("ValueError: DistributedS(strategy='fsdp'): temperature is a 0-d parameter, which FSDP2 cannot shard; expected parameters of "
             "one dimension or more with elements (a learnable scalar as nn.Parameter(torch.tensor([value]))), or strategy='ddp'") in message, message
+
+def test_fsdp_early_stopping_keeps_whole_best_weights_and_resumes(tmp_path):
+    "EarlyStoppingS(restore_best=True) under FSDP2: its best weights go into checkpoints whole, load in one process, and a resumed fit ends as an unbroken one."
+    import torch
+    from nntrain.checkpoints import checkpoints, load_checkpoint
+    (resumed, unbroken), (empty, _) = launched(f"launch(breakit_fns.fsdp_early, {str(tmp_path)!r}, nproc=2)")
+    assert empty == {} and resumed.keys() == unbroken.keys() and all(torch.equal(resumed[k], unbroken[k]) for k in unbroken)
+    best = load_checkpoint(checkpoints(tmp_path/'a')[-1])['subs']['EarlyStoppingS']['best_weights']
+    assert {k: (type(v), v.shape) for k, v in best.items()} == {k: (torch.Tensor, v.shape) for k, v in unbroken.items()}

@@ -62,3 +62,21 @@ def fsdp_fit(kind='tied', folder=None, **kwargs):
     Learner(alone, loaders(), lr=0.1).fit(2, valid=False)
     if rank != 0: return rank, None
     return rank, max((whole[k] - v).abs().max().item() for k, v in alone.state_dict().items())
+
+def fsdp_early(folder):
+    "EarlyStoppingS(restore_best=True) with checkpoints under FSDP2: fit(2), then fit(3, resume=...) in a new learner, against fit(3) unbroken; rank 0's whole weights of both."
+    from nntrain.checkpoints import EarlyStoppingS
+    def run(where, epochs, resume=None):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(5)
+        x, y = torch.randn(64, 5, generator=g), torch.randint(0, 3, (64,), generator=g)
+        dls = DataLoaders(TensorLoader({'x': x, 'y': y}, 8, shuffle=True, seed=1), TensorLoader({'x': x, 'y': y}, 16))
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+        subs = [MetricsS(), EarlyStoppingS(patience=5), CheckpointS(where), DistributedS(timeout=30, strategy='fsdp')]
+        learn = Learner(model, dls, lr=0.1, optim_class=torch.optim.Adam, subs=subs)
+        learn.fit(epochs, resume=resume)
+        return learn.state_dict()['model']
+    run(os.path.join(folder, 'a'), 2)
+    resumed = run(os.path.join(folder, 'a'), 3, resume=os.path.join(folder, 'a'))
+    unbroken = run(os.path.join(folder, 'b'), 3)
+    return resumed, unbroken
