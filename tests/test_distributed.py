@@ -183,11 +183,11 @@ def _newest_batch(folder: Path) -> int:
     "The training iteration of the newest checkpoint in `folder` (-1 without one)."
     return max((int(re.fullmatch(r'checkpoint-e\d+-b(\d+)\.pt', p.name)[1]) for p in folder.glob('checkpoint-*.pt')), default=-1)
 
-def _kill_rank_1_and_restart(jobs, name: str, env: dict, seconds: float = TIMEOUT, **cfg):
-    "Start a 2-rank job with --max-restarts 1, SIGKILL rank 1 once a checkpoint at batch 30 exists; return the ended job's (returncode, stderr)."
+def _kill_rank_1_and_restart(jobs, name: str, env: dict, seconds: float = TIMEOUT, restarts: int = 1, **cfg):
+    "Start a 2-rank job with --max-restarts `restarts`, SIGKILL rank 1 once a checkpoint at batch 30 exists; return the ended job's (returncode, stderr)."
     out = jobs.root/name
     config = jobs.config(name, slow=0.01, **cfg)
-    proc = subprocess.Popen(torchrun_command(2, WORKER, config, options=['--max-restarts', '1']), cwd=jobs.root, env=env,
+    proc = subprocess.Popen(torchrun_command(2, WORKER, config, options=['--max-restarts', str(restarts)]), cwd=jobs.root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: (out/'pid1.0').exists() and _newest_batch(out/'checkpoints') >= 30, proc, 60, 'a checkpoint at batch 30')

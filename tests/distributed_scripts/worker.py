@@ -15,6 +15,7 @@ from nntrain.distributed import DistributedS
 from nntrain.learner import Learner, MetricsS, Subscriber
 
 faulthandler.register(signal.SIGUSR1)   # `kill -USR1 PID` prints where a hung rank is
+faulthandler.enable()   # and a crash in C++ (SIGABRT, SIGSEGV) where it happened
 cfg = json.loads(Path(sys.argv[1]).read_text())
 rank, restart = int(os.environ.get('RANK', 0)), int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0))
 out = Path(cfg['out'])
