@@ -17,7 +17,8 @@ import torch
 from .core import (FORMAT, CheckpointError, _FULL, _check_flag, _check_int, _describe, _write_checkpoint, checkpoints,
                           any_rank, latest_checkpoint, load_checkpoint, main_process, remove_temporaries, rng_state, save_checkpoint,
                           set_rng_state, write_atomically)
-from .learner import CancelFitException, FastForward, Learner, MetricsS, Subscriber, every, find_metrics
+from .learner import CancelFitException, FastForward, Learner, MetricsS, Subscriber, _whole_state, every, find_metrics
+
 
 # %% auto #0
 __all__ = ['LOCK_WAIT', 'CheckpointS', 'EarlyStoppingS', 'TerminateOnNaNS']
@@ -83,7 +84,8 @@ def _hold_folder(folder: Path) -> str | None:
                                    f"{LOCK_WAIT:g} s); two runs in one folder would prune and resume each other's checkpoints; expected a "
                                    "folder of this run's own, or the other run to end first") from None
             time.sleep(0.1)
-    _HELD[key] = [fd, 1, (os.fstat(fd).st_dev, os.fstat(fd).st_ino)]
+    held = os.fstat(fd)
+    _HELD[key] = [fd, 1, (held.st_dev, held.st_ino)]
     return key
 
 
@@ -191,7 +193,7 @@ def _whole(value):
 
 def _put_weights(model, weights: dict):
     "Load `weights` into `model`: whole tensors into a model sharded by FSDP2 go through its `_whole_state` (each rank keeps its shard)."
-    whole = getattr(model, '_whole_state', None)
+    whole = _whole_state(model)
     sharded = whole is not None and not any(callable(getattr(v, 'full_tensor', None)) for v in weights.values())
     whole.load_model_state(weights) if sharded else model.load_state_dict(weights)
 
