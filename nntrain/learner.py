@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import math
 import numbers
@@ -27,10 +28,10 @@ from .core import (FORMAT, CheckpointError, _HYPER_PARAMETERS, _check_flag, _che
 from .dataloaders import DataLoaders
 
 # %% auto #0
-__all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelStepException', 'PublishEvents',
-           'Subscriber', 'every', 'n_samples', 'Learner', 'FastForward', 'TransformedMetric', 'MetricsS',
-           'find_metrics', 'default_device', 'to_device', 'DeviceS', 'LRFindS', 'LRFinder', 'MomentumLearner',
-           'ProgressS']
+__all__ = ['EVENTS', 'METRIC_NAMES', 'METRIC_ALIASES', 'CancelFitException', 'CancelEpochException', 'CancelBatchException',
+           'CancelStepException', 'PublishEvents', 'Subscriber', 'every', 'n_samples', 'Learner', 'FastForward',
+           'NamedMetric', 'TransformedMetric', 'MetricsS', 'find_metrics', 'default_device', 'to_device', 'DeviceS',
+           'LRFindS', 'LRFinder', 'MomentumLearner', 'ProgressS']
 
 # %% ../nbs/02_learner.ipynb #48078a7f
 class CancelFitException(Exception):
@@ -867,6 +868,145 @@ def _logged_from_state(state: dict) -> dict:
     "What `_logged_state` saved, as the learner keeps it."
     return {name: [entry['tensor'], entry['number'], entry['count']] for name, entry in state.items()}
 
+# %% ../nbs/02_learner.ipynb #4e4d275e
+METRIC_NAMES = {   # name: what it measures; the torcheval metric is chosen from the task at the first batch
+    'accuracy': 'share of correct predictions (multilabel: of samples with every label right)',
+    'top5_accuracy': 'share of samples whose class is among the 5 highest scores (multiclass)',
+    'f1': 'F1 score: macro average over classes (multiclass), over all labels at once (multilabel)',
+    'precision': 'precision, averaged as f1 is',
+    'recall': 'recall, averaged as f1 is',
+    'auroc': 'area under the ROC curve (multiclass: one class against the rest, macro average)',
+    'auprc': 'area under the precision-recall curve (average precision; macro average over classes or labels)',
+    'mse': 'mean squared error (regression: real-valued targets of the predictions\' shape)',
+    'r2': 'coefficient of determination (regression)',
+}
+METRIC_ALIASES = {'acc': 'accuracy', 'average_precision': 'auprc', 'roc_auc': 'auroc', 'f1_score': 'f1'}
+_REGRESSION = ('mse', 'r2')
+
+def _flat(x: torch.Tensor) -> torch.Tensor: return x.reshape(-1)
+def _softmax(x: torch.Tensor) -> torch.Tensor: return x.softmax(-1)
+def _as_long(x: torch.Tensor) -> torch.Tensor: return x.long()
+
+_PROBABILITY_LOSSES, _LOGIT_LOSSES = (nn.BCELoss, F.binary_cross_entropy), (nn.BCEWithLogitsLoss, F.binary_cross_entropy_with_logits)
+
+def _is_loss(loss_fn, losses: tuple) -> bool:
+    "Whether `loss_fn` is the module class or the function of `losses` (a (module class, function) pair)."
+    return isinstance(loss_fn, losses[0]) or loss_fn is losses[1]
+
+def _scores_are_probabilities(preds: torch.Tensor, loss_fn) -> bool:
+    "Whether binary or multilabel `preds` are probabilities (else logits): from the loss when it says, else from the first batch's range."
+    if _is_loss(loss_fn, _PROBABILITY_LOSSES): return True
+    if _is_loss(loss_fn, _LOGIT_LOSSES): return False
+    return bool(preds.numel()) and 0 <= preds.min().item() and preds.max().item() <= 1
+
+def _zero_one(t: torch.Tensor) -> bool: return bool(((t == 0) | (t == 1)).all())
+
+def _task_of(preds, targets, loss_fn=None) -> dict:
+    "The task `preds` and `targets` are a batch of: {'task': multiclass|binary|multilabel|regression, 'size': classes or labels, 'probabilities': bool}."
+    shapes = f"predictions {_shape_of(preds)} and targets {_shape_of(targets)}"
+    if not isinstance(preds, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise ValueError(f"metrics by name need one tensor of predictions and one of targets, got {shapes}; pick them with "
+                         "TransformedMetric(NamedMetric('accuracy'), preds=..., targets=...)")
+    if not preds.is_floating_point():
+        raise ValueError(f"metrics by name need float scores (logits or probabilities) as predictions, got {preds.dtype} {list(preds.shape)}")
+    P, T = tuple(preds.shape), tuple(targets.shape)
+    whole = not targets.is_floating_point() or _zero_one(targets)   # class or 0/1 targets
+    if whole and len(P) == 2 and P[1] >= 2 and T == P[:1]:
+        if targets.is_floating_point() or targets.dtype == torch.bool:
+            raise ValueError(f"metrics by name read {shapes} as a multiclass batch, whose targets are class indices; got {targets.dtype}: expected int64")
+        return {'task': 'multiclass', 'size': P[1], 'probabilities': False}
+    if whole and len(P) in (1, 2) and (P == T or (P[1:] == (1,) and T == P[:1])) and (len(P) == 1 or P[1] == 1 or T == P):
+        if not _zero_one(targets):
+            high = targets.max().item()
+            raise ValueError(f"metrics by name read {shapes} as a binary batch (one score per sample), whose targets are 0 or 1; got targets up to "
+                             f"{high}: a multiclass model outputs [N, classes] scores")
+        task = 'binary' if len(P) == 1 or P[1] == 1 else 'multilabel'
+        return {'task': task, 'size': 1 if task == 'binary' else P[1], 'probabilities': _scores_are_probabilities(preds, loss_fn)}
+    if targets.is_floating_point() and (P == T or (P[1:] == (1,) and T == P[:1])): return {'task': 'regression', 'size': None, 'probabilities': False}
+    raise ValueError(f"metrics by name cannot tell the task from {shapes}; expected [N, C] scores with [N] class indices (multiclass), "
+                     "[N] or [N, 1] scores with [N] 0/1 targets (binary), [N, L] scores with [N, L] 0/1 targets (multilabel), "
+                     "or real targets of the predictions' shape (regression)")
+
+def _build(name: str, task: dict):
+    "The torcheval metric that computes `name` for `task` (a `TransformedMetric` when the predictions or targets need a step first)."
+    from torcheval import metrics as tm
+    kind, size, probabilities = task['task'], task['size'], task['probabilities']
+    if (kind == 'regression') != (name in _REGRESSION):
+        need = "real-valued targets of the predictions' shape (regression)" if name in _REGRESSION else 'class or 0/1 targets (classification)'
+        raise ValueError(f"metric {name!r} needs {need}, but the batches are {kind}")
+    if kind == 'regression': return {'mse': tm.MeanSquaredError, 'r2': tm.R2Score}[name]()
+    if kind == 'multiclass':
+        if name == 'top5_accuracy' and size < 5: raise ValueError(f"metric 'top5_accuracy' needs at least 5 classes, got predictions for {size}")
+        made = {'accuracy': lambda: tm.MulticlassAccuracy(), 'top5_accuracy': lambda: tm.MulticlassAccuracy(k=5),
+                'f1': lambda: tm.MulticlassF1Score(num_classes=size, average='macro'),
+                'precision': lambda: tm.MulticlassPrecision(num_classes=size, average='macro'),
+                'recall': lambda: tm.MulticlassRecall(num_classes=size, average='macro'),
+                'auroc': lambda: TransformedMetric(tm.MulticlassAUROC(num_classes=size), preds=_softmax),
+                'auprc': lambda: TransformedMetric(tm.MulticlassAUPRC(num_classes=size), preds=_softmax)}[name]
+        return made()
+    if name == 'top5_accuracy': raise ValueError(f"metric 'top5_accuracy' is for multiclass batches, but the batches are {kind}")
+    scores = (() if probabilities else (torch.sigmoid,))
+    if kind == 'multilabel' and name == 'accuracy': return TransformedMetric(tm.MultilabelAccuracy(), preds=scores or None, targets=_as_long)
+    if kind == 'multilabel' and name == 'auprc': return TransformedMetric(tm.MultilabelAUPRC(num_labels=size), preds=scores or None, targets=_as_long)
+    binary = {'accuracy': tm.BinaryAccuracy, 'f1': tm.BinaryF1Score, 'precision': tm.BinaryPrecision, 'recall': tm.BinaryRecall,
+              'auroc': tm.BinaryAUROC, 'auprc': tm.BinaryAUPRC}[name]
+    return TransformedMetric(binary(), preds=(_flat, *scores), targets=(_flat, _as_long))   # multilabel: every label a sample (micro average)
+
+def _canonical(name) -> str:
+    "The metric name `name` stands for, or a ValueError listing the known names."
+    if not isinstance(name, str):
+        raise TypeError(f"MetricsS expected metric names as str (and torcheval metrics as keywords, accuracy=MulticlassAccuracy()), got {_describe(name)}")
+    canonical = METRIC_ALIASES.get(name, name)
+    if canonical not in METRIC_NAMES:
+        close = difflib.get_close_matches(name, [*METRIC_NAMES, *METRIC_ALIASES], n=1)
+        raise ValueError(f"unknown metric name {name!r}" + (f"; did you mean {close[0]!r}?" if close else '')
+                         + f"; known names: {', '.join(METRIC_NAMES)} (and {', '.join(f'{a}={c}' for a, c in METRIC_ALIASES.items())}), "
+                         "besides 'loss', which MetricsS always reports")
+    return canonical
+
+class NamedMetric:
+    "The metric called `name` (one of `METRIC_NAMES`), made at its first batch as the torcheval metric for the task the batch shows: multiclass, binary, multilabel or regression."
+    def __init__(self, name: str):
+        self.name, self.task, self.metric, self.device = _canonical(name), None, None, None
+
+    def resolve(self, preds, targets, loss_fn=None) -> NamedMetric:
+        "Choose the task from a batch's `preds` and `targets` (and `loss_fn`: logits or probabilities) and make the metric; once."
+        if self.metric is None: self._make(_task_of(preds, targets, loss_fn))
+        return self
+
+    def _make(self, task: dict):
+        self.task, self.metric = dict(task), _build(self.name, task)
+        if self.device is not None: self.metric.to(self.device)
+
+    def update(self, preds, targets):
+        self.resolve(preds, targets).metric.update(preds, targets)
+        return self
+
+    def compute(self): return torch.tensor(math.nan) if self.metric is None else self.metric.compute()
+    def reset(self):
+        if self.metric is not None: self.metric.reset()
+        return self
+    def to(self, device, *args, **kwargs):
+        self.device = device
+        if self.metric is not None: self.metric.to(device, *args, **kwargs)
+        return self
+    def state_dict(self) -> dict: return {'task': self.task, 'state': None if self.metric is None else self.metric.state_dict()}
+    def load_state_dict(self, state: dict, *args, **kwargs):
+        if not (isinstance(state, dict) and {'task', 'state'} <= set(state)):
+            raise ValueError(f"NamedMetric({self.name!r}).load_state_dict expected a dict with 'task' and 'state', got {_describe(state)}")
+        if state['task'] is None: return
+        if self.task is not None and self.task != state['task']:
+            raise ValueError(f"NamedMetric({self.name!r}) measures {self.task}, but the state is of {state['task']}")
+        if self.metric is None: self._make(state['task'])
+        self.metric.load_state_dict(state['state'], *args, **kwargs)
+    def merge_state(self, metrics):
+        others = [m.metric for m in metrics if m.metric is not None]   # a rank that saw no batch has nothing to add
+        if self.metric is None and others: self._make(next(m.task for m in metrics if m.metric is not None)); self.metric.reset()
+        if others: self.metric.merge_state(others)
+        return self
+    def __repr__(self):
+        return f"NamedMetric({self.name!r})" + ('' if self.metric is None else f" = {self.metric!r} for {self.task['task']} batches")
+
 # %% ../nbs/02_learner.ipynb #b779cee2
 def _as_number(value):
     return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
@@ -886,7 +1026,16 @@ def _check_metrics(metrics: dict, who: str = 'MetricsS'):
             raise TypeError(f"{who} expected {'each metric' if who == 'MetricsS' else 'metric'} to be a torcheval metric instance (with {', '.join(_METRIC_METHODS)}), "
                             f"got {name + '=' if who == 'MetricsS' else ''}{_describe(metric)}{hint}")
 
-def _inner(metric): return metric.metric if isinstance(metric, TransformedMetric) else metric
+def _inner(metric):
+    "The torcheval metric doing the work: inside a `TransformedMetric`, and inside a `NamedMetric` once it is made."
+    if isinstance(metric, TransformedMetric): metric = metric.metric
+    if isinstance(metric, NamedMetric) and metric.metric is not None: return _inner(metric.metric)
+    return metric
+
+def _made_as(metric) -> str:
+    "How `metric` is written in code, for a hint: `NamedMetric('f1')`, or `MulticlassAccuracy()`."
+    inner = metric.metric if isinstance(metric, TransformedMetric) else metric
+    return repr(NamedMetric(inner.name)) if isinstance(inner, NamedMetric) else f"{type(_inner(metric)).__name__}()"
 
 def _needs_classes(metric) -> bool: return type(_inner(metric)).__name__.startswith('Multiclass')  # torcheval's Multiclass* metrics
 
@@ -998,12 +1147,13 @@ def _structure_problem_for(metrics: dict, preds, targets) -> str | None:
         for value, role, example in ((p, 'preds', 'preds=0'), (t, 'targets', 'targets=0')):
             if not isinstance(value, torch.Tensor):
                 return (f"metric {name!r} takes one tensor of {role}, got {_batch_structure(value)}; "
-                        f"pick one with TransformedMetric({type(_inner(metric)).__name__}(), {example})")
+                        f"pick one with TransformedMetric({_made_as(metric)}, {example})")
 
 _THRESHOLD_RANGE = (0.0, 1.0)
 
 def _warn_logits(name: str, metric, preds, targets):
     "Warn when a thresholding metric (torcheval's binary and multilabel ones) is given scores outside [0, 1]: logits, which it would threshold at 0.5."
+    if isinstance(metric.metric if isinstance(metric, TransformedMetric) else metric, NamedMetric): return   # it gives its metric probabilities itself
     inner = _inner(metric)
     threshold = getattr(inner, 'threshold', None)
     if not isinstance(threshold, float) or not 0 < threshold < 1: return   # a threshold outside (0, 1) was chosen for scores that are not probabilities
@@ -1015,14 +1165,28 @@ def _warn_logits(name: str, metric, preds, targets):
                       f"[{low.item():.3g}, {high.item():.3g}], outside [0, 1]: logits? Give it probabilities: "
                       f"TransformedMetric({type(inner).__name__}(), preds=torch.sigmoid)", stacklevel=2)
 
+def _resolve(name: str, metric, preds, targets, loss_fn):
+    "Make a `NamedMetric` (bare, or inside a `TransformedMetric`) from a pass's first batch; an error names the metric."
+    inner = metric.metric if isinstance(metric, TransformedMetric) else metric
+    if not isinstance(inner, NamedMetric) or inner.metric is not None: return
+    p, t = metric.transform(preds, targets) if isinstance(metric, TransformedMetric) else (preds, targets)
+    try: inner.resolve(p, t, loss_fn)
+    except ValueError as e: raise ValueError(f"MetricsS: metric {name!r}: {e}") from None
+
 class MetricsS(Subscriber):
-    "Track torcheval `metrics` by name and the size-weighted mean loss; at each pass's end, `output` the log."
+    "Track metrics (names such as `'accuracy'`, and torcheval metrics as keywords) and the size-weighted mean loss; at each pass's end, `output` the log."
     flush_elements = 2**20  # buffered prediction elements that trigger an update of the metrics
     in_lr_find = False      # the finder's batches are not a pass to report
 
-    def __init__(self, **metrics):
+    def __init__(self, *names: str, **metrics):
+        named = {}
+        for name in names:
+            if name == 'loss': continue   # always reported
+            _canonical(name)   # a str naming a known metric, or an error listing them
+            if name in named or name in metrics: raise ValueError(f"MetricsS was given the metric {name!r} twice")
+            named[name] = NamedMetric(name)
         _check_metrics(metrics)
-        self.metrics, self.history, self.across_ranks = metrics, [], False
+        self.metrics, self.history, self.across_ranks = {**named, **metrics}, [], False
         self._passes_to_check, self._targets_unchecked, self._ranges_unchecked = set(), False, False
         self.loss_sum, self.count, self.preds, self.targets, self.buffered = torch.zeros(()), 0, [], [], 0
 
@@ -1064,6 +1228,7 @@ class MetricsS(Subscriber):
         "At a pass's first batch: refuse outputs or targets the metrics cannot take, and class targets out of range."
         self._targets_unchecked = False
         if problem := _structure_problem_for(self.metrics, preds, targets): raise ValueError(f"MetricsS: {problem}")
+        for name, metric in self.metrics.items(): _resolve(name, metric, preds, targets, getattr(learn, 'loss_fn', None))
         for metric in self.metrics.values():
             if _needs_classes(metric):
                 p, t = metric.transform(preds, targets) if isinstance(metric, TransformedMetric) else (preds, targets)
