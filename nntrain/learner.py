@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .core import (FORMAT, CheckpointError, _HYPER_PARAMETERS, _check_flag, _check_int, _describe, _format_problem, _is_optimizer_state, _resume_from, _structure_problem,
                    any_rank, distributed, gather_objects, load_checkpoint, main_process, rng_state, save_checkpoint, set_rng_state)
@@ -366,6 +367,10 @@ def _length(loader) -> int | None:
 
 def _no_targets(batch): return None
 
+def _has_lazy(model: nn.Module) -> bool:
+    "Whether `model` holds parameters or buffers of Lazy modules that have no size yet."
+    return any(is_lazy(t) for t in (*model.parameters(), *model.buffers()))
+
 class Learner:
     "Train `model` on `dls` with `loss_fn` and `optim_class(params, lr)`, publishing events to `subs`; `inputs`/`targets` say where they are in a batch, `optimizers` names several."
     def __init__(self, model: nn.Module, dls, loss_fn=F.cross_entropy, optim_class=torch.optim.SGD,
@@ -419,6 +424,7 @@ class Learner:
             self.n_epochs, self.epochs, self.iteration = epochs, range(start, epochs), _resumed_iteration(self._resume)
             self.iterations_per_pass = _length(self.dls.train)  # the planned training steps, when the loader has a length
             self.n_iterations = None if self.iterations_per_pass is None else self.iterations_per_pass * epochs
+            self.materialize(self.dls.valid if self.dls.valid is not None else self.dls.train)
             self.make_optimizers(lr)
             self._fit(train, valid)
         finally:
@@ -529,6 +535,27 @@ class Learner:
                 self._update()
                 for opt in self.opts.values(): opt.zero_grad()   # a phase's loss reaches other optimizers' parameters too (a GAN's critic): the next phase starts clean
         if self.training: self.position['next_iter'] = self.iter + 1
+
+    def materialize(self, dl):
+        "Give the model's Lazy modules (`nn.LazyLinear`, `nn.LazyConv2d`, ...) their sizes from one batch of `dl`, leaving the random state and `dl`'s generator as they were; nothing to do without them."
+        if not _has_lazy(self.model): return
+        rng, generator = rng_state(), getattr(dl, 'generator', None)
+        loader_rng = generator.get_state() if generator is not None else None
+        try: batch = next(iter(dl), None)
+        finally:
+            set_rng_state(rng)   # the fit's first pass must draw what it would have drawn without this batch
+            if generator is not None: generator.set_state(loader_rng)
+        if batch is None: raise ValueError(f"the model has Lazy modules, which take their sizes from a batch, but {_describe(dl)} gave no batch")
+        training = self.model.training
+        try:
+            with torch.no_grad(): self.model.eval()(*to_device(self.get_inputs(batch), _model_device(self.model)))
+        except Exception as e:
+            _add_note(e, f"nntrain: raised while the Learner ran the model on one batch ({_batch_structure(batch)}) to give its Lazy modules their sizes")
+            raise
+        finally: self.model.train(training)
+        if _has_lazy(self.model):
+            left = [name for name, p in [*self.model.named_parameters(), *self.model.named_buffers()] if is_lazy(p)]
+            raise ValueError(f"the model's Lazy parameters {left[:5]} have no size after a forward pass on one batch: their modules were not called")
 
     def make_optimizers(self, lr: float):
         "Build this fit's optimizers: `opt`, and with named `optimizers` one per name in `opts` (`opt` is the current phase's)."
@@ -868,7 +895,7 @@ def _logged_from_state(state: dict) -> dict:
     "What `_logged_state` saved, as the learner keeps it."
     return {name: [entry['tensor'], entry['number'], entry['count']] for name, entry in state.items()}
 
-# %% ../nbs/02_learner.ipynb #4e4d275e
+# %% ../nbs/02_learner.ipynb #fb062ce2
 METRIC_NAMES = {   # name: what it measures; the torcheval metric is chosen from the task at the first batch
     'accuracy': 'share of correct predictions (multilabel: of samples with every label right)',
     'top5_accuracy': 'share of samples whose class is among the 5 highest scores (multiclass)',
