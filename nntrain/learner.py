@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
 from .core import (FORMAT, CheckpointError, _HYPER_PARAMETERS, _check_flag, _check_int, _describe, _format_problem, _is_optimizer_state, _resume_from, _structure_problem,
@@ -768,6 +769,19 @@ def _optimizer_pairs(learn: Learner, saved) -> list:
                               "in the same order (the order is the order of the phases)")
     return [(name, opt, saved[name]) for name, opt in opts.items()]
 
+def _size_lazy(model: nn.Module, weights: dict):
+    "Give the model's Lazy parameters and buffers the shapes of the tensors of the same names in `weights`, freshly initialised, leaving the random state as it was."
+    if not _has_lazy(model): return
+    rng = rng_state()
+    try:
+        for prefix, module in model.named_modules():
+            if not (isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()): continue
+            for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+                given = weights.get(f'{prefix}.{name}' if prefix else name)
+                if is_lazy(t) and isinstance(given, torch.Tensor): t.materialize(given.shape, dtype=given.dtype)
+            if not module.has_uninitialized_params() and hasattr(module, 'reset_parameters'): module.reset_parameters()
+    finally: set_rng_state(rng)
+
 def _snapshot(learn: Learner, opts: list, subs: dict) -> dict:
     "Copies of what loading a state changes: the weights, the optimizers' states, the given subscribers' states, the random state."
     weights = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in learn.model.state_dict().items()}
@@ -814,6 +828,7 @@ def _load_learner_state(self: Learner, state: dict, rng: bool, source):
             raise CheckpointError(f"{where}the checkpoint's optimizer{which} state does not fit this {type(opt).__name__}: {problem}")
     stateful = _stateful(self.subs)
     subs = {key: sub for key, sub in stateful.items() if key in state['subs']}
+    _size_lazy(self.model, state['model'])   # a Lazy model loaded before any fit takes its sizes from the checkpoint
     saved = _snapshot(self, opts, subs)
     try: _load_parts(self, state, opts, subs, rng)
     except BaseException as e:
