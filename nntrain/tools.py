@@ -5,7 +5,7 @@
 # %% ../nbs/16_tools.ipynb #79a223fe
 from __future__ import annotations
 
-import hashlib, io, json, math
+import hashlib, io, json, math, warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,7 +19,7 @@ from .learner import Subscriber, every
 from .logging import TensorBoardS
 
 # %% auto #0
-__all__ = ['judge_info', 'digit_judge', 'judge_digits', 'confident_share', 'GradientNormsS', 'EmbeddingsS']
+__all__ = ['SPRITE_MAX', 'judge_info', 'digit_judge', 'judge_digits', 'confident_share', 'GradientNormsS', 'EmbeddingsS']
 
 # %% ../nbs/16_tools.ipynb #da14a3fc
 def _judge_folder() -> Path:
@@ -108,7 +108,8 @@ class GradientNormsS(Subscriber):
         self.names, self.pending = list(self.watched), []
         self.owner = torch.cat([torch.full((len(params),), i) for i, params in enumerate(self.watched.values())])
         self.params = [p for params in self.watched.values() for p in params]
-        self.tensorboard = next((s for s in learn.subs if type(s).__name__ == 'TensorBoardS'), None)
+        self.tensorboard = next((s for s in learn.subs if isinstance(s, TensorBoardS)), None)
+        self.stepped = {}   # per optimizer: which layers its step moves (with named optimizers, each phase measures its own)
 
     @every('every')
     def before_step(self, learn):
@@ -117,7 +118,15 @@ class GradientNormsS(Subscriber):
         device = next(g for g in grads if g is not None).device
         squares = torch.stack([g.detach().float().pow(2).sum() if g is not None else torch.zeros((), device=device) for g in grads])
         per_layer = torch.zeros(len(self.names), device=device).index_add_(0, self.owner.to(device), squares).sqrt()
+        if learn.optimizers is not None: per_layer = torch.where(self._stepped_by(learn.opt, device), per_layer, math.nan)
         self.pending.append((learn.iteration, per_layer))
+
+    def _stepped_by(self, opt, device) -> torch.Tensor:
+        "Which watched layers `opt` steps, as a boolean tensor on `device` (made once per optimizer)."
+        if id(opt) not in self.stepped:
+            mine = {id(p) for group in opt.param_groups for p in group['params']}
+            self.stepped[id(opt)] = torch.tensor([any(id(p) in mine for p in params) for params in self.watched.values()], device=device)
+        return self.stepped[id(opt)]
 
     def _read(self):
         "Move the norms taken since the last read to the host, in one transfer; write them to TensorBoard when the fit has it."
@@ -125,10 +134,12 @@ class GradientNormsS(Subscriber):
         steps, norms = zip(*self.pending)
         self.pending = []
         for step, row in zip(steps, torch.stack(norms).cpu().tolist()):
-            self.history.append({'iteration': step, **dict(zip(self.names, row))})
+            measured = {name: value for name, value in zip(self.names, row) if not math.isnan(value)}   # a phase measures its own layers
+            if self.history and self.history[-1]['iteration'] == step: self.history[-1].update(measured)
+            else: self.history.append({'iteration': step, **measured})
             if self.tensorboard is not None and self.tensorboard.writers is not None:
                 writer = self.tensorboard._writer('train')
-                for name, value in zip(self.names, row): writer.add_scalar(f'gradients/{name}', value, step)
+                for name, value in measured.items(): writer.add_scalar(f'gradients/{name}', value, step)
 
     def after_epoch(self, learn):
         if learn.training: self._read()
@@ -170,6 +181,8 @@ def _sprite(images: torch.Tensor) -> bytes:
     out = io.BytesIO()
     PIL.Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(out, format='PNG')
     return out.getvalue()
+
+SPRITE_MAX = 8192   # pixels on a side: the largest sprite TensorBoard's projector takes
 
 def _tsv(rows) -> bytes: return ''.join('\t'.join(map(str, row)) + '\n' for row in rows).encode()
 
@@ -234,6 +247,10 @@ class EmbeddingsS(Subscriber):
             labels = [self.class_names[t] if self.class_names is not None else t for t in targets.reshape(len(targets), -1)[:, 0].tolist()]
             write_atomically(folder/'metadata.tsv', lambda f: f.write(_tsv([label] for label in labels)))
             entry['metadata_path'] = f'embeddings/{folder.name}/metadata.tsv'
+        if images is not None and math.ceil(math.sqrt(len(images))) * max(images.shape[2:]) > SPRITE_MAX:
+            warnings.warn(f"EmbeddingsS: {len(images)} images of {tuple(images.shape[2:])} make a sprite wider than TensorBoard's {SPRITE_MAX} pixels; "
+                          "the embedding is written without one (give a smaller n)", stacklevel=2)
+            images = None
         if images is not None:
             write_atomically(folder/'sprite.png', lambda f: f.write(_sprite(images)))
             entry['sprite'] = (f'embeddings/{folder.name}/sprite.png', tuple(images.shape[2:]))
