@@ -30,10 +30,10 @@ from .core import (FORMAT, CheckpointError, _HYPER_PARAMETERS, _check_flag, _che
 from .dataloaders import DataLoaders
 
 # %% auto #0
-__all__ = ['EVENTS', 'METRIC_NAMES', 'METRIC_ALIASES', 'CancelFitException', 'CancelEpochException', 'CancelBatchException',
-           'CancelStepException', 'PublishEvents', 'Subscriber', 'every', 'n_samples', 'Learner', 'FastForward',
-           'NamedMetric', 'TransformedMetric', 'MetricsS', 'find_metrics', 'default_device', 'to_device', 'DeviceS',
-           'LRFindS', 'LRFinder', 'MomentumLearner', 'ProgressS']
+__all__ = ['EVENTS', 'METRIC_NAMES', 'METRIC_ALIASES', 'SCORES', 'CancelFitException', 'CancelEpochException',
+           'CancelBatchException', 'CancelStepException', 'PublishEvents', 'Subscriber', 'every', 'n_samples',
+           'Learner', 'FastForward', 'NamedMetric', 'TransformedMetric', 'MetricsS', 'find_metrics', 'default_device',
+           'to_device', 'DeviceS', 'LRFindS', 'LRFinder', 'MomentumLearner', 'ProgressS']
 
 # %% ../nbs/02_learner.ipynb #48078a7f
 class CancelFitException(Exception):
@@ -540,6 +540,10 @@ class Learner:
     def materialize(self, dl):
         "Give the model's Lazy modules (`nn.LazyLinear`, `nn.LazyConv2d`, ...) their sizes from one batch of `dl`, leaving the random state and `dl`'s generator as they were; nothing to do without them."
         if not _has_lazy(self.model): return
+        if isinstance(dl, Iterator):
+            raise ValueError(f"the model has Lazy modules, which take their sizes from one batch before the optimizers are made, but the loader is "
+                             f"{_describe(dl)}, an iterator, whose batch would then be lost to the fit; size the model first (call it on one "
+                             "batch of inputs), or give a loader that can be iterated again")
         rng, generator = rng_state(), getattr(dl, 'generator', None)
         loader_rng = generator.get_state() if generator is not None else None
         try: batch = next(iter(dl), None)
@@ -551,12 +555,16 @@ class Learner:
         try:
             with torch.no_grad(): self.model.eval()(*to_device(self.get_inputs(batch), _model_device(self.model)))
         except Exception as e:
-            _add_note(e, f"nntrain: raised while the Learner ran the model on one batch ({_batch_structure(batch)}) to give its Lazy modules their sizes")
+            which = 'validation' if dl is self.dls.valid else 'training' if dl is self.dls.train else 'given'
+            _add_note(e, f"nntrain: raised while the Learner ran the model, in eval mode, on one batch of the {which} loader "
+                         f"({_batch_structure(batch)}) to give its Lazy modules their sizes")
             raise
         finally: self.model.train(training)
         if _has_lazy(self.model):
             left = [name for name, p in [*self.model.named_parameters(), *self.model.named_buffers()] if is_lazy(p)]
-            raise ValueError(f"the model's Lazy parameters {left[:5]} have no size after a forward pass on one batch: their modules were not called")
+            raise ValueError(f"the model's Lazy parameters {left[:5]} have no size after a forward pass on one batch (in eval mode, without "
+                             "gradients): their modules were not called; a module used only in training must be sized by hand first "
+                             "(model.train(); model(inputs))")
 
     def make_optimizers(self, lr: float):
         "Build this fit's optimizers: `opt`, and with named `optimizers` one per name in `opts` (`opt` is the current phase's)."
@@ -931,20 +939,27 @@ def _as_long(x: torch.Tensor) -> torch.Tensor: return x.long()
 
 _PROBABILITY_LOSSES, _LOGIT_LOSSES = (nn.BCELoss, F.binary_cross_entropy), (nn.BCEWithLogitsLoss, F.binary_cross_entropy_with_logits)
 
+SCORES = ('logits', 'probabilities')
+
 def _is_loss(loss_fn, losses: tuple) -> bool:
-    "Whether `loss_fn` is the module class or the function of `losses` (a (module class, function) pair)."
+    "Whether `loss_fn` is the module class or the function of `losses` (a (module class, function) pair), also inside a `functools.partial`."
+    while isinstance(loss_fn, functools.partial): loss_fn = loss_fn.func
     return isinstance(loss_fn, losses[0]) or loss_fn is losses[1]
 
-def _scores_are_probabilities(preds: torch.Tensor, loss_fn) -> bool:
-    "Whether binary or multilabel `preds` are probabilities (else logits): from the loss when it says, else from the first batch's range."
+def _scores_are_probabilities(preds: torch.Tensor, loss_fn, name: str) -> bool:
+    "Whether binary or multilabel `preds` are probabilities (else logits): from the loss when it says, else from the first batch's range (with a warning when that range is [0, 1])."
     if _is_loss(loss_fn, _PROBABILITY_LOSSES): return True
     if _is_loss(loss_fn, _LOGIT_LOSSES): return False
-    return bool(preds.numel()) and 0 <= preds.min().item() and preds.max().item() <= 1
+    inside = bool(preds.numel()) and 0 <= preds.min().item() and preds.max().item() <= 1
+    if inside:
+        warnings.warn(f"NamedMetric({name!r}): the loss does not say whether the scores are logits or probabilities, and the first batch's are all "
+                      f"within [0, 1], so they are taken as probabilities; for logits, give MetricsS({name}=NamedMetric({name!r}, scores='logits'))", stacklevel=2)
+    return inside
 
 def _zero_one(t: torch.Tensor) -> bool: return bool(((t == 0) | (t == 1)).all())
 
-def _task_of(preds, targets, loss_fn=None) -> dict:
-    "The task `preds` and `targets` are a batch of: {'task': multiclass|binary|multilabel|regression, 'size': classes or labels, 'probabilities': bool}."
+def _task_of(preds, targets, loss_fn=None, name: str = 'accuracy', scores: str | None = None) -> dict:
+    "The task `preds` and `targets` are a batch of, for the metric `name`: {'task': multiclass|binary|multilabel|regression, 'size': classes or labels, 'probabilities': bool}."
     shapes = f"predictions {_shape_of(preds)} and targets {_shape_of(targets)}"
     if not isinstance(preds, torch.Tensor) or not isinstance(targets, torch.Tensor):
         raise ValueError(f"metrics by name need one tensor of predictions and one of targets, got {shapes}; pick them with "
@@ -952,6 +967,10 @@ def _task_of(preds, targets, loss_fn=None) -> dict:
     if not preds.is_floating_point():
         raise ValueError(f"metrics by name need float scores (logits or probabilities) as predictions, got {preds.dtype} {list(preds.shape)}")
     P, T = tuple(preds.shape), tuple(targets.shape)
+    if name in _REGRESSION:   # a regression metric: real targets, even when a batch's happen to be 0 and 1
+        if P != T: raise ValueError(f"metric {name!r} compares predictions with targets of the same shape, got {shapes}; "
+                                    "make them alike (e.g. the model's [N, 1] output squeezed to [N])")
+        return {'task': 'regression', 'size': None, 'probabilities': False}
     whole = not targets.is_floating_point() or _zero_one(targets)   # class or 0/1 targets
     if whole and len(P) == 2 and P[1] >= 2 and T == P[:1]:
         if targets.is_floating_point() or targets.dtype == torch.bool:
@@ -963,8 +982,11 @@ def _task_of(preds, targets, loss_fn=None) -> dict:
             raise ValueError(f"metrics by name read {shapes} as a binary batch (one score per sample), whose targets are 0 or 1; got targets up to "
                              f"{high}: a multiclass model outputs [N, classes] scores")
         task = 'binary' if len(P) == 1 or P[1] == 1 else 'multilabel'
-        return {'task': task, 'size': 1 if task == 'binary' else P[1], 'probabilities': _scores_are_probabilities(preds, loss_fn)}
-    if targets.is_floating_point() and (P == T or (P[1:] == (1,) and T == P[:1])): return {'task': 'regression', 'size': None, 'probabilities': False}
+        probabilities = scores == 'probabilities' if scores is not None else _scores_are_probabilities(preds, loss_fn, name)
+        return {'task': task, 'size': 1 if task == 'binary' else P[1], 'probabilities': probabilities}
+    if targets.is_floating_point() and (P == T or (P[1:] == (1,) and T == P[:1])):
+        raise ValueError(f"metric {name!r} needs class or 0/1 targets (classification), but the batches are regression ({shapes}, real targets); "
+                         f"regression metrics by name: {', '.join(_REGRESSION)}")
     raise ValueError(f"metrics by name cannot tell the task from {shapes}; expected [N, C] scores with [N] class indices (multiclass), "
                      "[N] or [N, 1] scores with [N] 0/1 targets (binary), [N, L] scores with [N, L] 0/1 targets (multilabel), "
                      "or real targets of the predictions' shape (regression)")
@@ -973,9 +995,6 @@ def _build(name: str, task: dict):
     "The torcheval metric that computes `name` for `task` (a `TransformedMetric` when the predictions or targets need a step first)."
     from torcheval import metrics as tm
     kind, size, probabilities = task['task'], task['size'], task['probabilities']
-    if (kind == 'regression') != (name in _REGRESSION):
-        need = "real-valued targets of the predictions' shape (regression)" if name in _REGRESSION else 'class or 0/1 targets (classification)'
-        raise ValueError(f"metric {name!r} needs {need}, but the batches are {kind}")
     if kind == 'regression': return {'mse': tm.MeanSquaredError, 'r2': tm.R2Score}[name]()
     if kind == 'multiclass':
         if name == 'top5_accuracy' and size < 5: raise ValueError(f"metric 'top5_accuracy' needs at least 5 classes, got predictions for {size}")
@@ -1008,13 +1027,27 @@ def _canonical(name) -> str:
 
 class NamedMetric:
     "The metric called `name` (one of `METRIC_NAMES`), made at its first batch as the torcheval metric for the task the batch shows: multiclass, binary, multilabel or regression."
-    def __init__(self, name: str):
-        self.name, self.task, self.metric, self.device = _canonical(name), None, None, None
+    def __init__(self, name: str, scores: str | None = None):
+        if scores is not None and scores not in SCORES:
+            raise ValueError(f"NamedMetric expected scores to be None (told by the loss, or the first batch), 'logits' or 'probabilities', got {_describe(scores)}")
+        self.name, self.scores, self.task, self.metric, self.device = _canonical(name), scores, None, None, None
 
     def resolve(self, preds, targets, loss_fn=None) -> NamedMetric:
-        "Choose the task from a batch's `preds` and `targets` (and `loss_fn`: logits or probabilities) and make the metric; once."
-        if self.metric is None: self._make(_task_of(preds, targets, loss_fn))
+        "Choose the task from a batch's `preds` and `targets` (and `loss_fn`: logits or probabilities) and make the metric; once, until `forget`."
+        if self.metric is None: self._make(_task_of(preds, targets, loss_fn, self.name, self.scores))
         return self
+
+    def forget(self) -> NamedMetric:
+        "Drop the metric made for the last task: the next batch chooses again (`MetricsS` calls it at each fit, whose data may be another task's)."
+        self.task, self.metric = None, None
+        return self
+
+    def check(self, preds, targets, when: str):
+        "Refuse a batch of another task (or number of classes) than the one the metric was made for."
+        task = _task_of(preds, targets, None, self.name, self.scores or 'logits')   # the loss is not asked again: only the kind and size are compared
+        if (task['task'], task['size']) != (self.task['task'], self.task['size']):
+            raise ValueError(f"metric {self.name!r} was made for {self.task['task']} batches (size {self.task['size']}) at this fit's first batch, "
+                             f"but {when} is a {task['task']} batch (size {task['size']})")
 
     def _make(self, task: dict):
         self.task, self.metric = dict(task), _build(self.name, task)
@@ -1047,7 +1080,8 @@ class NamedMetric:
         if others: self.metric.merge_state(others)
         return self
     def __repr__(self):
-        return f"NamedMetric({self.name!r})" + ('' if self.metric is None else f" = {self.metric!r} for {self.task['task']} batches")
+        scores = '' if self.scores is None else f', scores={self.scores!r}'
+        return f"NamedMetric({self.name!r}{scores})" + ('' if self.metric is None else f" = {self.metric!r} for {self.task['task']} batches")
 
 # %% ../nbs/02_learner.ipynb #b779cee2
 def _as_number(value):
@@ -1210,9 +1244,9 @@ def _warn_logits(name: str, metric, preds, targets):
 def _resolve(name: str, metric, preds, targets, loss_fn):
     "Make a `NamedMetric` (bare, or inside a `TransformedMetric`) from a pass's first batch; an error names the metric."
     inner = metric.metric if isinstance(metric, TransformedMetric) else metric
-    if not isinstance(inner, NamedMetric) or inner.metric is not None: return
+    if not isinstance(inner, NamedMetric): return
     p, t = metric.transform(preds, targets) if isinstance(metric, TransformedMetric) else (preds, targets)
-    try: inner.resolve(p, t, loss_fn)
+    try: inner.resolve(p, t, loss_fn) if inner.metric is None else inner.check(p, t, "this pass's first batch")
     except ValueError as e: raise ValueError(f"MetricsS: metric {name!r}: {e}") from None
 
 class MetricsS(Subscriber):
@@ -1234,6 +1268,9 @@ class MetricsS(Subscriber):
 
     def before_fit(self, learn):
         if not getattr(learn, 'evaluating', False): learn.metrics = self
+        for metric in self.metrics.values():   # metrics by name choose their task again: this fit's data may be another task's
+            inner = metric.metric if isinstance(metric, TransformedMetric) else metric
+            if isinstance(inner, NamedMetric): inner.forget()
         self._passes_to_check = {True, False} if self.metrics else set()   # the first batch of each kind of pass is checked
         self._ranges_unchecked = True
         self.printing = not any(getattr(sub, 'shows_log', False) for sub in learn.subs)
@@ -1643,6 +1680,7 @@ def _lr_find(learn, start_lr: float, end_lr: float, num_it: int, stop_div: bool)
         raise ValueError(f"lr_find sweeps one learning rate against one loss, but this learner has the named optimizers {list(learn.optimizers)}, "
                          "each with its own loss and rate; expected a Learner with one optimizer (find each part's rate on its own, "
                          "or give each optimizer its rate in optimizers=)")
+    learn.materialize(learn.dls.train)   # a Lazy model takes its sizes now, as a fit would (and keeps them)
     weights, rng = copy.deepcopy(learn.model.state_dict()), rng_state()
     grads = [(p, None if p.grad is None else p.grad.clone()) for p in learn.model.parameters()]   # a search may end part-way through an accumulation
     modes = [(module, module.training) for module in learn.model.modules()]
