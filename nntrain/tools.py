@@ -5,16 +5,18 @@
 # %% ../nbs/16_tools.ipynb #79a223fe
 from __future__ import annotations
 
-import hashlib, io, json, math, warnings
+import hashlib, io, json, math, os, re, shutil, tempfile, warnings
+from collections.abc import Sequence
 from pathlib import Path
 
+import filelock
 import matplotlib.pyplot as plt
 import PIL.Image
 import torch
 from torch import nn
 
 from .acceleration import resnet
-from .core import _check_int, _describe, write_atomically
+from .core import _check_int, _describe, remove_temporaries, write_atomically
 from .learner import Subscriber, every
 from .logging import TensorBoardS
 
@@ -63,6 +65,8 @@ def _judge_input(images) -> torch.Tensor:
 @torch.no_grad()
 def judge_digits(images, judge: nn.Module | None = None, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     "The judge's class and its confidence (softmax probability of that class) for each image, as two tensors on the CPU."
+    batch_size = _check_int(batch_size, 'batch_size', 'judge_digits')
+    if judge is not None and not isinstance(judge, nn.Module): raise TypeError(f"judge_digits expected judge to be a model (or None: the bundled one), got {_describe(judge)}")
     images = _judge_input(images)
     judge = judge if judge is not None else digit_judge()
     device = next(judge.parameters()).device
@@ -78,20 +82,25 @@ def confident_share(images, threshold: float = 0.9, judge: nn.Module | None = No
     return (confidence > threshold).float().mean().item()
 
 # %% ../nbs/16_tools.ipynb #1aaa41cf
+def _has_own_parameters(module: nn.Module) -> bool: return any(True for _ in module.parameters(recurse=False))
+
 def _layers(model: nn.Module, layers) -> dict:
-    "{name: [parameters]} of the layers `layers` names: by default every module holding parameters of its own; else names of submodules, or module classes."
-    if layers is None: chosen = [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    "{name: [parameters]} of the layers `layers` names: by default every module holding parameters of its own (those alone); else submodule names or module classes (all the parameters within each)."
+    modules = dict(model.named_modules())
+    if layers is None: chosen = [(n, m, False) for n, m in modules.items() if _has_own_parameters(m)]
     else:
         layers = [layers] if isinstance(layers, (str, type)) else list(layers)
-        modules = dict(model.named_modules())
+        if wrong := [l for l in layers if not (isinstance(l, str) or (isinstance(l, type) and issubclass(l, nn.Module)))]:
+            raise TypeError(f"GradientNormsS expected layers as submodule names or module classes, got {_describe(wrong[0])}")
         if unknown := [l for l in layers if isinstance(l, str) and l not in modules]:
             raise ValueError(f"GradientNormsS: the model has no submodule {unknown[0]!r}; its layers with parameters are "
-                             f"{[n for n, m in modules.items() if any(True for _ in m.parameters(recurse=False))][:12]}")
-        if wrong := [l for l in layers if not isinstance(l, (str, type))]:
-            raise TypeError(f"GradientNormsS expected layers as submodule names or module classes, got {_describe(wrong[0])}")
-        chosen = [(n, modules[n]) for n in layers if isinstance(n, str)]
-        chosen += [(n, m) for n, m in modules.items() if any(isinstance(m, t) for t in layers if isinstance(t, type))]
-    found = {name or type(model).__name__: [p for p in m.parameters(recurse=layers is None) if p.requires_grad] for name, m in chosen}
+                             f"{[n for n, m in modules.items() if _has_own_parameters(m)][:12]}")
+        names = [l for l in layers if isinstance(l, str)]
+        names += [n for n, m in modules.items() if n not in names and any(isinstance(m, t) for t in layers if isinstance(t, type))]
+        chosen = [(n, modules[n], True) for n in names]
+    found = {name or type(model).__name__: [p for p in m.parameters(recurse=recurse) if p.requires_grad] for name, m, recurse in chosen}
+    if empty := [name for name, params in found.items() if not params and layers is not None]:
+        raise ValueError(f"GradientNormsS: the layer {empty[0]!r} has no trainable parameters (none, or all with requires_grad=False)")
     found = {name: params for name, params in found.items() if params}
     if not found: raise ValueError("GradientNormsS found no layer with trainable parameters to watch")
     return found
@@ -101,7 +110,7 @@ class GradientNormsS(Subscriber):
     order, in_evaluation, in_lr_find = 15, False, False   # after MixedPrecisionS unscales (10), before GradClipS clips (20)
     def __init__(self, every: int = 10, layers=None):
         self.every, self.layers, self.history = _check_int(every, 'every', 'GradientNormsS'), layers, []
-        self.pending, self.names = [], None
+        self.pending, self.names, self.rewrite, self.tensorboard = [], None, False, None
 
     def before_fit(self, learn):
         self.watched = _layers(learn.model, self.layers)
@@ -110,36 +119,55 @@ class GradientNormsS(Subscriber):
         self.params = [p for params in self.watched.values() for p in params]
         self.tensorboard = next((s for s in learn.subs if isinstance(s, TensorBoardS)), None)
         self.stepped = {}   # per optimizer: which layers its step moves (with named optimizers, each phase measures its own)
+        accumulated = getattr(learn, 'grad_accumulation', 1)
+        if accumulated > 1 and self.every % accumulated:
+            warnings.warn(f"GradientNormsS(every={self.every}) counts batches, and GradAccumS steps every {accumulated}: only iterations that are "
+                          f"multiples of both are measured; expected every to be a multiple of {accumulated}", stacklevel=2)
 
     @every('every')
     def before_step(self, learn):
         grads = [p.grad for p in self.params]
-        if not any(g is not None for g in grads): return
+        present = [g is not None for g in grads]
+        if not any(present): return
         device = next(g for g in grads if g is not None).device
         squares = torch.stack([g.detach().float().pow(2).sum() if g is not None else torch.zeros((), device=device) for g in grads])
         per_layer = torch.zeros(len(self.names), device=device).index_add_(0, self.owner.to(device), squares).sqrt()
-        if learn.optimizers is not None: per_layer = torch.where(self._stepped_by(learn.opt, device), per_layer, math.nan)
-        self.pending.append((learn.iteration, per_layer))
+        has_grads = torch.zeros(len(self.names), dtype=torch.bool).index_fill_(0, self.owner[torch.tensor(present)], True)   # a layer without gradients is not measured
+        measured = has_grads if learn.optimizers is None else has_grads & self._stepped_by(learn.opt)
+        self.pending.append((learn.iteration, per_layer, measured))
 
-    def _stepped_by(self, opt, device) -> torch.Tensor:
-        "Which watched layers `opt` steps, as a boolean tensor on `device` (made once per optimizer)."
+    def _stepped_by(self, opt) -> torch.Tensor:
+        "Which watched layers `opt` steps, as a boolean tensor (made once per optimizer)."
         if id(opt) not in self.stepped:
             mine = {id(p) for group in opt.param_groups for p in group['params']}
-            self.stepped[id(opt)] = torch.tensor([any(id(p) in mine for p in params) for params in self.watched.values()], device=device)
+            self.stepped[id(opt)] = torch.tensor([any(id(p) in mine for p in params) for params in self.watched.values()])
         return self.stepped[id(opt)]
 
+    def _records(self, pending: list) -> list:
+        "The `pending` norms as records {'iteration', layer: norm} (one transfer from the device), a phase's layers merged into its iteration's record."
+        records = []
+        if not pending: return records
+        steps, norms, measured = zip(*pending)
+        for step, row, taken in zip(steps, torch.stack(norms).cpu().tolist(), torch.stack(measured).tolist()):
+            values = {name: value for name, value, t in zip(self.names, row, taken) if t}   # nan and inf are kept: they are what to see
+            if records and records[-1]['iteration'] == step: records[-1].update(values)
+            else: records.append({'iteration': step, **values})
+        return records
+
     def _read(self):
-        "Move the norms taken since the last read to the host, in one transfer; write them to TensorBoard when the fit has it."
-        if not self.pending: return
-        steps, norms = zip(*self.pending)
-        self.pending = []
-        for step, row in zip(steps, torch.stack(norms).cpu().tolist()):
-            measured = {name: value for name, value in zip(self.names, row) if not math.isnan(value)}   # a phase measures its own layers
-            if self.history and self.history[-1]['iteration'] == step: self.history[-1].update(measured)
-            else: self.history.append({'iteration': step, **measured})
-            if self.tensorboard is not None and self.tensorboard.writers is not None:
-                writer = self.tensorboard._writer('train')
-                for name, value in measured.items(): writer.add_scalar(f'gradients/{name}', value, step)
+        "Move the norms taken since the last read to the host; write them to TensorBoard when the fit has it."
+        if not self.pending and not self.rewrite: return
+        records, self.pending = self._records(self.pending), []
+        if self.history and records and self.history[-1]['iteration'] == records[0]['iteration']: self.history[-1].update(records.pop(0))
+        self.history += records
+        if self.tensorboard is None or self.tensorboard.writers is None: return
+        writer = self.tensorboard._writer('train')   # made now, after a resume has given TensorBoardS what to purge
+        if self.rewrite:   # resumed: TensorBoard hides what the interrupted run wrote from the resume step on, so it is written again
+            self.rewrite, start = False, self.tensorboard.purge_from
+            records = [r for r in self.history if start is None or r['iteration'] >= start]
+        for record in records:
+            for name, value in record.items():
+                if name != 'iteration': writer.add_scalar(f'gradients/{name}', value, record['iteration'])
 
     def after_epoch(self, learn):
         if learn.training: self._read()
@@ -147,7 +175,7 @@ class GradientNormsS(Subscriber):
     def cleanup_fit(self, learn): self._read()
 
     def norms(self) -> dict:
-        "{layer: [norms]} and {'iteration': [iterations]} of everything recorded so far."
+        "{'iteration': [iterations]} and {layer: [norms]} of everything recorded so far (nan where a layer was not measured: no gradient, or another phase's)."
         self._read()
         names = self.names or []
         return {'iteration': [h['iteration'] for h in self.history], **{n: [h.get(n, math.nan) for h in self.history] for n in names}}
@@ -163,10 +191,11 @@ class GradientNormsS(Subscriber):
         return ax
 
     def state_dict(self) -> dict:
-        self._read()
-        return {'history': [dict(h) for h in self.history]}
+        "The norms recorded so far (also those not yet read: they are read for the checkpoint, and stay to be written at the pass's end)."
+        return {'history': [dict(h) for h in self.history] + self._records(self.pending)}
 
-    def load_state_dict(self, state: dict): self.history = [dict(h) for h in state['history']]
+    def load_state_dict(self, state: dict):
+        self.history, self.rewrite = [dict(h) for h in state['history']], True
 
 # %% ../nbs/16_tools.ipynb #9421fd96
 def _sprite(images: torch.Tensor) -> bytes:
@@ -186,19 +215,76 @@ SPRITE_MAX = 8192   # pixels on a side: the largest sprite TensorBoard's project
 
 def _tsv(rows) -> bytes: return ''.join('\t'.join(map(str, row)) + '\n' for row in rows).encode()
 
+def _cell(text) -> str:
+    "`text` as one cell of a one-column TSV: tabs and line breaks would make more cells or rows, so they become spaces."
+    return ' '.join(str(text).replace('\t', ' ').splitlines()) or ' '
+
 def _as_sprite_images(x, image_shape) -> torch.Tensor | None:
     "The inputs `x` as [N, C, H, W] images for a sprite (flat inputs reshaped to `image_shape`), or None when they are not images."
     if not isinstance(x, torch.Tensor) or not x.is_floating_point(): return None
-    if image_shape is not None: x = x.reshape(len(x), *image_shape)
+    if image_shape is not None:
+        if math.prod(image_shape) != x[0].numel():
+            raise ValueError(f"EmbeddingsS: image_shape={tuple(image_shape)} holds {math.prod(image_shape)} values, but each input has {x[0].numel()} "
+                             f"(inputs {list(x.shape)}); expected the shape of one input image, (channels, height, width)")
+        x = x.reshape(len(x), *image_shape)
     elif x.ndim == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1]: x = x.reshape(len(x), 1, math.isqrt(x.shape[1]), -1)
     if x.ndim != 4 or x.shape[1] not in (1, 3): return None
     return x
+
+def _label(target, class_names) -> str:
+    "A target as the projector's label: the class (named by `class_names`), or the labels that are on, for a multilabel target."
+    values = target.reshape(-1).tolist()
+    if len(values) > 1: picked = [i for i, v in enumerate(values) if v > 0.5]   # multilabel: the labels that are on
+    else:
+        value = values[0]
+        if class_names is None or not float(value).is_integer(): return _cell(value)
+        picked = [int(value)]
+    if class_names is None: return _cell(','.join(map(str, picked)) or 'none')
+    if outside := [i for i in picked if not 0 <= i < len(class_names)]:
+        raise ValueError(f"EmbeddingsS: a target is class {outside[0]}, but class_names has {len(class_names)} names; expected one name per class")
+    return _cell(','.join(str(class_names[i]) for i in picked) or 'none')
+
+_ENTRY_FIELDS = ('tensor_name', 'tensor_path', 'metadata_path')
+
+def _projector_entries(text: str) -> list:
+    "The `embeddings { ... }` blocks of a projector config, each as its text and its tensor_name (None when it has none)."
+    blocks, depth, start, quoted, i = [], 0, None, False, 0
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            if ch == '\\': i += 1
+            elif ch == '"': quoted = False
+        elif ch == '"': quoted = True
+        elif ch == '{':
+            if depth == 0: start = text.rfind('embeddings', 0, i)
+            depth += 1
+        elif ch == '}':
+            depth -= 1
+            if depth == 0 and start is not None and start >= 0:
+                block = text[start:i + 1]
+                name = re.search(r'^\s*tensor_name:\s*("(?:[^"\\]|\\.)*")', block, re.M)
+                blocks.append((block, json.loads(name.group(1)) if name else None))
+        i += 1
+    return blocks
+
+def _entry_text(e: dict) -> str:
+    lines = ['embeddings {', *(f'  {k}: {json.dumps(e[k])}' for k in _ENTRY_FIELDS if k in e)]
+    if 'sprite' in e:
+        path, (h, w) = e['sprite']
+        lines += ['  sprite {', f'    image_path: {json.dumps(path)}', f'    single_image_dim: {w}', f'    single_image_dim: {h}', '  }']
+    return '\n'.join(lines + ['}'])
 
 class EmbeddingsS(Subscriber):
     "At the end of every `every`-th validation pass, write the outputs of the submodule `layer` for the first `n` validation samples to TensorBoard's projector in `log_dir`, labelled by their targets (named by `class_names`) and shown by a sprite of their input images."
     order, rank_zero_only = 20, True
     def __init__(self, log_dir, layer: str, n: int = 500, every: int = 1, class_names=None, image_shape=None):
+        if not isinstance(log_dir, (str, os.PathLike)): raise TypeError(f"EmbeddingsS expected log_dir to be a folder's path, got {_describe(log_dir)}")
         if not isinstance(layer, str) or not layer: raise TypeError(f"EmbeddingsS expected layer to be the name of a submodule (as model.named_modules() gives it), got {_describe(layer)}")
+        if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence) or not class_names):
+            raise TypeError(f"EmbeddingsS expected class_names to be a list of names, one per class, got {_describe(class_names)}")
+        if image_shape is not None and not (isinstance(image_shape, (tuple, list)) and len(image_shape) == 3
+                                            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in image_shape)):
+            raise TypeError(f"EmbeddingsS expected image_shape to be (channels, height, width) of positive ints, got {_describe(image_shape)}")
         self.log_dir, self.layer, self.class_names, self.image_shape = Path(log_dir), layer, class_names, image_shape
         self.n, self.every = _check_int(n, 'n', 'EmbeddingsS'), _check_int(every, 'every', 'EmbeddingsS')
         self.written, self.hook = [], None
@@ -207,21 +293,39 @@ class EmbeddingsS(Subscriber):
         modules = dict(learn.model.named_modules())
         if self.layer not in modules:
             raise ValueError(f"EmbeddingsS: the model has no submodule {self.layer!r}; its submodules are {[n for n in modules if n][:20]}")
+        if self.log_dir.exists() and not self.log_dir.is_dir():
+            raise NotADirectoryError(f"EmbeddingsS: log_dir {self.log_dir} is not a folder")
         self.module = modules[self.layer]
+        if self.log_dir.is_dir():
+            with self._config_lock(): remove_temporaries(self.log_dir)   # a config write cut short by a kill
+
+    def _config_lock(self) -> filelock.FileLock:
+        "The lock held while the projector config is read and rewritten: two runs writing into one `log_dir` keep each other's embeddings."
+        return filelock.FileLock(self.log_dir/'.projector_config.lock', timeout=60)
 
     def before_epoch(self, learn):
         self.outputs, self.inputs, self.targets = [], [], []
         if learn.training or getattr(learn, 'evaluating', False) or (learn.epoch + 1) % self.every: return
         self.hook = self.module.register_forward_hook(self._keep)
 
+    def before_batch(self, learn): self.calls = 0
+
     def _keep(self, module, args, output):
+        self.calls = getattr(self, 'calls', 0) + 1
+        if self.calls > 1:
+            raise RuntimeError(f"EmbeddingsS: {self.layer!r} ran {self.calls} times in one forward pass, so its outputs do not line up with the "
+                               "batch's samples; expected a layer the model calls once per batch")
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"EmbeddingsS: the output of {self.layer!r} is {_describe(output)}; expected one tensor per batch ([N, ...])")
         self.outputs.append(output.detach().flatten(1))
 
     def after_batch(self, learn):
-        if self.hook is None: return
-        self.inputs.append(learn.get_inputs()[0]); self.targets.append(learn.get_targets())
+        if self.hook is None or not self.outputs: return
+        inputs, targets = learn.get_inputs(), learn.get_targets()
+        if len(self.outputs[-1]) != learn.n_samples():
+            raise RuntimeError(f"EmbeddingsS: the output of {self.layer!r} has {len(self.outputs[-1])} rows for a batch of {learn.n_samples()} "
+                               "samples; expected one row per sample")
+        self.inputs.append(inputs[0]); self.targets.append(targets)
         if sum(len(o) for o in self.outputs) >= self.n: self._stop_hook()
 
     def _stop_hook(self):
@@ -229,46 +333,47 @@ class EmbeddingsS(Subscriber):
         self.hook = None
 
     def after_epoch(self, learn):
-        if not self.outputs: return self._stop_hook()
         self._stop_hook()
+        if not self.outputs: return
         embeddings = torch.cat(self.outputs)[:self.n].float().cpu()
-        targets = self.targets[0] is not None and torch.cat([torch.as_tensor(t) for t in self.targets])[:self.n].cpu()
+        targets = torch.cat([torch.as_tensor(t) for t in self.targets])[:self.n].cpu() if isinstance(self.targets[0], torch.Tensor) else None
         images = _as_sprite_images(torch.cat(self.inputs)[:self.n].cpu(), self.image_shape) if isinstance(self.inputs[0], torch.Tensor) else None
-        self.write(embeddings, targets if targets is not False else None, images, f'{self.layer}@{learn.iteration}')
         self.outputs, self.inputs, self.targets = [], [], []
+        self.write(embeddings, targets, images, f'{self.layer}@{learn.iteration}')
 
     def write(self, embeddings: torch.Tensor, targets, images, name: str):
-        "Write one embedding's files (each atomically) into `log_dir`/embeddings/`name`, then the projector config listing every embedding written."
-        folder = self.log_dir/'embeddings'/name.replace('/', '_')
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(folder/'tensors.tsv', lambda f: f.write(_tsv(('%.6g' % v for v in row) for row in embeddings.tolist())))
-        entry = {'tensor_name': name, 'tensor_path': f'embeddings/{folder.name}/tensors.tsv'}
-        if targets is not None:
-            labels = [self.class_names[t] if self.class_names is not None else t for t in targets.reshape(len(targets), -1)[:, 0].tolist()]
-            write_atomically(folder/'metadata.tsv', lambda f: f.write(_tsv([label] for label in labels)))
-            entry['metadata_path'] = f'embeddings/{folder.name}/metadata.tsv'
+        "Write one embedding into a folder of its own under `log_dir`/embeddings, then the projector config that lists it (atomically), then remove the folder it replaces."
+        labels = None if targets is None else [_label(t, self.class_names) for t in targets]
         if images is not None and math.ceil(math.sqrt(len(images))) * max(images.shape[2:]) > SPRITE_MAX:
             warnings.warn(f"EmbeddingsS: {len(images)} images of {tuple(images.shape[2:])} make a sprite wider than TensorBoard's {SPRITE_MAX} pixels; "
                           "the embedding is written without one (give a smaller n)", stacklevel=2)
             images = None
+        (self.log_dir/'embeddings').mkdir(parents=True, exist_ok=True)
+        config = self.log_dir/'projector_config.pbtxt'
+        with self._config_lock():   # another run's embedding of the same name (a run into the same log_dir) keeps its own
+            listed = [n for _, n in _projector_entries(config.read_text())] if config.exists() else []
+        foreign, base, k = set(listed) - {e['tensor_name'] for e in self.written}, name, 2
+        while name in foreign: name, k = f'{base} ({k})', k + 1
+        folder = Path(tempfile.mkdtemp(prefix=re.sub(r'[^\w@.-]', '_', name) + '.', dir=self.log_dir/'embeddings'))   # new each time: the config points at whole folders only
+        write_atomically(folder/'tensors.tsv', lambda f: f.write(_tsv(('%.6g' % v for v in row) for row in embeddings.tolist())))
+        entry = {'tensor_name': name, 'tensor_path': f'embeddings/{folder.name}/tensors.tsv'}
+        if labels is not None:
+            write_atomically(folder/'metadata.tsv', lambda f: f.write(_tsv([label] for label in labels)))
+            entry['metadata_path'] = f'embeddings/{folder.name}/metadata.tsv'
         if images is not None:
             write_atomically(folder/'sprite.png', lambda f: f.write(_sprite(images)))
             entry['sprite'] = (f'embeddings/{folder.name}/sprite.png', tuple(images.shape[2:]))
+        replaced = [e for e in self.written if e['tensor_name'] == name]
         self.written = [e for e in self.written if e['tensor_name'] != name] + [entry]
-        write_atomically(self.log_dir/'projector_config.pbtxt', lambda f: f.write(_projector_config(self.written).encode()))
+        ours = {e['tensor_name'] for e in self.written}
+        with self._config_lock():
+            others = [block for block, n in _projector_entries(config.read_text()) if n not in ours] if config.exists() else []
+            text = '\n'.join(others + [_entry_text(e) for e in self.written]) + '\n'
+            write_atomically(config, lambda f: f.write(text.encode()))
+        for old in replaced:   # the folder a rewrite of the same name (after a resume) replaces
+            old_folder = self.log_dir/Path(old['tensor_path']).parent
+            if old_folder.parent == self.log_dir/'embeddings' and old_folder != folder: shutil.rmtree(old_folder, ignore_errors=True)
 
     def cleanup_fit(self, learn): self._stop_hook()
     def state_dict(self) -> dict: return {'written': [dict(e) for e in self.written]}
     def load_state_dict(self, state: dict): self.written = [dict(e) for e in state['written']]
-
-def _projector_config(entries: list) -> str:
-    "The text of a `projector_config.pbtxt` (TensorBoard's ProjectorConfig, in protobuf's text format) listing `entries`."
-    lines = []
-    for e in entries:
-        lines += ['embeddings {', f'  tensor_name: {json.dumps(e["tensor_name"])}', f'  tensor_path: {json.dumps(e["tensor_path"])}']
-        if 'metadata_path' in e: lines.append(f'  metadata_path: {json.dumps(e["metadata_path"])}')
-        if 'sprite' in e:
-            path, (h, w) = e['sprite']
-            lines += ['  sprite {', f'    image_path: {json.dumps(path)}', f'    single_image_dim: {w}', f'    single_image_dim: {h}', '  }']
-        lines.append('}')
-    return '\n'.join(lines) + '\n'
