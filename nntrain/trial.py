@@ -205,7 +205,9 @@ def on(event: str, order: int = 0, every: int | None = None) -> Callable:
             'order': order, event: handler, '__doc__': f.__doc__, '__module__': f.__module__,
             '__qualname__': getattr(f, '__qualname__', f.__name__),
             '__repr__': lambda self: f"on({event!r}, order={order!r}{'' if every is None else f', every={every}'})({f.__name__})"})
-        return cls()
+        subscriber = cls()
+        subscriber.__name__, subscriber.__qualname__ = f.__name__, getattr(f, '__qualname__', f.__name__)   # what show_doc and the API page call it
+        return subscriber
     return to_subscriber
 
 # %% ../nbs/06_trial.ipynb #330d996b
