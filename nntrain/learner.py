@@ -527,7 +527,8 @@ class Learner:
 
     def _phases(self):
         "A batch with named optimizers: one phase per optimizer, in their order, each from `before_phase` through its own step."
-        for self.opt_name, self.opt in self.opts.items():
+        opts = self.__dict__.get('opts') or dict.fromkeys(self.optimizers)   # an evaluation before any fit has the names, not yet the optimizers
+        for self.opt_name, self.opt in opts.items():
             self.publish('before_phase')
             self.predict(); self.publish('after_predict')
             self.get_loss(); self.publish('after_loss')

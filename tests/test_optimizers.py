@@ -294,3 +294,20 @@ def test_each_phase_starts_with_zero_gradients():
     learn = Plain(GAN(), data(), None, torch.optim.SGD, 0.1, [quiet_metrics(), grads := Grads()], optimizers=NAMES)
     learn.fit(1, valid=False)
     assert grads.dirty == []
+
+
+def test_a_learner_with_named_optimizers_evaluates_before_any_fit():
+    "Found by the break-it pass of issue 16: get_preds and evaluate before the first fit failed on the missing optimizers."
+    from nntrain.dataloaders import DataLoaders
+    from nntrain.learner import Learner, MetricsS
+    from nntrain.trial import get_preds, evaluate   # noqa: F401 (they add Learner.get_preds and Learner.evaluate)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3))
+    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    seen = []
+    class Phases(MetricsS):
+        def before_phase(self, learn): seen.append(learn.opt_name)
+    learn = Learner(model, DataLoaders([(x, y)], [(x, y)]), F.cross_entropy, subs=[Phases()], optimizers={'first': '0', 'second': '1'})
+    preds, targets = learn.get_preds()
+    assert preds.shape == (12, 3) and seen == ['first', 'second']
+    assert set(learn.evaluate()) >= {'loss'}
