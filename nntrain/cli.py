@@ -11,7 +11,9 @@ import importlib
 import math
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,8 +26,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 # %% auto #0
-__all__ = ['MAX_IMAGES', 'STORAGE_HELP', 'CommandError', 'default_model', 'parse_device', 'output_path', 'fit_mnist',
-           'model_of_checkpoint', 'export_default_model', 'build_parser', 'bench', 'main']
+__all__ = ['MAX_IMAGES', 'STORAGE_HELP', 'PROJECT_FILES', 'CommandError', 'default_model', 'parse_device', 'output_path',
+           'fit_mnist', 'model_of_checkpoint', 'export_default_model', 'build_parser', 'bench', 'main', 'new_project']
 
 # %% ../nbs/99_cli.ipynb #339b96a6
 class CommandError(Exception):
@@ -87,10 +89,10 @@ def _newest(path: Path) -> Path:
     if not found: raise CommandError(f"--checkpoint {path}: no checkpoint-*.pt in this folder or its checkpoints/ folder")
     return found[-1]
 
-def model_of_checkpoint(checkpoint) -> tuple[nn.Module, torch.Tensor]:
-    "The model whose weights `checkpoint` holds, and an example input: a session experiment's (from the `config.yaml` above it), else `default_model`."
+def model_of_checkpoint(checkpoint, import_code: bool = False) -> tuple[nn.Module, torch.Tensor]:
+    "The model whose weights `checkpoint` holds, and an example input: a session experiment's (from the `config.yaml` above it), else `default_model`; a model named as `module:name` is imported only with `import_code`."
     import torch
-    from nntrain.experiments import MODELS, SETTINGS, check_config, read_yaml
+    from nntrain.experiments import MODELS, SETTINGS, check_config, is_reference, read_yaml
     checkpoint = Path(checkpoint)
     config_file = next((f/'config.yaml' for f in (checkpoint.parent, checkpoint.parent.parent) if (f/'config.yaml').is_file()), None)
     if config_file is None: return default_model(), torch.zeros(2, 784)
@@ -98,17 +100,20 @@ def model_of_checkpoint(checkpoint) -> tuple[nn.Module, torch.Tensor]:
     config = {**{k: v[1] for k, v in SETTINGS.items()}, **config} if isinstance(config, dict) else config
     if not isinstance(config, dict) or (problems := check_config(config, on_this_machine=False)):
         raise CommandError(f"{config_file} is not a valid experiment config: {'; '.join(problems) if isinstance(config, dict) else type(config).__name__}")
+    if is_reference(config['model']) and config['model'] not in MODELS and not import_code:
+        raise CommandError(f"{config_file} names the model {config['model']}, code that nntrain export would import and run; if you "
+                           "trust it, run the command in the folder it is imported from, with --import-code")
     model = MODELS.get_factory(config['model'])(**config['model_args'])
     return model, torch.zeros(2, 784) if config['flatten'] else torch.zeros(2, 1, 28, 28)
 
-def export_default_model(checkpoint, out) -> Path:
-    "Export the model of any checkpoint nntrain writes (`nntrain fit --save`, a session's experiment or its checkpoints) to ONNX at `out`."
+def export_default_model(checkpoint, out, import_code: bool = False) -> Path:
+    "Export the model of any checkpoint nntrain writes (`nntrain fit --save`, a session's experiment or its checkpoints) to ONNX at `out`; `import_code`: import a model the experiment names as `module:name`."
     from nntrain.checkpoints import load_checkpoint
     from nntrain.export import export_onnx
     out = output_path(out, '--out')
     checkpoint = _newest(Path(checkpoint))
     state = load_checkpoint(checkpoint)
-    model, example = model_of_checkpoint(checkpoint)
+    model, example = model_of_checkpoint(checkpoint, import_code)
     try: model.load_state_dict(state['model'])
     except RuntimeError as e:
         detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
@@ -201,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
                                  'with a dynamic batch dimension, checked with the onnx checker.')
     export.add_argument('--checkpoint', metavar='PATH', required=True, help='checkpoint written by nntrain fit --save')
     export.add_argument('--out', metavar='PATH', required=True, help='where to write the .onnx file')
+    export.add_argument('--import-code', action='store_true', help="import the model of an experiment whose config names it as "
+                        "module:name (code of the experiment's project, run when imported: only for code you trust)")
+    new = commands.add_parser('new', help='start a project: parts to edit and the sessions that train them',
+                              description='Write a new folder NAME in the current folder, holding components.py (the dataset, '
+                              'model, loss, metrics and optimizer of its experiments, as functions to edit; they train on the '
+                              'bundled digits as they are), sessions.yaml (sessions that name those functions), a README with '
+                              'the commands, and test_components.py (pytest). An existing NAME is never overwritten.')
+    new.add_argument('name', metavar='NAME', help='the folder to make: a plain folder name, made in the current folder')
     bench = commands.add_parser('bench', help='time nntrain against a hand-written loop and other frameworks',
                                 description='Time a hand-written PyTorch loop, nntrain with its default subscribers, a bare '
                                 'nntrain Learner and, when installed, Lightning, Ignite and fastai, in one process with '
@@ -262,7 +275,6 @@ def bench(args) -> str:
     if args.json: save_json(rows, args.json, device, epochs=epochs, repeats=repeats, quick=args.quick)
     if args.png: plot_rows(rows, args.png)
     return format_table(rows)
-
 
 # %% ../nbs/99_cli.ipynb #ada74f91
 _FIT_DEFAULTS = {'epochs': 3, 'bs': 128, 'lr': 3e-3, 'device': None, 'seed': 0, 'save': None}
@@ -349,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
             search_report(study, args.cfg, args.session, args.results)
             return 0
         if args.command == 'export':
-            print(f"wrote {export_default_model(args.checkpoint, args.out)}")
+            print(f"wrote {export_default_model(args.checkpoint, args.out, args.import_code)}")
+            return 0
+        if args.command == 'new':
+            target = new_project(args.name)
+            print(f"wrote {target}{os.sep}: {', '.join(PROJECT_FILES)}\nnext, in that folder:\n  cd {shlex.quote(str(target))}\n"
+                  "  nntrain fit --cfg sessions.yaml --session smoke\n  python -m pytest test_components.py")
             return 0
         _check_fit_options(args)
         if args.cfg is not None and (args.workers, args.storage) != (None, None):
@@ -375,3 +392,238 @@ def main(argv: list[str] | None = None) -> int:
     from nntrain.core import main_process
     if main_process(): print(f"final validation accuracy: {result['accuracy']:.4f}")
     return 0
+
+# %% ../nbs/99_cli.ipynb #4a9d0e74
+PROJECT_FILES = {   # what `nntrain new` writes; {project} becomes the project's name
+    'components.py': '''\
+"""The parts of this project's experiments: edit them freely. sessions.yaml names each one as components:<function>.
+
+nntrain calls them when it builds an experiment, as follows:
+
+    build_dataset()                                -> a datasets.DatasetDict with a 'train' split and a validation split
+                                                      ('validation', 'valid' or 'test'), each with 'image' and 'label' columns
+    build_model(**model_args)                      -> a torch nn.Module (model_args come from sessions.yaml)
+    build_loss()                                   -> a function loss_fn(preds, targets) that returns a scalar tensor
+    build_metrics()                                -> a list of metric names (nntrain.learner.METRIC_NAMES),
+                                                      or a dict of name -> torcheval metric
+    build_optimizer(params, lr, weight_decay=0.0)  -> a torch optimizer
+
+The session's other settings (bs, num_epochs, lr, seed, flatten...) are in sessions.yaml.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def build_dataset():
+    "The digits bundled with nntrain: 8,000 training and 2,000 test images of 28x28 pixels, labels 0 to 9."
+    from nntrain.dataloaders import load_mnist
+    return load_mnist()
+
+
+def build_model(hidden: int = 64, n_classes: int = 10) -> nn.Module:
+    "A small perceptron: the 784 pixels, `hidden` units, then one score per class."
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+
+def build_loss():
+    "Cross entropy of the class scores."
+    return F.cross_entropy
+
+
+def build_metrics():
+    "What every validation reports besides the loss."
+    return ['accuracy', 'f1']
+
+
+def build_optimizer(params, lr: float, weight_decay: float = 0.0):
+    "AdamW, with the learning rate and weight decay of the session."
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+''',
+    'sessions.yaml': '''\
+# The experiments of {project}. Run a session in this folder with:
+#   nntrain fit --cfg sessions.yaml --session NAME
+# dataset, model, loss, metrics and optimizer name the functions of components.py (module:function).
+# A key ending in _ lists values to try: the session runs one experiment for each.
+
+smoke:                       # a few seconds: every part fits with the others
+  dataset: components:build_dataset
+  model: components:build_model
+  model_args: {hidden: 16}
+  loss: components:build_loss
+  metrics: components:build_metrics
+  optimizer: components:build_optimizer
+  lr: 0.003
+  bs: 256
+  num_iterations: 20
+
+digits:                      # two widths, three epochs each (a minute or two on a laptop)
+  dataset: components:build_dataset
+  model: components:build_model
+  model_args_: [{hidden: 64}, {hidden: 256}]
+  loss: components:build_loss
+  metrics: components:build_metrics
+  optimizer: components:build_optimizer
+  lr: 0.003
+  bs: 128
+  num_epochs: 3
+  checkpoint_every: 1
+
+tune:                        # nntrain search --cfg sessions.yaml --session tune --trials 10
+  dataset: components:build_dataset
+  model: components:build_model
+  loss: components:build_loss
+  metrics: components:build_metrics
+  optimizer: components:build_optimizer
+  bs: 128
+  num_epochs: 2
+  objective: accuracy
+  search:
+    lr: {float: [1.0e-4, 1.0e-2], log: true}
+    model_args.hidden: {int: [16, 256], log: true}
+''',
+    'README.md': '''\
+# {project}
+
+An [nntrain](https://github.com/nntrain/nntrain) project: the parts of its experiments are functions in
+`components.py`, and its experiments are sessions in `sessions.yaml`, which names each part as
+`components:<function>`.
+
+## Train
+
+Run the commands in this folder (nntrain imports `components` from the folder it runs in):
+
+    nntrain fit --cfg sessions.yaml --session smoke     # a few seconds: the parts fit together
+    nntrain fit --cfg sessions.yaml --session digits    # a grid of two widths
+    nntrain search --cfg sessions.yaml --session tune --trials 10
+
+Each experiment keeps everything about it in `results/<session>/<experiment>/` (its config, metrics,
+checkpoints, reports, `result.json`), and the session's table is in `results/<session>/summary.md`. The same
+command again skips finished experiments and resumes interrupted ones.
+
+## Test
+
+    python -m pytest test_components.py
+
+## The parts
+
+nntrain calls each function of `components.py` when it builds an experiment:
+
+| function | called as | returns |
+|---|---|---|
+| `build_dataset` | `build_dataset()` | a `datasets.DatasetDict` with a `train` split and a validation split (`validation`, `valid` or `test`), each with `image` and `label` columns |
+| `build_model` | `build_model(**model_args)` | a torch `nn.Module`; `model_args` come from the session |
+| `build_loss` | `build_loss()` | a function `loss_fn(preds, targets)` returning a scalar tensor |
+| `build_metrics` | `build_metrics()` | a list of metric names (`nntrain.learner.METRIC_NAMES`), or a dict of name to torcheval metric |
+| `build_optimizer` | `build_optimizer(params, lr, weight_decay=0.0)` | a torch optimizer |
+
+The batch size, the length of training, the learning rate, the seed and the rest are settings of the session,
+listed in the [experiments chapter](https://nntrain.github.io/nntrain/experiments.html) of the nntrain book. A
+function may be renamed or moved to another module: the session names it as `module:function`.
+''',
+    'test_components.py': '''\
+"""Tests of the parts in components.py. Run them in this folder:  python -m pytest test_components.py"""
+from pathlib import Path
+
+import pytest
+import torch
+
+import components
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope='module')
+def dataset():
+    return components.build_dataset()
+
+
+@pytest.fixture(scope='module')
+def batch(dataset):
+    from nntrain.dataloaders import hf_ds_collate_fn
+    return hf_ds_collate_fn([dataset['train'][i] for i in range(64)])
+
+
+def test_the_dataset_has_a_training_and_a_validation_split_with_images_and_labels(dataset):
+    assert 'train' in dataset and any(split in dataset for split in ('validation', 'valid', 'test')), list(dataset)
+    assert {'image', 'label'} <= set(dataset['train'].column_names)
+
+
+def test_the_model_gives_one_score_per_class(dataset, batch):
+    x, y = batch
+    classes = dataset['train'].features['label'].num_classes
+    assert components.build_model()(x).shape == (len(x), classes)
+
+
+def test_the_loss_is_a_number_that_the_optimizer_brings_down(batch):
+    torch.manual_seed(0)
+    x, y = batch
+    model, loss_fn = components.build_model(), components.build_loss()
+    optimizer = components.build_optimizer(model.parameters(), lr=1e-2)
+    first = loss_fn(model(x), y)
+    assert first.ndim == 0 and torch.isfinite(first)
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    assert loss_fn(model(x), y) < first
+
+
+def test_the_metrics_are_ones_nntrain_can_report():
+    from nntrain.learner import MetricsS
+    made = components.build_metrics()
+    MetricsS(**made) if isinstance(made, dict) else MetricsS(*made)
+
+
+def test_every_session_is_valid(monkeypatch):
+    from nntrain.experiments import load_session, read_yaml
+    from nntrain.search import load_search
+    monkeypatch.chdir(HERE)   # sessions.yaml names components: imported from the folder nntrain runs in
+    for name, session in read_yaml('sessions.yaml').items():
+        load_search('sessions.yaml', name) if 'search' in session else load_session('sessions.yaml', name)
+''',
+}
+
+def _project_name_problem(name: str) -> str | None:
+    "Why `name` cannot be the folder of a new project in the current folder, or None."
+    if not name or name in ('.', '..') or any(c in name for c in '/\\'):
+        return "expected a plain folder name (no '/' or '\\'), for a folder made in the current folder"
+    if name.startswith(('.', '-')): return "expected a name that does not start with '.' or '-'"
+    if not name.isprintable() or name != name.strip(): return "expected printable characters, without spaces at either end"
+    if len(name.encode()) > 200: return f"expected at most 200 bytes, got {len(name.encode())}"
+    return None
+
+def _remove_abandoned(parent: Path, name: str):
+    "Remove the temporary folders that `nntrain new name` runs killed outright left in `parent` (their process is gone)."
+    prefix = f'.{name}.new-'
+    for entry in os.scandir(parent):
+        pid = entry.name[len(prefix):].partition('-')[0]
+        if not (entry.name.startswith(prefix) and pid.isdigit() and entry.is_dir(follow_symlinks=False)): continue
+        try: os.kill(int(pid), 0)
+        except ProcessLookupError: shutil.rmtree(entry.path, ignore_errors=True)
+        except PermissionError: pass   # alive, another user's
+
+def new_project(name: str, parent='.') -> Path:
+    "Write the new project folder `parent/name` (`PROJECT_FILES`): whole, or not at all; a name that is taken is refused."
+    if problem := _project_name_problem(name): raise CommandError(f"nntrain new {name!r}: {problem}")
+    parent = Path(parent)
+    target = parent/name
+    if os.path.lexists(target):
+        what = 'a link' if target.is_symlink() else 'a folder' if target.is_dir() else 'a file'
+        raise CommandError(f"nntrain new: {target} exists already ({what}); expected a new name (nothing was written)")
+    if not os.access(parent, os.W_OK | os.X_OK): raise CommandError(f"nntrain new: the folder {str(parent.resolve())!r} is not writable")
+    _remove_abandoned(parent, name)
+    made, claimed = Path(tempfile.mkdtemp(prefix=f'.{name}.new-{os.getpid()}-', dir=parent)), False
+    try:
+        for file, text in PROJECT_FILES.items(): (made/file).write_text(text.replace('{project}', name), encoding='utf-8')
+        mask = os.umask(0o22); os.umask(mask)
+        os.chmod(made, 0o777 & ~mask)   # mkdtemp's folder is private; the project is an ordinary folder
+        try: os.mkdir(target)   # the claim: fails if another process made the name meanwhile
+        except FileExistsError: raise CommandError(f"nntrain new: {target} was made by another process meanwhile; expected a new name") from None
+        claimed = True
+        os.rename(made, target)   # onto the empty folder claimed just before
+    except BaseException:
+        shutil.rmtree(made, ignore_errors=True)
+        if claimed and target.is_dir() and not target.is_symlink() and not any(target.iterdir()): target.rmdir()
+        raise
+    return target

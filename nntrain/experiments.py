@@ -8,11 +8,14 @@ from __future__ import annotations
 import collections.abc
 import difflib
 import hashlib
+import importlib
 import inspect
 import itertools
 import json
 import math
+import os
 import re
+import sys
 import types
 import typing
 import warnings
@@ -27,15 +30,21 @@ from .acceleration import SGD, Adam, Momentum, RMSProp, resnet
 from .activations import cnn_layers
 from .core import _check_int, _describe
 from .dataloaders import _offline_setting, load_mnist
-from .learner import Learner, Subscriber, _check_subs, _drop
+from .learner import METRIC_ALIASES, METRIC_NAMES, Learner, Subscriber, _REGRESSION, _canonical, _check_metrics, _check_subs, _drop
 
 # %% auto #0
 __all__ = ['MODELS', 'OPTIMIZERS', 'SCHEDULERS', 'DATASETS', 'SETTINGS', 'PIPELINES', 'MAX_WORKERS', 'MAX_CONFIG_BYTES',
-           'MAX_ID_LENGTH', 'MAX_COUNT', 'MAX_SEED', 'Registry', 'mlp', 'ConfigError', 'read_yaml', 'expand_grid',
-           'device_problem', 'dataset_problem', 'check_config', 'check_session', 'load_session', 'IterationLoader',
-           'IterationStateS', 'fit_iterations']
+           'MAX_ID_LENGTH', 'MAX_COUNT', 'MAX_SEED', 'is_reference', 'Registry', 'mlp', 'ConfigError',
+           'reference_problem', 'import_callable', 'read_yaml', 'expand_grid', 'device_problem', 'dataset_problem',
+           'check_config', 'check_session', 'load_session', 'IterationLoader', 'IterationStateS', 'fit_iterations']
 
 # %% ../nbs/11_experiments.ipynb #80147ee9
+_REFERENCE = re.compile(r'[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*')
+
+def is_reference(value) -> bool:
+    "Whether `value` is a reference `module:name` to a callable (dotted names allowed on both sides), which `get_factory` imports."
+    return isinstance(value, str) and _REFERENCE.fullmatch(value) is not None
+
 class Registry(dict):
     "Names to factories, for one `kind` of thing (model, optimizer...); `register` adds to it."
     def __init__(self, kind: str, entries: dict | None = None, info: dict | None = None):
@@ -57,7 +66,8 @@ class Registry(dict):
                 + f" (registered: {', '.join(sorted(self))})")
 
     def get_factory(self, name):
-        "The factory registered as `name`, or a `KeyError` saying which names exist."
+        "The factory registered as `name`, or the callable a reference `module:name` names (`import_callable`); else a `KeyError` saying which names exist."
+        if name not in self and is_reference(name): return import_callable(name, self.kind)
         if name not in self: raise KeyError(self.unknown(name))
         return self[name]
 
@@ -75,20 +85,21 @@ DATASETS = Registry('dataset', {'mnist': load_mnist}, info={'mnist': {'classes':
 
 # %% ../nbs/11_experiments.ipynb #5aa090de
 SETTINGS = {
-    'dataset': (str, 'mnist', "name in DATASETS, hub:<name> (a Hugging Face hub dataset), or a path (has a '/' or starts with '.' "
-                              "or '~'): a save_to_disk folder, a .parquet or .csv file, a folder of class folders of images"),
+    'dataset': (str, 'mnist', "name in DATASETS, hub:<name> (a Hugging Face hub dataset), a path (has a '/' or starts with '.' "
+                              "or '~'): a save_to_disk folder, a .parquet or .csv file, a folder of class folders of images; "
+                              "or module:name of a function returning a DatasetDict"),
     'pipeline': (str, 'memory', 'how training batches are made: memory (tensors in this process), map (rows read by index in '
                                 'worker processes), stream (rows read in order, shuffled through a buffer), reservoir (drawn '
                                 'from samples that worker processes keep making)'),
     'workers': (int, 0, 'worker processes that make samples (map, stream; reservoir needs at least 1; memory none)'),
     'pipeline_args': (dict, {}, 'settings of the pipeline: buffer_size (stream); size, min_fill, max_replaced, '
                                 'batches_per_pass (reservoir)'),
-    'model': (str, 'mlp', 'name in MODELS'),
+    'model': (str, 'mlp', 'name in MODELS, or module:name of a callable making the model'),
     'model_args': (dict, {}, 'keyword arguments of the model factory'),
-    'optimizer': (str, 'adam', 'name in OPTIMIZERS'),
+    'optimizer': (str, 'adam', 'name in OPTIMIZERS, or module:name, called with (params, lr, weight_decay=)'),
     'lr': (float, 3e-3, 'learning rate (the peak rate with one_cycle)'),
     'weight_decay': (float, 0.0, 'weight decay of the optimizer'),
-    'scheduler': ((str, type(None)), None, 'name in SCHEDULERS, or null'),
+    'scheduler': ((str, type(None)), None, 'name in SCHEDULERS, module:name, or null'),
     'bs': (int, 128, 'training batch size (validation uses twice this)'),
     'num_epochs': ((int, type(None)), None, 'train this many epochs (or give num_iterations)'),
     'num_iterations': ((int, type(None)), None, 'train this many batches (or give num_epochs)'),
@@ -99,6 +110,9 @@ SETTINGS = {
     'augment': (bool, False, 'shift and erase training images'),
     'flatten': (bool, True, 'flatten images to vectors (False keeps [N, C, H, W])'),
     'loss_weights': ((list, type(None)), None, 'per-class weights of the cross entropy'),
+    'loss': ((str, type(None)), None, 'null for cross entropy, or module:name of a function returning loss_fn(preds, targets)'),
+    'metrics': ((list, str), ['accuracy'], 'names of the metrics reported besides the loss (learner.METRIC_NAMES), or module:name '
+                                           'of a function returning them (a list of names, or a dict of name to torcheval metric)'),
     'device': ((str, type(None)), None, 'cpu, cuda, mps, or null for the best available'),
 }
 
@@ -112,6 +126,54 @@ MAX_WORKERS = 64
 
 class ConfigError(ValueError):
     "A session config with problems; the message lists all of them."
+
+# %% ../nbs/11_experiments.ipynb #c3d30a20
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(': ')
+
+def _import_module(name: str):
+    "(the module `name`, None), or (None, why it cannot be imported); the folder nntrain runs in is searched first."
+    here = os.getcwd()
+    if here not in sys.path: sys.path.insert(0, here)   # as Python does for a script's folder; a console script has none
+    if name not in sys.modules: importlib.invalidate_caches()   # a module written since the last import is found too
+    try: return importlib.import_module(name), None
+    except ModuleNotFoundError as e:
+        if e.name is not None and (name == e.name or name.startswith(e.name + '.')):
+            return None, (f"no module {e.name!r} in the folder nntrain runs in ({here}) or on sys.path; expected module:name with a "
+                          f"module Python can import (such as {name.replace('.', '/')}.py in that folder, or an installed package)")
+        return None, f"importing {name!r} failed: {_first_line(e)}"
+    except (Exception, SystemExit) as e: return None, f"importing {name!r} failed: {_first_line(e)}"
+
+def _lookup(reference: str):
+    "(the object `reference` names, None), or (None, why there is none)."
+    module_name, _, attribute = reference.partition(':')
+    found, problem = _import_module(module_name)
+    if problem: return None, problem
+    owner, parts = f"module {module_name!r} ({getattr(found, '__file__', None) or 'built in'})", attribute.split('.')
+    for i, part in enumerate(parts):
+        try: found = getattr(found, part)
+        except Exception:
+            names = [n for n in dir(found) if not n.startswith('_') and not isinstance(getattr(found, n, None), types.ModuleType)]
+            close = difflib.get_close_matches(part, names, n=1)
+            shown = ', '.join(names[:12]) + (', ...' if len(names) > 12 else '')
+            return None, (f"{owner} has no attribute {part!r}" + (f"; did you mean {close[0]!r}?" if close else '')
+                          + f" (it has: {shown or 'nothing'})")
+        owner = f"{module_name}:{'.'.join(parts[:i + 1])}"
+    return found, None
+
+def reference_problem(reference, kind: str = 'object') -> str | None:
+    "Why `reference` (`module:name`) names no callable that makes a `kind`, or None when it does."
+    if not is_reference(reference): return f"expected module:name (such as components:build_{kind}), got {reference!r}"
+    found, problem = _lookup(reference)
+    if problem is None and not callable(found):
+        problem = f"{reference} is {_describe(found)}, not a callable; expected a function or class that makes the {kind}"
+    return problem
+
+def import_callable(reference, kind: str = 'object'):
+    "The callable that `reference` (`module:name`) names, imported from the current folder or `sys.path`; else a `ConfigError` saying why not."
+    if problem := reference_problem(reference, kind): raise ConfigError(f"{kind}: {problem}")
+    return _lookup(reference)[0]
 
 # %% ../nbs/11_experiments.ipynb #03e45ba2
 _FLOAT = re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?   # 1.5, 1., 1.5e-3
@@ -276,6 +338,10 @@ def _is_path(name: str) -> bool:
     "Whether the `dataset` setting `name` is a path: it has a '/', or starts with '.' or '~' (else a registered name or hub:<name>)."
     return '/' in name or name.startswith(('.', '~'))
 
+def _names_code(name) -> bool:
+    "Whether the `dataset` setting `name` is a reference `module:name` (not a registered name, nor hub:<name>)."
+    return is_reference(name) and not name.startswith('hub:') and name not in DATASETS
+
 def _hf_features(features: dict) -> tuple[list[str], int | None]:
     "The columns of a Hugging Face features dict (as stored in JSON), and the classes of its `label` if that is a ClassLabel."
     label = features.get('label')
@@ -307,6 +373,7 @@ def dataset_problem(name: str, on_this_machine: bool = True) -> str | None:
         return None
     if not _is_path(name):
         if name in DATASETS: return None
+        if is_reference(name): return reference_problem(name, 'dataset') if on_this_machine else None
         file = name.lower().endswith(('.parquet', '.csv')) or Path(name).exists()
         return (DATASETS.unknown(name) + "; expected a registered name, hub:<name> for a hub dataset, or a path"
                 + (f" (a path has a '/' or starts with '.' or '~': write './{name}')" if file else ''))
@@ -335,6 +402,7 @@ def _dataset_info(name, on_this_machine: bool) -> dict:
     "What the checks know of dataset `name`: a registered dataset's `DATASETS.info`; the classes of a local one, from its metadata."
     if not isinstance(name, str): return {}
     if name in DATASETS and not _is_path(name): return DATASETS.info.get(name, {})
+    if _names_code(name): return {}   # known once the function has made it (chapter 12 checks the model against it then)
     if not (on_this_machine and _is_path(name)) or dataset_problem(name) is not None: return {}
     try: found = _saved_features(Path(name).expanduser())
     except (OSError, ValueError, AttributeError, TypeError, IndexError): found = None
@@ -437,17 +505,14 @@ def _model_args_problems(name: str, factory, args: dict) -> list[str]:
         problems.append(f"model_args: {name} needs {', '.join(map(repr, missing))} (no default)")
     return problems
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(': ')
-
 def _try_model(factory, args: dict, shape, device: str):
     "Build the model on `device` and, given a sample `shape`, run a batch of two through it: (failed step, error, outputs per sample)."
     with torch.device(device), warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try: model = factory(**args)
         except Exception as e: return 'build', e, None
-        if shape is None or not isinstance(model, nn.Module): return None, None, None
+        if not isinstance(model, nn.Module): return 'type', TypeError(f"returned {_describe(model)}"), None
+        if shape is None: return None, None, None
         try:
             with torch.no_grad(): out = model.eval()(torch.zeros(2, *shape))
         except Exception as e: return 'forward', e, None
@@ -470,8 +535,10 @@ def _model_problems(config: dict, setting, on_this_machine: bool = True) -> list
     info = _dataset_info(dataset, on_this_machine)
     classes = info.get('classes')
     problems, outputs = [], None
-    if isinstance(model, str) and model in MODELS and isinstance(args, dict) and all(isinstance(k, str) for k in args):
-        factory = MODELS[model]
+    factory = MODELS.get(model) if isinstance(model, str) else None
+    if factory is None and is_reference(model) and on_this_machine and reference_problem(model, 'model') is None:
+        factory = import_callable(model, 'model')
+    if factory is not None and isinstance(args, dict) and all(isinstance(k, str) for k in args):
         problems += _model_args_problems(model, factory, args)
         flatten = setting('flatten') is not False
         shape = info.get('shape')   # known for registered datasets only: a path or a hub dataset is not read here
@@ -480,6 +547,7 @@ def _model_problems(config: dict, setting, on_this_machine: bool = True) -> list
         if not problems:
             step, error, outputs = _probe_model(factory, args, shape)
             if step == 'build': problems.append(f"{'model_args' if args else 'model'}: {call} failed: {_first_line(error)}")
+            if step == 'type': problems.append(f"model: {call} {error}; expected a torch nn.Module")
             if step == 'forward':
                 takes_images = flatten and len(info['shape']) > 1 and _probe_model(factory, args, tuple(info['shape']))[0] is None
                 hint = "; it takes images: set flatten: false" if takes_images else ''
@@ -487,6 +555,9 @@ def _model_problems(config: dict, setting, on_this_machine: bool = True) -> list
                                 f"(flatten: {str(flatten).lower()}{hint}): {_first_line(error)}")
             if outputs is not None and classes is not None and outputs < classes:
                 problems.append(f"model: {call} outputs {outputs} classes per sample, but dataset {dataset} has {classes}; expected at least {classes}")
+            if outputs is not None and classes is not None and outputs > classes and not isinstance(weights, list):
+                problems.append(f"model: {call} outputs {outputs} values per sample, but dataset {dataset} has {classes} classes; expected "
+                                f"{classes}, one per class")
     if isinstance(weights, list):
         bad = [w for w in weights if not (_is_number(w) and math.isfinite(w) and w >= 0)]
         if bad: problems.append(f"loss_weights: expected finite numbers >= 0, got {bad[0]!r}")
@@ -497,8 +568,39 @@ def _model_problems(config: dict, setting, on_this_machine: bool = True) -> list
         elif not weights: problems.append("loss_weights: expected one weight per class, got an empty list (null means no weights)")
     return problems
 
-def check_config(config: dict, on_this_machine: bool = True) -> list[str]:
-    "Every problem of one experiment's config, as messages (empty when it is fine); `on_this_machine` also checks the device is here."
+def _at(key: str, lines: dict | None) -> str:
+    "The start of a problem of setting `key`: with its YAML line when `lines` has it."
+    return f"line {lines[key]}: {key}: " if lines and key in lines else f"{key}: "
+
+def _reported_metrics(value, on_this_machine: bool = True) -> tuple[list | None, list[str]]:
+    "The names of the metrics that the `metrics` setting `value` reports besides the loss (None when unknown), and its problems."
+    if isinstance(value, (list, tuple)):
+        problems = []
+        for name in value:
+            try: _canonical(name)
+            except (TypeError, ValueError) as e: problems.append(f"metrics: {e}")
+        if twice := [n for n, k in Counter(map(repr, value)).items() if k > 1]:
+            problems.append(f"metrics: lists {', '.join(twice)} more than once; expected each name once")
+        return (None if problems else [n for n in value if n != 'loss']), problems
+    if not isinstance(value, str): return None, []   # the type check says so
+    if not is_reference(value):
+        hint = f"; write [{value}] for a list of one" if value in METRIC_NAMES or value in METRIC_ALIASES else ''
+        return None, [f"metrics: expected a list of metric names or module:name, got {value!r}{hint}"]
+    if not on_this_machine: return None, []
+    if problem := reference_problem(value, 'metrics'): return None, [f"metrics: {problem}"]
+    try: made = import_callable(value, 'metrics')()
+    except Exception as e: return None, [f"metrics: {value}() failed: {_first_line(e)}"]
+    if isinstance(made, dict) and all(isinstance(k, str) for k in made):
+        try: _check_metrics(made)
+        except (TypeError, ValueError) as e: return None, [f"metrics: {value}() returned a dict that MetricsS refuses: {e}"]
+        return list(made), []
+    if isinstance(made, (list, tuple)):
+        names, problems = _reported_metrics(list(made))
+        return names, [f"metrics: {value}() returned a list with a problem: {p.removeprefix('metrics: ')}" for p in problems]
+    return None, [f"metrics: {value}() returned {_describe(made)}; expected a dict of name to torcheval metric, or a list of metric names"]
+
+def check_config(config: dict, on_this_machine: bool = True, lines: dict | None = None) -> list[str]:
+    "Every problem of one experiment's config, as messages (empty when it is fine); `on_this_machine` also checks the device is here, and imports references; `lines` gives the YAML line of each key."
     problems = []
     for key, value in config.items():
         if key not in SETTINGS:
@@ -511,9 +613,25 @@ def check_config(config: dict, on_this_machine: bool = True) -> list[str]:
         if not _check_value(key, value, expected): problems.append(f"{key}: expected {_type_name(expected)}, got {value!r}")
     for key, registry in (('model', MODELS), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS)):
         name = config.get(key)
-        if isinstance(name, str) and name not in registry: problems.append(f"{key}: {registry.unknown(name)}")
+        if not isinstance(name, str) or name in registry: continue
+        if not is_reference(name): problems.append(f"{key}: {registry.unknown(name)}")
+        elif on_this_machine and (problem := reference_problem(name, key)): problems.append(_at(key, lines) + problem)
     if isinstance(config.get('dataset'), str) and (problem := dataset_problem(config['dataset'], on_this_machine)):
-        problems.append(f"dataset: {problem}")
+        problems.append((_at('dataset', lines) if _names_code(config['dataset']) else 'dataset: ') + problem)
+    loss = config.get('loss')
+    if isinstance(loss, str):
+        if not is_reference(loss): problems.append(_at('loss', lines) + f"expected null (cross entropy) or module:name of a function that makes the loss, got {loss!r}")
+        elif on_this_machine and (problem := reference_problem(loss, 'loss')): problems.append(_at('loss', lines) + problem)
+        if config.get('loss_weights') is not None:
+            problems.append(f"loss_weights: the weights are for the built-in cross entropy, but loss is {loss}; expected loss_weights: null "
+                            "(weigh the classes in your own loss)")
+    names, found = _reported_metrics(config.get('metrics', SETTINGS['metrics'][1]), on_this_machine)
+    problems += [_at('metrics', lines) + p.removeprefix('metrics: ') for p in found]
+    classes = _dataset_info(config.get('dataset', SETTINGS['dataset'][1]), on_this_machine).get('classes')
+    for name in names or ():
+        if classes is not None and METRIC_ALIASES.get(name, name) in _REGRESSION:
+            problems.append(_at('metrics', lines) + f"{name!r} is for regression (real-valued targets), but the dataset has {classes} classes; expected a "
+                            f"classification metric ({', '.join(n for n in METRIC_NAMES if n not in _REGRESSION)})")
     given = [k for k in ('num_epochs', 'num_iterations') if config.get(k) is not None]
     if len(given) != 1: problems.append(f"give exactly one of num_epochs and num_iterations, got {given or 'neither'}")
     for key in ('num_epochs', 'num_iterations', 'valid_every', 'checkpoint_every', 'log_every', 'bs'):
@@ -529,7 +647,10 @@ def check_config(config: dict, on_this_machine: bool = True) -> list[str]:
     if config.get('augment') is True and config.get('flatten', SETTINGS['flatten'][1]) is not False:
         problems.append("augment: shifting and erasing need images, set flatten: false")
     optimizer = config.get('optimizer', SETTINGS['optimizer'][1])
-    if isinstance(optimizer, str) and optimizer in OPTIMIZERS and not _takes(OPTIMIZERS[optimizer], 'weight_decay'):
+    factory = OPTIMIZERS.get(optimizer) if isinstance(optimizer, str) else None
+    if factory is None and is_reference(optimizer) and on_this_machine and reference_problem(optimizer, 'optimizer') is None:
+        factory = import_callable(optimizer, 'optimizer')
+    if factory is not None and not _takes(factory, 'weight_decay'):
         problems.append(f"optimizer: {optimizer} takes no weight_decay argument, which every experiment passes; expected a factory that takes it")
     problems += _pipeline_problems(lambda k: config.get(k, SETTINGS[k][1]))
     problems += _model_problems(config, lambda k: config.get(k, SETTINGS[k][1]), on_this_machine)
@@ -551,21 +672,21 @@ def _problems_message(name: str, problems: list[str]) -> str:
     unique = list(dict.fromkeys(problems))
     return f"{name} has {len(unique)} problem(s):\n  " + '\n  '.join(unique)
 
-def check_session(session: dict, name: str = 'session', max_experiments: int = 10_000) -> list[tuple[str, dict]]:
-    "Expand `session` (at most `max_experiments`) and check every experiment; raise one `ConfigError` listing all problems, else return them with defaults."
+def check_session(session: dict, name: str = 'session', max_experiments: int = 10_000, lines: dict | None = None) -> list[tuple[str, dict]]:
+    "Expand `session` (at most `max_experiments`) and check every experiment; raise one `ConfigError` listing all problems, else return them with defaults; `lines`: the YAML line of each key."
     max_experiments = _check_int(max_experiments, 'max_experiments', 'check_session')
     if not isinstance(session, dict): raise ConfigError(f"{name}: expected a mapping of settings, got {type(session).__name__}")
     if problems := _grid_problems(session):   # list the settings' own problems too, with each grid at its first value
         names = [k for k in session if isinstance(k, str)]   # keys of other types are problems already
         sample = {k[:-1]: session[k][0] for k in names if k.endswith('_') and isinstance(session[k], list) and session[k]}
         sample.update({k: session[k] for k in names if not k.endswith('_')})
-        raise ConfigError(_problems_message(name, problems + check_config(sample)))
+        raise ConfigError(_problems_message(name, problems + check_config(sample, lines=lines)))
     lengths = {k: len(v) for k, v in session.items() if k.endswith('_')}
     if (count := math.prod(lengths.values())) > max_experiments:
         raise ConfigError(f"{name}: the grid has {count:,} experiments ({' x '.join(f'{n} {k}' for k, n in lengths.items())}), "
                           f"more than max_experiments={max_experiments:,}; expected a smaller grid (or a larger max_experiments)")
     experiments = expand_grid(session)
-    found = [(i, check_config(c)) for i, c in experiments]
+    found = [(i, check_config(c, lines=lines)) for i, c in experiments]
     everywhere = Counter(p for _, ps in found for p in set(ps))   # a problem of every experiment is listed once, unprefixed
     problems = [p if len(found) == 1 or everywhere[p] == len(found) else f"[{i}] {p}" for i, ps in found for p in ps]
     if problems: raise ConfigError(_problems_message(name, problems))
@@ -580,7 +701,32 @@ def load_session(path, session: str, max_experiments: int = 10_000) -> list[tupl
         close = difflib.get_close_matches(session, list(sessions), n=1)
         raise ConfigError(f"{path} has no session {session!r}" + (f"; did you mean {close[0]!r}?" if close else '')
                           + f" (sessions: {', '.join(sessions) or 'none'})")
-    return check_session(sessions[session], f"{path}:{session}", max_experiments)
+    return check_session(sessions[session], f"{path}:{session}", max_experiments, lines=_key_lines(path, session))
+
+def _keys_of(node, prefix: str = '') -> dict:
+    "The line of each key of the YAML mapping `node` (with the keys it merges in, `<<: *defaults`), and below `search`, dotted."
+    found = {}
+    if not isinstance(node, yaml.MappingNode): return found
+    for key, value in node.value:   # merged keys first: the mapping's own keys win
+        if key.tag == 'tag:yaml.org,2002:merge':
+            for merged in (value.value if isinstance(value, yaml.SequenceNode) else [value]): found.update(_keys_of(merged, prefix))
+    for key, value in node.value:
+        if key.tag == 'tag:yaml.org,2002:merge' or not isinstance(key, yaml.ScalarNode): continue
+        found[prefix + key.value] = _line(key)
+        if key.value.endswith('_') and not prefix: found.setdefault(key.value[:-1], _line(key))   # a grid key: its setting's line
+        if key.value == 'search' or prefix.startswith('search.'): found.update(_keys_of(value, f'{prefix}{key.value}.'))
+    return found
+
+def _key_lines(path, session: str) -> dict[str, int]:
+    "The line of each key of `session` in the YAML file at `path` (a grid key's under its setting too), and of the keys under its `search`, as `search.NAME...`."
+    try:
+        loader = _ConfigLoader(Path(path).read_bytes().decode('utf-8-sig'))
+        try: root = loader.get_single_node()
+        finally: loader.dispose()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError): return {}
+    if not isinstance(root, yaml.MappingNode): return {}
+    node = next((v for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value == session), None)
+    return _keys_of(node)
 
 # %% ../nbs/11_experiments.ipynb #f425f0ec
 class IterationLoader:

@@ -32,44 +32,82 @@ import yaml
 
 import nntrain
 from .core import _check_int, write_atomically
-from .experiments import SETTINGS, ConfigError, check_config, load_session, read_yaml
+from .experiments import (METRIC_ALIASES, METRIC_NAMES, SETTINGS, ConfigError, _key_lines, _reported_metrics, _type_name, check_config,
+                                 load_session, read_yaml)
 from .experiments import fit_iterations
 from .learner import Subscriber
-from .sessions import (METRICS, _check_unchanged, _write_text, build_learner, confined, refuse_links, run_experiment,
-                              training_plan, write_summary)
+from .sessions import (_check_unchanged, _write_text, build_learner, confined, refuse_links, run_experiment, training_plan,
+                              write_summary)
 
 # %% auto #0
-__all__ = ['SPACE_KINDS', 'MAX_RETRIES', 'OWNERLESS_AFTER', 'STORAGE_FORMS', 'POLL', 'STOP_WAIT', 'QUEUE_WAIT', 'load_search',
-           'ReportToTrialS', 'PerTrialSeedSampler', 'storage_name', 'open_storage', 'run_search', 'importances',
-           'search_report', 'WorkersError', 'run_search_workers', 'run_session_worker', 'run_session_workers']
+__all__ = ['SPACE_KINDS', 'LOWER_IS_BETTER', 'MAX_RETRIES', 'OWNERLESS_AFTER', 'STORAGE_FORMS', 'POLL', 'STOP_WAIT', 'QUEUE_WAIT',
+           'load_search', 'ReportToTrialS', 'PerTrialSeedSampler', 'storage_name', 'open_storage', 'run_search',
+           'importances', 'importances_by_choice', 'search_report', 'WorkersError', 'run_search_workers',
+           'run_session_worker', 'run_session_workers']
 
 # %% ../nbs/13_search.ipynb #d929d229
 SPACE_KINDS = ('float', 'int', 'choice')
+
+def _is_choices(spec) -> bool:
+    "Whether `spec` maps values of a setting to what is searched when that value is chosen (a mapping, or nothing, for each)."
+    return (isinstance(spec, dict) and bool(spec) and not any(k in spec for k in (*SPACE_KINDS, 'log'))
+            and all(v is None or isinstance(v, dict) for v in spec.values()))
+
+def _name_problems(where: str, name) -> list[str]:
+    "The problems of a searched name: a setting, or a dotted key inside a dict setting; never the metrics trials are compared by."
+    key, _, inner = str(name).partition('.')
+    if key not in SETTINGS:
+        close = difflib.get_close_matches(key, list(SETTINGS), n=1)
+        return [f"{where}: unknown setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else '')]
+    if inner and SETTINGS[key][0] is not dict: return [f"{where}: {key} is not a dict setting, so it has no keys"]
+    if key == 'metrics': return [f"{where}: the metrics are what trials report and are compared by; expected them fixed, outside search"]
+    return []
+
+def _range_problems(where: str, spec) -> list[str]:
+    "The problems of one range: exactly one kind, its values of that kind, low < high, low > 0 on a log scale."
+    kinds = [k for k in SPACE_KINDS if isinstance(spec, dict) and k in spec]
+    if len(kinds) != 1: return [f"{where}: expected exactly one of {', '.join(SPACE_KINDS)}, got {spec!r}"]
+    kind, value = kinds[0], spec[kinds[0]]
+    problems = [f"{where}: unknown option(s) {sorted(extra)}"] if (extra := set(spec) - {kind, 'log'}) else []
+    if kind == 'choice':
+        if not isinstance(value, list) or not value: problems.append(f"{where}: choice expects a non-empty list, got {value!r}")
+        return problems
+    number = float if kind == 'float' else int
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and (kind == 'float' or all(isinstance(v, int) for v in value))):
+        return problems + [f"{where}: {kind} expects [low, high] of {number.__name__}s, got {value!r}"]
+    if not value[0] < value[1]: problems.append(f"{where}: expected low < high, got {value}")
+    if spec.get('log') and value[0] <= 0: problems.append(f"{where}: a log range needs low > 0, got {value[0]}")
+    return problems
+
+def _choices_problems(name, choices: dict, space: dict) -> list[str]:
+    "The problems of a setting mapped to its values' own ranges: a setting of names, and for each value ranges or fixed values of other settings."
+    where = f"search.{name}"
+    kind = SETTINGS.get(name, (None,))[0]
+    if str not in (kind if isinstance(kind, tuple) else (kind,)):
+        return [f"{where}: maps values to their own ranges, which a setting whose values are names has (model, optimizer...); "
+                f"{name} is not one" + (f" (its values are of type {_type_name(kind)})" if kind is not None else '')]
+    problems = []
+    for value, entries in choices.items():
+        at = f"{where}.{value}"
+        if not isinstance(value, str): problems.append(f"{at}: expected a name as the value of {name}, got {value!r}"); continue
+        for entry, spec in (entries or {}).items():
+            here, key = f"{at}.{entry}", str(entry).partition('.')[0]
+            problems += _name_problems(here, entry)
+            if key == name: problems.append(f"{here}: sets {name}, which this mapping chooses"); continue
+            if clash := [s for s in space if s == entry or s.partition('.')[0] == entry or s == key]:
+                problems.append(f"{here}: search.{clash[0]} sets it for every trial already; expected it in one place")
+            if isinstance(spec, dict):
+                problems += ([f"{here}: a value's ranges cannot depend on another choice; expected float, int or choice, or a fixed value"]
+                             if _is_choices(spec) else _range_problems(here, spec))
+    return problems
 
 def _check_space(space) -> list[str]:
     if not isinstance(space, dict) or not space: return [f"search: expected a mapping of setting to range, got {space!r}"]
     problems = []
     for name, spec in space.items():
-        key, _, inner = str(name).partition('.')
-        if key not in SETTINGS:
-            close = difflib.get_close_matches(key, list(SETTINGS), n=1)
-            problems.append(f"search.{name}: unknown setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else ''))
-        elif inner and SETTINGS[key][0] is not dict: problems.append(f"search.{name}: {key} is not a dict setting, so it has no keys")
-        kinds = [k for k in SPACE_KINDS if isinstance(spec, dict) and k in spec]
-        if len(kinds) != 1:
-            problems.append(f"search.{name}: expected exactly one of {', '.join(SPACE_KINDS)}, got {spec!r}"); continue
-        kind, value = kinds[0], spec[kinds[0]]
-        extra = set(spec) - {kind, 'log'}
-        if extra: problems.append(f"search.{name}: unknown option(s) {sorted(extra)}")
-        if kind == 'choice':
-            if not isinstance(value, list) or not value: problems.append(f"search.{name}: choice expects a non-empty list, got {value!r}")
-            continue
-        number = float if kind == 'float' else int
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-                and (kind == 'float' or all(isinstance(v, int) for v in value))):
-            problems.append(f"search.{name}: {kind} expects [low, high] of {number.__name__}s, got {value!r}"); continue
-        if not value[0] < value[1]: problems.append(f"search.{name}: expected low < high, got {value}")
-        if spec.get('log') and value[0] <= 0: problems.append(f"search.{name}: a log range needs low > 0, got {value[0]}")
+        problems += _name_problems(f"search.{name}", name)
+        problems += _choices_problems(name, spec, space) if _is_choices(spec) else _range_problems(f"search.{name}", spec)
     return problems
 
 # %% ../nbs/13_search.ipynb #e171af36
@@ -87,7 +125,88 @@ def _candidates(spec: dict) -> list:
     "The values of a range worth checking before any trial: every choice, or both ends."
     return list(spec['choice']) if 'choice' in spec else list(spec.get('float') or spec.get('int'))
 
+def _parameter(name: str, value: str, entry: str) -> str:
+    "The name Optuna knows the range `entry` by, searched when setting `name` is `value`."
+    return f'{name}={value}/{entry}'
+
+def _trial_config(base: dict, space: dict, pick) -> dict:
+    "`base` with a value for every range of `space`, each from `pick(parameter name, range)`; a value's own ranges and fixed settings only when it is chosen."
+    config = base
+    for name, spec in space.items():
+        if not _is_choices(spec):
+            config = _apply(config, name, pick(name, spec))
+            continue
+        value = pick(name, {'choice': list(spec)})
+        config = _apply(config, name, value)
+        for entry, entry_spec in (spec[value] or {}).items():
+            config = _apply(config, entry, pick(_parameter(name, value, entry), entry_spec) if isinstance(entry_spec, dict) else entry_spec)
+    return config
+
+def _parameters(space: dict) -> list[tuple[str, dict, str, tuple | None]]:
+    "Every range of `space`: (Optuna's name for it, the range, where it is in the YAML, the (setting, value) that makes it searched, or None)."
+    found = []
+    for name, spec in space.items():
+        if not _is_choices(spec):
+            found.append((name, spec, f'search.{name}', None)); continue
+        found.append((name, {'choice': list(spec)}, f'search.{name}', None))
+        for value, entries in spec.items():
+            found += [(_parameter(name, value, entry), entry_spec, f'search.{name}.{value}.{entry}', (name, value))
+                      for entry, entry_spec in (entries or {}).items() if isinstance(entry_spec, dict)]
+    return found
+
 # %% ../nbs/13_search.ipynb #3b161329
+def _space_problems(base: dict, space: dict, lines: dict) -> list[str]:
+    "Check the configs of `space` with `check_config`: all ranges at their lowest, each value of a setting with its own ranges, then every candidate of every range."
+    searched = {**lines, **{name: lines[f'search.{name}'] for name in space if f'search.{name}' in lines}}
+    def problems_of(target=None, value=None, condition=None, lines=searched) -> list[str]:
+        def pick(name, spec):
+            if name == target: return value
+            if condition is not None and name == condition[0]: return condition[1]
+            return _lowest(spec)
+        return check_config(_trial_config(base, space, pick), lines=lines)
+    lowest = problems_of()
+    def lines_of(name, value) -> dict:   # a value's problems of its own setting are on the value's line
+        return {**searched, name: lines[f'search.{name}.{value}']} if f'search.{name}.{value}' in lines else searched
+    per_value = {(name, value): problems_of(name, value, lines=lines_of(name, value))
+                 for name, spec in space.items() if _is_choices(spec) for value in spec}
+    plain = {name: spec for name, spec in space.items() if not _is_choices(spec)}   # without the values' own ranges and settings
+    shared = [p for p in lowest if p in check_config(_trial_config(base, plain, lambda name, spec: _lowest(spec)), lines=searched)]
+    problems = list(shared)
+    def hinted(p: str, condition) -> str:   # where the fix goes for one architecture
+        if condition is None: return p
+        return p.replace('set flatten: false', f'set flatten: false, for the session or under search.{condition[0]}.{condition[1]}')
+    for (name, value), found in per_value.items():
+        problems += [f"search.{name}.{value}: {hinted(p, (name, value))}" for p in found if p not in shared]
+    for parameter, spec, where, condition in _parameters(space):
+        if _is_choices(space.get(parameter)): continue   # each of its values is checked above
+        known = per_value[condition] if condition else lowest
+        problems += [f"{where}={value!r}: {hinted(p, condition)}" for value in _candidates(spec)
+                     for p in problems_of(parameter, value, condition) if p not in known and p not in shared]
+    return problems
+
+def _well_formed(space: dict, problems: list[str]) -> dict:
+    "The part of `space` without the entries that `problems` name (their candidates cannot be checked)."
+    def bad(where): return any(p.startswith((f'{where}:', f'{where}=')) for p in problems)
+    kept = {}
+    for name, spec in space.items():
+        if bad(f'search.{name}'): continue
+        if _is_choices(spec):
+            spec = {value: {e: s for e, s in (entries or {}).items() if not bad(f'search.{name}.{value}.{e}')}
+                    for value, entries in spec.items() if not bad(f'search.{name}.{value}')}
+            if not spec: continue
+        kept[name] = spec
+    return kept
+
+def _objective_problems(objective, base: dict) -> list[str]:
+    "The objective must be a value every trial reports: the loss, or one of the session's metrics."
+    names = _reported_metrics(base.get('metrics'))[0]
+    if names is None: return []   # the metrics have problems of their own
+    reported = ('loss', *names)
+    if objective in reported: return []
+    known = isinstance(objective, str) and METRIC_ALIASES.get(objective, objective) in METRIC_NAMES
+    return [f"objective: expected one of {', '.join(reported)} (what every trial reports), got {objective!r}"
+            + (f"; add it to the session's metrics to report it (metrics: {[*names, objective]})" if known else '')]
+
 def load_search(path, session: str) -> tuple[dict, dict, str]:
     "The fixed settings (defaults filled in), the search space and the objective of `session` in the YAML at `path`."
     path = Path(path)
@@ -97,20 +216,11 @@ def load_search(path, session: str) -> tuple[dict, dict, str]:
     settings = dict(sessions[session])
     space, objective = settings.pop('search', None), settings.pop('objective', 'accuracy')
     problems = _check_space(space)
-    reported = ('loss', *METRICS)
-    if objective not in reported: problems.append(f"objective: expected one of {', '.join(reported)} (what every trial reports), got {objective!r}")
     if any(str(k).endswith('_') for k in settings): problems.append("a search session takes ranges under `search`, not grid keys ending in '_'")
     base = {**{k: v[1] for k, v in SETTINGS.items()}, **settings}
+    problems += _objective_problems(objective, base)
     # the ranges that are well formed are checked now too, so that one run lists every problem
-    ranges = {name: spec for name, spec in (space.items() if isinstance(space, dict) else ())
-              if not any(p.startswith(f'search.{name}:') for p in problems)}
-    sample = base
-    for name, spec in ranges.items(): sample = _apply(sample, name, _lowest(spec))
-    lowest = check_config(sample)
-    problems += lowest
-    for name, spec in ranges.items():   # every choice and both ends of every range, the other settings at their lowest
-        for value in _candidates(spec):
-            problems += [f"search.{name}={value!r}: {p}" for p in check_config(_apply(sample, name, value)) if p not in lowest]
+    problems += _space_problems(base, _well_formed(space, problems) if isinstance(space, dict) else {}, _key_lines(path, session))
     if problems: raise ConfigError(f"{path}:{session} has {len(problems)} problem(s):\n  " + '\n  '.join(dict.fromkeys(problems)))
     return base, space, objective
 
@@ -125,12 +235,24 @@ class ReportToTrialS(Subscriber):
         self.trial.report(value, learn.iteration)
         if self.trial.should_prune(): raise optuna.TrialPruned(f"{self.objective} {value:.4f} after {learn.iteration} iterations")
 
+def _scalar(value) -> bool: return value is None or isinstance(value, (bool, int, float, str))
+
 def _suggest(trial, name: str, spec: dict):
+    if 'choice' in spec and not all(map(_scalar, spec['choice'])):   # Optuna stores only scalars: lists by their JSON text
+        return _chosen(spec, trial.suggest_categorical(name, [json.dumps(c) for c in spec['choice']]))
     if 'choice' in spec: return trial.suggest_categorical(name, spec['choice'])
     if 'float' in spec: return trial.suggest_float(name, *spec['float'], log=bool(spec.get('log')))
     return trial.suggest_int(name, *spec['int'], log=bool(spec.get('log')))
 
-def _direction(objective: str) -> str: return 'minimize' if 'loss' in objective else 'maximize'
+def _chosen(spec: dict, stored):
+    "The value of a choice that Optuna stored as `stored` (a list as its JSON text)."
+    if 'choice' not in spec or all(map(_scalar, spec['choice'])): return stored
+    return spec['choice'][[json.dumps(c) for c in spec['choice']].index(stored)]
+
+LOWER_IS_BETTER = ('mse',)   # metrics that a search minimises, like any name with `loss` in it
+
+def _direction(objective: str) -> str:
+    return 'minimize' if 'loss' in objective or METRIC_ALIASES.get(objective, objective) in LOWER_IS_BETTER else 'maximize'
 
 # %% ../nbs/13_search.ipynb #e064760f
 class PerTrialSeedSampler(optuna.samplers.BaseSampler):
@@ -228,8 +350,9 @@ def _same_search(study, base: dict, space: dict, objective: str, db: Path):
     flat = json.loads(json.dumps({**base, **{f'search.{k}': v for k, v in space.items()}, 'objective': objective}))
     stored = study.user_attrs.get('settings')
     if stored is None: return study.set_user_attr('settings', flat)
-    changes = [f"{k}: {stored.get(k, '(unset)')!r} -> {flat.get(k, '(unset)')!r}" for k in dict.fromkeys([*flat, *stored])
-               if stored.get(k, '(unset)') != flat.get(k, '(unset)')]
+    def value(settings: dict, key):   # a setting added to SETTINGS after the study was stored ran at its default
+        return settings.get(key, json.loads(json.dumps(SETTINGS[key][1])) if key in SETTINGS else '(unset)')
+    changes = [f"{k}: {value(stored, k)!r} -> {value(flat, k)!r}" for k in dict.fromkeys([*flat, *stored]) if value(stored, k) != value(flat, k)]
     if changes: raise ConfigError(f"{db} holds the trials of a search with other settings ({'; '.join(changes)}); expected the "
                                   "same settings: give this search another session name or results folder (or move search.db away)")
 
@@ -317,8 +440,7 @@ def run_search(cfg, session: str, trials: int, results='results', sampler: str =
         trial.set_user_attr('process', _process())
         counted = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, *_COUNTED))
         if sum(t.number < trial.number for t in counted) >= trials: raise _surplus(trial)   # others took the last places first
-        config = base
-        for name, spec in space.items(): config = _apply(config, name, _suggest(trial, name, spec))
+        config = _trial_config(base, space, lambda name, spec: _suggest(trial, name, spec))
         try:
             learn, _ = build_learner(config)
             total, valid_every, _ = training_plan(config, len(learn.dls.train))
@@ -340,14 +462,59 @@ def run_search(cfg, session: str, trials: int, results='results', sampler: str =
     return study
 
 # %% ../nbs/13_search.ipynb #f3d81272
-def importances(study: optuna.Study) -> dict:
-    "How much each searched setting mattered (Optuna's fANOVA, or PED-ANOVA without scikit-learn), largest first."
+@contextlib.contextmanager
+def _optuna_quiet():
+    "Keep Optuna's info lines (a study created in memory) out of the output while the block runs."
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(level, optuna.logging.WARNING))
+    try: yield
+    finally: optuna.logging.set_verbosity(level)
+
+def _importances_of(study: optuna.Study, trials: list, params: list) -> dict:
+    "How much each of `params` mattered across `trials` (completed trials of `study`), largest first; empty with fewer than 2 trials."
+    if len(trials) < 2 or not params: return {}
+    with _optuna_quiet(): part = optuna.create_study(directions=study.directions)
+    part.add_trials(trials)
     for evaluator in (optuna.importance.FanovaImportanceEvaluator, optuna.importance.PedAnovaImportanceEvaluator):
-        try: return dict(optuna.importance.get_param_importances(study, evaluator=evaluator()))
+        try: return dict(optuna.importance.get_param_importances(part, evaluator=evaluator(), params=list(params)))
         except ImportError: continue
     return {}
 
+def _shared(trials: list, leave_out=()) -> list[str]:
+    "The parameters that every one of `trials` has, in the order of the first."
+    return [p for p in (trials[0].params if trials else {}) if p not in leave_out and all(p in t.params for t in trials)]
+
+def importances(study: optuna.Study) -> dict:
+    "How much each setting that every completed trial searched mattered (Optuna's fANOVA, or PED-ANOVA without scikit-learn), largest first."
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return _importances_of(study, complete, _shared(complete))
+
+def importances_by_choice(study: optuna.Study, space: dict) -> dict[str, dict]:
+    "For each value of a setting with its own ranges (`model=cnn`), how much each setting mattered in the completed trials that chose it."
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    found = {}
+    for name, spec in space.items():
+        if not _is_choices(spec): continue
+        for value in spec:
+            chose = [t for t in complete if t.params.get(name) == value]
+            found[f'{name}={value}'] = _importances_of(study, chose, _shared(chose, leave_out=(name,)))
+    return found
+
 # %% ../nbs/13_search.ipynb #8c81e32b
+def _importance_chart(groups: dict, session: str, objective: str):
+    "A figure of horizontal bars: one panel per group of importances (all trials, then each value with its own ranges)."
+    import matplotlib.pyplot as plt
+    groups = {title: found for title, found in groups.items() if found} or {'all trials': {}}
+    heights = [0.6 + 0.4 * max(len(found), 1) for found in groups.values()]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(5, 0.6 + sum(heights)), layout='constrained', squeeze=False,
+                             gridspec_kw={'height_ratios': heights})
+    for ax, (title, found) in zip(axes[:, 0], groups.items()):
+        ax.barh(list(found)[::-1], list(found.values())[::-1], color='#d62')
+        ax.set_xlim(0, 1); ax.set_title(title, fontsize=9, loc='left')
+    axes[-1, 0].set_xlabel('importance')
+    fig.suptitle(f'{session}: what mattered for {objective}')
+    return fig
+
 def search_report(study: optuna.Study, cfg, session: str, results='results') -> dict:
     "Write the trial table, the best config and the importances (with a chart) next to the study; return them."
     import matplotlib.pyplot as plt
@@ -357,20 +524,25 @@ def search_report(study: optuna.Study, cfg, session: str, results='results') -> 
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO(); writer = csv.DictWriter(buffer, columns); writer.writeheader(); writer.writerows(rows)
     _write_text(folder/'trials.csv', buffer.getvalue())
-    best = base
-    for name, value in study.best_trial.params.items(): best = _apply(best, name, value)
-    _write_text(folder/'best.yaml', yaml.safe_dump({f'{session}_best': best}, sort_keys=False))
-    found = importances(study)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = study.best_trial if complete else None
+    if best is not None:
+        config = _trial_config(base, space, lambda name, spec: _chosen(spec, best.params[name]))
+        _write_text(folder/'best.yaml', yaml.safe_dump({f'{session}_best': config}, sort_keys=False))
+    found, by_choice = importances(study), importances_by_choice(study, space)
     _write_text(folder/'importance.json', json.dumps(found, indent=1))
-    fig, ax = plt.subplots(figsize=(5, 1.2 + 0.4 * len(found)), layout='constrained')   # room for the title with one bar
-    ax.barh(list(found)[::-1], list(found.values())[::-1], color='#d62')
-    ax.set_xlabel('importance'); ax.set_title(f'{session}: what mattered for {objective}')
+    if by_choice: _write_text(folder/'importance_by_choice.json', json.dumps(by_choice, indent=1))
+    fig = _importance_chart({'all trials': found, **{f'trials with {k}': v for k, v in by_choice.items()}}, session, objective)
     write_atomically(folder/'importance.png', lambda f: fig.savefig(f, format='png', dpi=100))
     plt.close(fig)
-    summary = {'best_trial': study.best_trial.number, 'best_value': study.best_value, 'best_params': study.best_trial.params,
-               'importances': found, 'trials': len(study.trials)}
-    print(f"best trial {summary['best_trial']}: {objective} {study.best_value:.4f} with {study.best_trial.params}")
-    print('importance: ' + ', '.join(f'{k} {v:.2f}' for k, v in found.items()))
+    summary = {'best_trial': None if best is None else best.number, 'best_value': None if best is None else best.value,
+               'best_params': None if best is None else best.params, 'importances': found, 'importances_by_choice': by_choice,
+               'trials': len(study.trials)}
+    if best is None: print(f"no trial completed ({len(rows)} trial(s): {', '.join(sorted({r['state'].lower() for r in rows})) or 'none'}); no best config")
+    else: print(f"best trial {best.number}: {objective} {best.value:.4f} with {best.params}")
+    print('importance: ' + (', '.join(f'{k} {v:.2f}' for k, v in found.items()) or 'too few completed trials'))
+    for value, shares in by_choice.items():
+        print(f'importance with {value}: ' + (', '.join(f'{k} {v:.2f}' for k, v in shares.items()) or 'too few completed trials'))
     return summary
 
 # %% ../nbs/13_search.ipynb #9fb4d0f6

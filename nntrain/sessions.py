@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -25,26 +26,38 @@ import nntrain
 from .acceleration import AugmentS, RandomCrop, RandomErase, SchedulerS
 from .activations import set_seed
 from .checkpoints import CheckpointS
-from .core import CheckpointError, checkpoints, load_checkpoint, remove_temporaries, write_atomically
+from .core import CheckpointError, _describe, checkpoints, load_checkpoint, remove_temporaries, write_atomically
 from .dataloaders import VALID_SPLIT_NAMES, DataLoaders, _pick_splits, hf_ds_collate_fn
 from .experiments import (DATASETS, MODELS, OPTIMIZERS, PIPELINES, SCHEDULERS, SETTINGS, ConfigError, _is_path,
-                                 fit_iterations, load_session)
+                                 _import_module, _names_code, fit_iterations, import_callable, is_reference, load_session)
 from .learner import DeviceS, Learner, MetricsS, ProgressS, _length
 from .logging import ConsoleLogS, CSVLoggerS, TensorBoardS
 from .reports import MisclassifiedS, ReportS
 
 # %% auto #0
-__all__ = ['METRICS', 'COLUMNS', 'HELD_OUT', 'environment', 'WeightedCrossEntropy', 'open_experiment_dataset',
-           'experiment_loaders', 'build_learner', 'schedule', 'training_plan', 'confined', 'refuse_links',
-           'config_changes', 'experiment_lock', 'run_experiment', 'write_summary', 'run_session']
+__all__ = ['COLUMNS', 'HELD_OUT', 'environment', 'experiment_metrics', 'WeightedCrossEntropy', 'open_experiment_dataset',
+           'experiment_loaders', 'experiment_loss', 'build_learner', 'schedule', 'training_plan', 'confined',
+           'refuse_links', 'config_changes', 'experiment_lock', 'run_experiment', 'write_summary', 'run_session']
 
 # %% ../nbs/12_sessions.ipynb #16c3844c
 def _write_text(path: Path, text: str):
     "Write `text` to `path` atomically."
     write_atomically(path, lambda f: f.write(text.encode()))
 
+def _code_of(config: dict) -> dict:
+    "The file each reference (`module:name`) of `config` was imported from, and the SHA-256 of its contents."
+    found = {}
+    for key in ('dataset', 'model', 'loss', 'metrics', 'optimizer', 'scheduler'):
+        reference = config.get(key)
+        if not is_reference(reference) or (key == 'dataset' and not _names_code(reference)): continue
+        file = getattr(_import_module(reference.partition(':')[0])[0], '__file__', None)   # imported already, by the check
+        try: digest = hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else None
+        except OSError: digest = None
+        found[reference] = {'file': file, 'sha256': digest}
+    return found
+
 def environment(config: dict) -> dict:
-    "What reproducing an experiment needs besides its config: seed, versions, platform, git commit."
+    "What reproducing an experiment needs besides its config: seed, versions, platform, git commit, and the files its references name."
     import datasets, numpy
     info = {'seed': config.get('seed'), 'nntrain': nntrain.__version__, 'torch': torch.__version__, 'numpy': numpy.__version__,
             'datasets': datasets.__version__, 'python': platform.python_version(), 'platform': platform.platform()}
@@ -52,15 +65,15 @@ def environment(config: dict) -> dict:
         git = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=5, cwd=Path(nntrain.__file__).parent)
         info['git_commit'] = git.stdout.strip() if git.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): info['git_commit'] = None
+    if code := _code_of(config): info['code'] = code
     return info
 
 # %% ../nbs/12_sessions.ipynb #70a0d4e6
-def _accuracy():
-    "A torcheval `MulticlassAccuracy` (torcheval is imported when the first experiment is built, not with nntrain)."
-    from torcheval.metrics import MulticlassAccuracy
-    return MulticlassAccuracy()
-
-METRICS = {'accuracy': _accuracy}   # what every experiment reports besides its loss: name to a function making the metric
+def experiment_metrics(config: dict) -> MetricsS:
+    "The `MetricsS` of `config['metrics']`: metric names, or what the function of a reference `module:name` returns (names, or a dict of name to torcheval metric)."
+    made = config['metrics']
+    if isinstance(made, str): made = import_callable(made, 'metrics')()
+    return MetricsS(**made) if isinstance(made, dict) else MetricsS(*made)
 
 # %% ../nbs/12_sessions.ipynb #c5cbdd65
 class WeightedCrossEntropy:
@@ -75,17 +88,23 @@ COLUMNS = ['image', 'label']   # what an experiment trains on: the inputs, then 
 HELD_OUT = 0.2   # of a dataset with only a training split, the fraction (chosen with seed 0) that validates
 
 def open_experiment_dataset(name: str):
-    "The `DatasetDict` of the `dataset` setting `name` (in DATASETS, hub:<name>, or a path), with a 'train' and a validation split."
+    "The `DatasetDict` of the `dataset` setting `name` (in DATASETS, hub:<name>, a path, or module:name of a function making it), with a 'train' and a validation split."
     if name in DATASETS and not _is_path(name): return DATASETS.get_factory(name)()
     from datasets import Dataset, DatasetDict
-    from nntrain.pipelines import open_dataset   # chapter 14 comes after this one: imported when a session needs it
-    data = open_dataset(name)
+    if _names_code(name):
+        data = import_callable(name, 'dataset')()
+        if not isinstance(data, (Dataset, DatasetDict)):
+            raise ConfigError(f"dataset: {name}() returned {_describe(data)}; expected a DatasetDict (or a Dataset) with 'image' and "
+                              "'label' columns, from which the session makes its loaders (bs, pipeline, flatten)")
+    else:
+        from nntrain.pipelines import open_dataset   # chapter 14 comes after this one: imported when a session needs it
+        data = open_dataset(name)
     if isinstance(data, Dataset): data = DatasetDict({'train': data})
     if not isinstance(data, DatasetDict) or 'train' not in data:
         found = f"the splits {list(data)}" if isinstance(data, dict) else f"a {type(data).__name__}"
-        raise ValueError(f"dataset {name!r} is {found}; expected a dataset with a 'train' split")
+        raise ConfigError(f"dataset {name!r} is {found}; expected a dataset with a 'train' split")
     if missing := [c for c in COLUMNS if c not in data['train'].column_names]:
-        raise ValueError(f"dataset {name!r} has the columns {data['train'].column_names}, without {' and '.join(map(repr, missing))}; "
+        raise ConfigError(f"dataset {name!r} has the columns {data['train'].column_names}, without {' and '.join(map(repr, missing))}; "
                          "expected an 'image' and a 'label' column")
     valid = next((split for split in VALID_SPLIT_NAMES if split in data), None)
     if valid is None:   # a random fifth validates; its indices are kept in memory, no file is written beside the data
@@ -109,6 +128,13 @@ def experiment_loaders(config: dict, dd) -> DataLoaders:
     return DataLoaders(make[config['pipeline']](dd[train], bs, num_workers=workers, **common, **args),
                        MapLoader(dd[valid], 2 * bs, **common))   # validation is read in this process, in order
 
+def experiment_loss(config: dict):
+    "The loss of `config`: the one its `loss` reference makes, else cross entropy, weighted by `loss_weights` when they are given."
+    if config['loss'] is None: return WeightedCrossEntropy(config['loss_weights']) if config['loss_weights'] else F.cross_entropy
+    loss_fn = import_callable(config['loss'], 'loss')()
+    if not callable(loss_fn): raise ConfigError(f"loss: {config['loss']}() returned {_describe(loss_fn)}; expected a function loss_fn(preds, targets)")
+    return loss_fn
+
 def build_learner(config: dict) -> tuple[Learner, list | None]:
     "The learner an experiment's `config` describes (seeded), and the dataset's class names."
     set_seed(config['seed'])
@@ -118,10 +144,9 @@ def build_learner(config: dict) -> tuple[Learner, list | None]:
     dls = experiment_loaders(config, dd)
     model = MODELS.get_factory(config['model'])(**config['model_args'])
     optimizer = partial(OPTIMIZERS.get_factory(config['optimizer']), weight_decay=config['weight_decay'])
-    loss_fn = WeightedCrossEntropy(config['loss_weights']) if config['loss_weights'] else F.cross_entropy
-    subs = [MetricsS(**{name: make() for name, make in METRICS.items()}), DeviceS(config['device']), ProgressS()]
+    subs = [experiment_metrics(config), DeviceS(config['device']), ProgressS()]
     if config['augment']: subs.append(AugmentS(RandomCrop(2), RandomErase(p=0.3)))
-    return Learner(model, dls, loss_fn, optimizer, config['lr'], subs), class_names
+    return Learner(model, dls, experiment_loss(config), optimizer, config['lr'], subs), class_names
 
 # %% ../nbs/12_sessions.ipynb #3890d894
 def schedule(config: dict):

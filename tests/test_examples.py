@@ -9,11 +9,12 @@ EXAMPLES = ROOT/'examples'/'sessions.yaml'
 
 def test_every_example_session_is_valid():
     sessions = yaml.safe_load(EXAMPLES.read_text())
-    assert set(sessions) == {'digits', 'digits_resnet', 'digits_search'}
+    assert set(sessions) == {'digits', 'digits_resnet', 'digits_search', 'digits_architectures'}
     for name, session in sessions.items():
         if 'search' in session:
             base, space, objective = load_search(EXAMPLES, name)
-            assert objective == 'accuracy' and set(space) == {'lr', 'model_args.hidden', 'optimizer'}
+            expected = {'lr', 'model'} if name == 'digits_architectures' else {'lr', 'model_args.hidden', 'optimizer'}
+            assert objective == 'accuracy' and set(space) == expected
         else:
             experiments = load_session(EXAMPLES, name)
             assert len(experiments) == (4 if name == 'digits' else 1)
