@@ -11,10 +11,9 @@ from torch import nn
 
 from .core import _check_int, _describe
 from .learner import Subscriber
-from .trial import on
 
 # %% auto #0
-__all__ = ['dcgan_init', 'Generator', 'Critic', 'DCGAN', 'critic_term', 'generator_term', 'draw_samples', 'SampleGridS']
+__all__ = ['critic_term', 'generator_term', 'dcgan_init', 'Generator', 'Critic', 'DCGAN', 'draw_samples', 'SampleGridS']
 
 # %% ../nbs/17_gan.ipynb #4cf2691a
 def dcgan_init(module: nn.Module):
@@ -64,50 +63,101 @@ class DCGAN(nn.Module):
         self.apply(dcgan_init)
 
     def forward(self, real: torch.Tensor) -> torch.Tensor:
-        return self.generator(torch.randn(len(real), self.generator.noise, device=real.device))
+        dtype = next(self.generator.parameters()).dtype   # a float64 or bfloat16 generator takes noise of its own dtype
+        return self.generator(torch.randn(len(real), self.generator.noise, device=real.device, dtype=dtype))
 
 # %% ../nbs/17_gan.ipynb #c86e5859
-def _phase(learn, term: str) -> str:
-    "The phase running now (`learn.opt_name`), after checking that the learner has the optimizers `critic` and `generator`."
+def _critic_loss(learn) -> torch.Tensor:
+    "The critic's binary cross entropy of scoring the real images real and the (detached) generated ones fake."
+    real_score, fake_score = learn.model.critic(learn.get_inputs()[0]), learn.model.critic(learn.preds.detach())
+    return (F.binary_cross_entropy_with_logits(real_score, torch.ones_like(real_score))
+            + F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(fake_score)))
+
+def _generator_loss(learn) -> torch.Tensor:
+    "The generator's binary cross entropy of the critic scoring the generated images real."
+    fake_score = learn.model.critic(learn.preds)
+    return F.binary_cross_entropy_with_logits(fake_score, torch.ones_like(fake_score))
+
+class _GANTerm(Subscriber):
+    "One network's loss term: checked against the learner at `before_fit`; at `after_loss` of the phase `phase`, `loss(learn)` is added to the loss and logged as `column`."
+    def __init__(self, phase: str, column: str, loss):
+        self.phase, self.column, self.loss = phase, column, loss
+        self.__name__ = self.__qualname__ = type(self).__name__   # what show_doc and the API page call it
+
+    def __repr__(self) -> str: return f"{self.__name__}(phase={self.phase!r}, logged as {self.column!r})"
+
+    def before_fit(self, learn): _check_gan(learn, self)
+
+    def after_loss(self, learn):
+        if learn.opt_name != self.phase: return
+        loss = self.loss(learn)
+        learn.loss = learn.loss + loss
+        learn.log(self.column, loss.detach())
+
+def _check_gan(learn, term: _GANTerm):
+    "Refuse a learner `term` would train wrongly: without the optimizers `critic` and `generator`, a model without those parts, the term given twice, or its phase's optimizer stepping another network."
     names = list(learn.optimizers) if getattr(learn, 'optimizers', None) is not None else None
     if names is None or not {'critic', 'generator'} <= set(names):
         got = 'one optimizer (optimizers=None)' if names is None else f'the optimizers {names}'
-        raise ValueError(f"{term} adds its loss in one phase of a GAN's batch; expected Learner(..., optimizers={{'critic': ..., "
+        raise ValueError(f"{term.__name__} adds its loss in one phase of a GAN's batch; expected Learner(..., optimizers={{'critic': ..., "
                          f"'generator': ...}}) with a phase of each name, got {got}")
-    return learn.opt_name
+    parts = dict(learn.model.named_children())
+    if not {'critic', 'generator'} <= set(parts):
+        raise ValueError(f"{term.__name__} expected the model to have the submodules 'critic' and 'generator' (as DCGAN has), got "
+                         f"{_describe(learn.model)} with {list(parts)}")
+    if (copies := sum(sub is term for sub in learn.subs)) > 1:
+        raise ValueError(f"{term.__name__} was given {copies} times among the learner's subscribers (the Learner's and fit's subs together); "
+                         f"expected it once: each copy would add the {term.phase}'s loss again")
+    opts = learn.__dict__.get('opts')
+    if opts is None: return   # an evaluation before any fit: no optimizer steps
+    own = {id(p) for p in parts[term.phase].parameters()}
+    foreign = {id(p) for group in opts[term.phase].param_groups for p in group['params']} - own
+    if foreign:
+        where = sorted({name.split('.')[0] for name, p in learn.model.named_parameters() if id(p) in foreign})
+        raise ValueError(f"{term.__name__} expected the optimizer {term.phase!r} to step the {term.phase}'s parameters (model.{term.phase}), got one "
+                         f"that steps parameters of {where}; expected each optimizer named after the network it steps: "
+                         "optimizers={'critic': ('critic', ...), 'generator': ('generator', ...)}")
 
-@on('after_loss')
-def critic_term(learn):
-    "In the critic's phase, add the critic's loss: the binary cross entropy of scoring real images real and the (detached) generated ones fake; logged as `d_loss`."
-    if _phase(learn, 'critic_term') != 'critic': return
-    real_score, fake_score = learn.model.critic(learn.get_inputs()[0]), learn.model.critic(learn.preds.detach())
-    loss = (F.binary_cross_entropy_with_logits(real_score, torch.ones_like(real_score))
-            + F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(fake_score)))
-    learn.loss = learn.loss + loss
-    learn.log('d_loss', loss.detach())
+def _term(name: str, phase: str, column: str, loss, doc: str) -> _GANTerm:
+    "A `_GANTerm` whose class is called `name`, as `on` (chapter 06) names its subscribers, so that the errors and the docs call it by it."
+    return type(name, (_GANTerm,), {'__doc__': doc, '__module__': __name__, '__qualname__': name})(phase, column, loss)
 
-@on('after_loss')
-def generator_term(learn):
-    "In the generator's phase, add the generator's loss: the binary cross entropy of the critic scoring the generated images real; logged as `g_loss`."
-    if _phase(learn, 'generator_term') != 'generator': return
-    fake_score = learn.model.critic(learn.preds)
-    loss = F.binary_cross_entropy_with_logits(fake_score, torch.ones_like(fake_score))
-    learn.loss = learn.loss + loss
-    learn.log('g_loss', loss.detach())
+critic_term = _term('critic_term', 'critic', 'd_loss', _critic_loss,
+                    "In the critic's phase, add the critic's loss: the binary cross entropy of scoring real images real and the (detached) "
+                    "generated ones fake; logged as `d_loss`.")
+generator_term = _term('generator_term', 'generator', 'g_loss', _generator_loss,
+                       "In the generator's phase, add the generator's loss: the binary cross entropy of the critic scoring the generated "
+                       "images real; logged as `g_loss`.")
 
 # %% ../nbs/17_gan.ipynb #41979017
+_SEED_LIMIT = 2**64 - 1   # the largest seed torch.Generator.manual_seed takes
+
+def _check_seed(seed, who: str) -> int:
+    seed = _check_int(seed, 'seed', who, minimum=0)
+    if seed > _SEED_LIMIT: raise ValueError(f"{who} expected seed to be an int from 0 to 2**64 - 1 (what a torch.Generator takes), got {seed}")
+    return seed
+
 def _noise_size(generator: nn.Module, noise: int | None, who: str) -> int:
-    if noise is not None: return _check_int(noise, 'noise', who)
+    "The length of `generator`'s noise vectors: `noise`, or the generator's own int attribute `noise`; both given must agree."
     size = getattr(generator, 'noise', None)
-    if isinstance(size, int) and not isinstance(size, bool) and size >= 1: return size
+    own = size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else None
+    if noise is not None:
+        noise = _check_int(noise, 'noise', who)
+        if own is not None and noise != own:
+            raise ValueError(f"{who} expected noise= to be the generator's own noise length, {own}, or left out; got noise={noise}")
+        return noise
+    if own is not None: return own
     raise ValueError(f"{who} expected noise= (the length of the generator's input vectors), or a generator with an int attribute "
                      f"`noise` as Generator has; {_describe(generator)} has none")
 
 def _check_images(images, n: int, who: str):
-    "Refuse a generator's output that is not `n` images [C, H, W] (C 1 or 3) with values in [-1, 1]."
+    "Refuse a generator's output that is not `n` images [C, H, W] (C 1 or 3) with finite values in [-1, 1]."
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) != n or images.shape[1] not in (1, 3):
         got = list(images.shape) if isinstance(images, torch.Tensor) else _describe(images)
         raise ValueError(f"{who} expected the generator to return {n} images, a tensor of shape [{n}, C, H, W] with C 1 or 3, got {got}")
+    if not (finite := torch.isfinite(images)).all():
+        raise ValueError(f"{who} expected finite pixels from the generator, got {(~finite).sum().item()} NaN or infinite values of "
+                         f"{images.numel()} (has the training diverged?)")
     low, high = images.min().item(), images.max().item()
     if low < -1 - 1e-4 or high > 1 + 1e-4:
         raise ValueError(f"{who} expected the generator's pixels in [-1, 1] (a tanh output), got values from {low:.3g} to {high:.3g}")
@@ -115,41 +165,67 @@ def _check_images(images, n: int, who: str):
 @torch.no_grad()
 def draw_samples(generator: nn.Module, n: int, seed: int = 0, noise: int | None = None, batch_size: int = 500, who: str = 'draw_samples') -> torch.Tensor:
     "`n` images of `generator` in [0, 1], on the CPU: in eval mode, without gradients, from noise of a `torch.Generator` seeded with `seed` (the global random state is left alone)."
+    if isinstance(generator, DCGAN):
+        raise TypeError(f"{who} expected the generator, got the whole DCGAN, whose forward takes real images and draws its own noise; "
+                        "pass its generator (model.generator)")
+    if not isinstance(generator, nn.Module): raise TypeError(f"{who} expected the generator to be an nn.Module, got {_describe(generator)}")
     n, batch_size = _check_int(n, 'n', who), _check_int(batch_size, 'batch_size', who)
-    seed, size = _check_int(seed, 'seed', who, minimum=0), _noise_size(generator, noise, who)
-    device = next(generator.parameters(), torch.empty(0)).device
+    seed, size = _check_seed(seed, who), _noise_size(generator, noise, who)
+    weight = next(generator.parameters(), None)
+    device = torch.device('cpu') if weight is None else weight.device
+    dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32   # a float64 or bfloat16 generator
     z = torch.randn(n, size, generator=torch.Generator().manual_seed(seed))   # drawn on the CPU: the same noise on any device
     modes = [(module, module.training) for module in generator.modules()]
     generator.eval()
-    try: images = torch.cat([generator(z[i:i + batch_size].to(device)).float().cpu() for i in range(0, n, batch_size)])
+    try: images = torch.cat([generator(z[i:i + batch_size].to(device, dtype)).float().cpu() for i in range(0, n, batch_size)])
     finally:
         for module, training in modes: module.train(training)
     _check_images(images, n, who)
     return ((images + 1) / 2).clamp(0, 1)
 
 class SampleGridS(Subscriber):
-    "At the end of every training pass, `n` images of the model's `part` (its generator) from one fixed noise of seed `seed`; `grids` and `epochs` keep them, `plot()` draws a row per epoch."
+    "At the end of every training pass, `n` images of the model's `part` (its generator) from one fixed noise of seed `seed`; `grids` and `epochs` keep them across fits and through a resume, `plot()` draws a row per epoch."
     order = 10
     in_evaluation = False   # an evaluation pass (get_preds) is not an epoch of the fit
 
     def __init__(self, n: int = 10, seed: int = 0, part: str = 'generator', noise: int | None = None):
-        self.n, self.seed = _check_int(n, 'n', 'SampleGridS'), _check_int(seed, 'seed', 'SampleGridS', minimum=0)
+        self.n, self.seed = _check_int(n, 'n', 'SampleGridS'), _check_seed(seed, 'SampleGridS')
         if not isinstance(part, str): raise TypeError(f"SampleGridS expected part to be the name of the model's generator submodule, got {_describe(part)}")
+        if not part:
+            raise ValueError("SampleGridS expected part to be the name of the model's generator submodule (e.g. 'generator'), got '', "
+                             "the whole model, whose forward takes real images and draws its own noise from the run's random state")
         self.part, self.noise = part, None if noise is None else _check_int(noise, 'noise', 'SampleGridS')
         self.grids, self.epochs = [], []
 
-    def before_fit(self, learn):
-        try: learn.model.get_submodule(self.part)
+    def _generator(self, learn) -> nn.Module:
+        try: return learn.model.get_submodule(self.part)
         except AttributeError:
             children = [name for name, _ in learn.model.named_children()]
             raise ValueError(f"SampleGridS expected the model to have a submodule {self.part!r} (its generator), got one with {children}; "
                              "name it with SampleGridS(part=...)") from None
-        self.grids, self.epochs = [], []
+
+    def before_fit(self, learn):
+        "Draw a grid and throw it away, so that a generator it cannot be drawn from is refused before anything trains; earlier fits' grids stay."
+        draw_samples(self._generator(learn), self.n, self.seed, self.noise, who='SampleGridS')
 
     def after_epoch(self, learn):
         if not learn.training: return
-        self.grids.append(draw_samples(learn.model.get_submodule(self.part), self.n, self.seed, self.noise, who='SampleGridS'))
+        self.grids.append(draw_samples(self._generator(learn), self.n, self.seed, self.noise, who='SampleGridS'))
         self.epochs.append(learn.epoch)
+
+    def state_dict(self) -> dict:
+        "The grids so far, their epochs and the seed of their noise, for a checkpoint: a resumed fit ends with the grids of an uninterrupted one."
+        return {'seed': self.seed, 'grids': list(self.grids), 'epochs': list(self.epochs)}
+
+    def load_state_dict(self, state: dict):
+        if not isinstance(state, dict) or not {'seed', 'grids', 'epochs'} <= set(state) or len(state['grids']) != len(state['epochs']):
+            raise ValueError(f"SampleGridS.load_state_dict expected what state_dict gives, a dict of 'seed', 'grids' and 'epochs' (one epoch "
+                             f"per grid), got {_describe(state)}")
+        if state['seed'] != self.seed or any(len(grid) != self.n for grid in state['grids']):
+            sizes = sorted({len(grid) for grid in state['grids']})
+            raise ValueError(f"SampleGridS(n={self.n}, seed={self.seed}) expected grids of its own noise, got grids of {sizes} samples "
+                             f"drawn with seed {state['seed']}")
+        self.grids, self.epochs = list(state['grids']), list(state['epochs'])
 
     def plot(self, size: float = 0.9):
         "One row of samples per epoch, the first epoch at the top; returns the figure."

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -20,8 +20,15 @@ from .trial import on
 __all__ = ['digit_pair', 'LinearSVM', 'hinge_loss', 'margin_penalty', 'plot_boundary', 'BoundaryS']
 
 # %% ../nbs/19_svm.ipynb #86a4795c
+def _label_problem(labels: torch.Tensor) -> str | None:
+    "What keeps `labels` from being labels of +1 and -1 (named for an error), or None when they are."
+    if labels.dtype == torch.bool: return 'bool values'
+    if ((labels == 1) | (labels == -1)).all(): return None
+    values = labels.detach().unique()
+    return f"the values {values[:6].tolist()}{' ...' if len(values) > 6 else ''}"
+
 def digit_pair(columns: Mapping, positive: int, negative: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "The samples of two digits from `columns` (`image` [N, 1, 28, 28], uint8 or in [0, 1], and `label`): images flattened to [n, 784] floats in [0, 1], labels +1 for `positive` and -1 for `negative`."
+    "The samples of two digits from `columns` (`image` [N, 1, 28, 28], integers from 0 to 255 or floats in [0, 1], and `label` [N]): images flattened to [n, 784] floats in [0, 1], labels +1 for `positive` and -1 for `negative`."
     if not isinstance(columns, Mapping) or not {'image', 'label'} <= set(columns):
         got = sorted(columns) if isinstance(columns, Mapping) else _describe(columns)
         raise TypeError(f"digit_pair expected a split's columns with 'image' and 'label' (as dataset_to_tensors gives them), got {got}")
@@ -30,12 +37,27 @@ def digit_pair(columns: Mapping, positive: int, negative: int) -> tuple[torch.Te
             raise ValueError(f"digit_pair expected {name} to be a digit, an int from 0 to 9, got {_describe(digit)}")
     if positive == negative: raise ValueError(f"digit_pair expected two different digits, got {positive} twice")
     images, labels = columns['image'], columns['label']
+    for name, column in (('image', images), ('label', labels)):
+        if not isinstance(column, torch.Tensor):
+            raise TypeError(f"digit_pair expected columns[{name!r}] to be a tensor (as dataset_to_tensors gives it), got {_describe(column)}")
+    if images.ndim < 2 or images.dtype == torch.bool or images.is_complex():
+        raise ValueError(f"digit_pair expected images [N, ...] of integer or float pixels, got a tensor of shape {list(images.shape)} of {images.dtype}")
+    if labels.shape != (len(images),):
+        raise ValueError(f"digit_pair expected one label per image, labels of shape [{len(images)}], got labels of shape {list(labels.shape)}")
     for digit in (positive, negative):
         if not (labels == digit).any(): raise ValueError(f"digit_pair found no sample of the digit {digit} in these columns")
     keep = (labels == positive) | (labels == negative)
     x = images[keep].flatten(1)
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-    return x, torch.where(labels[keep] == positive, 1.0, -1.0)
+    low, high = x.min().item(), x.max().item()
+    if not x.is_floating_point():   # integer pixels count from 0 to 255
+        if not 0 <= low <= high <= 255:
+            raise ValueError(f"digit_pair expected integer pixels from 0 to 255 (or float ones in [0, 1]), got values from {low} to {high}")
+        x = x.float() / 255
+    elif not 0 <= low <= high <= 1:   # NaN fails this too
+        hint = (' (images scaled to [-1, 1]? map them back with (x + 1) / 2)' if -1 <= low < 0 and high <= 1 else
+                ' (pixels from 0 to 255 stored as floats? divide them by 255)' if 0 <= low and high <= 255 else '')
+        raise ValueError(f"digit_pair expected float pixels in [0, 1] (or integer ones from 0 to 255), got values from {low:.3g} to {high:.3g}{hint}")
+    return x.float(), torch.where(labels[keep] == positive, 1.0, -1.0)
 
 # %% ../nbs/19_svm.ipynb #8a617392
 class LinearSVM(nn.Module):
@@ -54,15 +76,25 @@ class LinearSVM(nn.Module):
 
 def hinge_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     "The mean of `max(0, 1 - y * score)` over `scores` [N] and their `targets` y [N] of +1 and -1: zero for samples right by a margin of at least 1."
+    if not isinstance(scores, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise TypeError(f"hinge_loss expected scores and targets to be tensors (a score and a target of +1 or -1 per sample), "
+                        f"got {_describe(scores)} and {_describe(targets)}")
     if scores.shape != targets.shape:
         raise ValueError(f"hinge_loss expected scores and targets of the same shape [N] (a score and a target of +1 or -1 per sample), "
                          f"got {list(scores.shape)} and {list(targets.shape)}")
+    if scores.numel() == 0:
+        raise ValueError(f"hinge_loss expected at least one sample, got scores and targets of shape {list(scores.shape)} (their mean would be nan)")
+    if problem := _label_problem(targets):
+        raise ValueError(f"hinge_loss expected targets of +1 and -1 (as digit_pair labels them), got {problem}; 0/1 labels y map to them with 2 * y - 1")
     return torch.clamp(1 - targets * scores, min=0).mean()
+
+_STRENGTH_LIMIT = float(torch.finfo(torch.float32).max)   # a larger strength is inf in a float32 loss
 
 def margin_penalty(strength: float) -> Subscriber:
     "A subscriber adding `strength / 2 * |weight|²` (the model's `weight`, not its bias) to the loss of training batches: the smaller the weights, the wider the margin."
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not strength > 0:
-        raise ValueError(f"margin_penalty expected strength to be a number > 0, got {_describe(strength)}")
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= _STRENGTH_LIMIT:
+        raise ValueError(f"margin_penalty expected strength to be a finite number > 0 and at most {_STRENGTH_LIMIT:.3g} (the largest float32), "
+                         f"got {_describe(strength)}")
     @on('after_loss')
     def margin_term(learn):
         if not learn.training: return
@@ -73,12 +105,37 @@ def margin_penalty(strength: float) -> Subscriber:
     return margin_term
 
 # %% ../nbs/19_svm.ipynb #b9721ee1
+def _check_points(x, y, who: str):
+    "Refuse points and labels a boundary cannot be drawn with: `x` not finite [N, 2], `y` not N labels of +1 and -1."
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"{who} expected points x and labels y to be tensors, got {_describe(x)} and {_describe(y)}")
+    if x.ndim != 2 or x.shape[1] != 2: raise ValueError(f"{who} draws 2-D points, x of shape [N, 2], got points of shape {list(x.shape)}")
+    if y.shape != (len(x),): raise ValueError(f"{who} expected one label per point, y of shape [{len(x)}], got {list(y.shape)}")
+    if not (finite := torch.isfinite(x)).all():
+        raise ValueError(f"{who} expected finite points, got {(~finite).sum().item()} NaN or infinite coordinates in x")
+    if problem := _label_problem(y):
+        raise ValueError(f"{who} expected labels y of +1 and -1 (as digit_pair labels them), got {problem}; 0/1 labels y map to them with 2 * y - 1")
+
+def _check_line(weight, bias, who: str):
+    "Refuse a model whose line cannot be drawn in the plane: not 2 weights and one bias."
+    if not isinstance(weight, torch.Tensor) or weight.shape != (2,) or torch.as_tensor(bias).numel() != 1:
+        got = f"a weight of shape {list(weight.shape)}" if isinstance(weight, torch.Tensor) else f"weight {_describe(weight)}"
+        raise ValueError(f"{who} draws the boundary of a model of 2 weights (a weight of shape [2]) and one bias, got {got} and a bias of "
+                         f"shape {list(torch.as_tensor(bias).shape)}; a boundary in more dimensions cannot be drawn in the plane")
+
+def _check_at(at, who: str) -> list[int]:
+    "`at` as a list of iterations, when it is a non-empty iterable of ints; else a ValueError."
+    listed = list(at) if isinstance(at, Iterable) and not isinstance(at, (str, bytes, torch.Tensor)) else None
+    if not listed or any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in listed):
+        got = repr(at) if len(repr(at)) <= 60 else _describe(at)
+        raise ValueError(f"{who} expected at to be the iterations to draw, a non-empty list of ints such as at=(0, 50), or None, got {got}")
+    return listed
+
 def plot_boundary(ax, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, title: str | None = None):
     "Draw 2-D points `x` coloured by their label `y` (+1 or -1), a linear model's boundary `x @ weight + bias = 0` (solid) and its margins `= ±1` (dashed) on `ax`."
+    _check_points(x, y, 'plot_boundary'); _check_line(weight, bias, 'plot_boundary')
     x, y = x.detach().cpu().float(), y.detach().cpu()
     w, b = weight.detach().cpu().double().tolist(), float(torch.as_tensor(bias).detach())
-    if x.ndim != 2 or x.shape[1] != 2 or len(w) != 2:
-        raise ValueError(f"plot_boundary draws 2-D points and a model of 2 weights, got points of shape {list(x.shape)} and {len(w)} weights")
     for label, colour, marker in ((1, 'tab:red', 'o'), (-1, 'tab:blue', 's')):
         ax.scatter(*x[y == label].T, s=6, c=colour, marker=marker, alpha=0.35, linewidths=0)
     (x0, y0), (x1, y1) = (x.min(0).values - 0.5).tolist(), (x.max(0).values + 0.5).tolist()
@@ -94,32 +151,54 @@ def plot_boundary(ax, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bi
     return ax
 
 class BoundaryS(Subscriber):
-    "The model's `weight` and `bias` at the start of the fit and after every `every`-th training iteration, in `snapshots` as (iteration, weight, bias); `plot(x, y)` draws a 2-D model's boundaries."
+    "The model's `weight` and `bias` when training starts and after every `every`-th training iteration, in `snapshots` as (iteration, weight, bias), kept through a resume; `plot(x, y)` draws a 2-D model's boundaries."
     in_evaluation = False
 
     def __init__(self, every: int = 10):
         self.every, self.snapshots = _check_int(every, 'every', 'BoundaryS'), []
 
-    def _record(self, learn):
+    def _line(self, learn) -> tuple[torch.Tensor, torch.Tensor]:
         weight, bias = getattr(learn.model, 'weight', None), getattr(learn.model, 'bias', None)
         if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
             raise TypeError(f"BoundaryS expected the model to have `weight` and `bias` tensors (as LinearSVM has), got {_describe(learn.model)}")
-        self.snapshots.append((learn.iteration, weight.detach().clone(), bias.detach().clone()))
+        if weight.ndim != 1 or bias.numel() != 1:
+            raise ValueError(f"BoundaryS expected the line `x @ weight + bias` of a weight of shape [features] and one bias (as LinearSVM has), "
+                             f"got a weight of shape {list(weight.shape)} and a bias of shape {list(bias.shape)}")
+        return weight, bias
+
+    def _record(self, learn, iteration: int):
+        weight, bias = self._line(learn)
+        self.snapshots.append((iteration, weight.detach().clone(), bias.detach().clone()))
 
     def before_fit(self, learn):
+        "Check the model before anything trains, and start this fit's snapshots (a resumed fit gets the earlier ones back with its checkpoint)."
+        self._line(learn)
         self.snapshots = []
-        self._record(learn)
+
+    def before_batch(self, learn):
+        "The weights training starts from, at the fit's first batch: after a checkpoint being resumed is loaded, and never in a fit resumed past it."
+        if learn.training and learn.iteration == 1: self._record(learn, 0)
 
     @every_('every')
-    def after_batch(self, learn): self._record(learn)
+    def after_batch(self, learn): self._record(learn, learn.iteration)
+
+    def state_dict(self) -> dict:
+        "The snapshots so far, for a checkpoint: a resumed fit ends with the snapshots of an uninterrupted one."
+        return {'snapshots': list(self.snapshots)}
+
+    def load_state_dict(self, state: dict):
+        if not isinstance(state, dict) or not isinstance(state.get('snapshots'), (list, tuple)):
+            raise ValueError(f"BoundaryS.load_state_dict expected what state_dict gives, a dict with the list 'snapshots', got {_describe(state)}")
+        self.snapshots = [(iteration, weight, bias) for iteration, weight, bias in state['snapshots']]
 
     def plot(self, x: torch.Tensor, y: torch.Tensor, at=None, size: float = 2.6):
         "One panel per recorded iteration in `at` (the nearest recorded one; default: four spread over the fit), each with the points `x`, `y` and the boundary then."
         if not self.snapshots: raise ValueError("BoundaryS has no snapshots to plot yet; they are recorded during a fit")
+        _check_points(x, y, 'BoundaryS.plot'); _check_line(self.snapshots[0][1], self.snapshots[0][2], 'BoundaryS.plot')
         import matplotlib.pyplot as plt
         iterations = [i for i, _, _ in self.snapshots]
         if at is None: picks = sorted({round(k * (len(iterations) - 1) / 3) for k in range(4)})
-        else: picks = [min(range(len(iterations)), key=lambda j: abs(iterations[j] - i)) for i in at]
+        else: picks = [min(range(len(iterations)), key=lambda j: abs(iterations[j] - i)) for i in _check_at(at, 'BoundaryS.plot')]
         fig, axes = plt.subplots(1, len(picks), figsize=(size * len(picks), size), squeeze=False)
         x, y = x.detach().cpu().float(), y.detach().cpu()
         for ax, j in zip(axes[0], picks):
