@@ -155,6 +155,18 @@ def test_check_clean_names_chapters_with_outputs_and_broken_notebooks(project):
     assert 'index.ipynb' not in r.stderr                              # index keeps its outputs: the README shows them
 
 
+def test_check_clean_names_cells_that_import_and_do_other_work(project):
+    # nbdev's page processing runs every importing cell again on its own: the rest of such a cell fails there
+    plant(project, '02_mixed', notebook('MD:# Mixed\n\n> imports inside a test', 'x = 1',
+                                        'def f():\n    import math\n    return math.pi\ny = f()',
+                                        '#| export\nimport math\nz = math.e', 'import math\nimport os',
+                                        '#| eval: false\nimport math\nmath.pi'))
+    r = subprocess.run([sys.executable, 'tools/build_site.py', 'check-clean'], cwd=project, capture_output=True, text=True)
+    assert r.returncode == 1 and 'a cell that imports holds only imports' in r.stderr
+    assert 'nbs/02_mixed.ipynb: code cell 2 (id ' in r.stderr             # an import nested in a function counts too
+    for fine in (1, 3, 4, 5): assert f'code cell {fine} ' not in r.stderr   # no import; exported; imports only; not run
+
+
 @pytest.mark.parametrize('names,message', [
     (['54_index'], '54_index.ipynb'),                         # a chapter may not take the home page...
     (['50_tiny', '58_tiny'], '50_tiny.ipynb and 58_tiny.ipynb would both be the page tiny.html'),

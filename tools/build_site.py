@@ -312,7 +312,10 @@ def build_page_in_subprocess(path, src_dir, timeout):
                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent)
         log.seek(0); text = log.read().strip()
     if r.returncode:
-        failure = text[text.rindex('NotebookFailed: ') + 16:] if 'NotebookFailed: ' in text else text[-4000:]
+        if 'NotebookFailed: ' in text: failure = text[text.rindex('NotebookFailed: ') + 16:]
+        else:   # failed outside a cell (nbdev's processing, the conversion): its errors first, then the end of the log
+            errors = [l for l in text.splitlines() if re.match(r'^\w*(Error|Exception)\b.*:', l)]
+            failure = f'{path.name}: ' + '\n'.join(errors[:3]) + '\n--- the end of its log:\n' + text[-3000:]
         raise RuntimeError(_ansi.sub('', failure))
     return json.loads(text.splitlines()[-1])
 
@@ -440,7 +443,7 @@ def _build(out, jobs, only, src, t0, timeout):
 
 def check_clean():
     "The chapter notebooks are committed without outputs; index.ipynb keeps its outputs (the README shows them)."
-    bad = []
+    bad, mixed = [], []
     found = sorted(p for p in NBS.rglob('*.ipynb') if not any(part.startswith(('_', '.')) for part in p.relative_to(NBS).parts))
     for p in found:
         if p.relative_to(NBS).as_posix() == 'index.ipynb': continue
@@ -451,10 +454,27 @@ def check_clean():
             bad.append(f'{p.relative_to(ROOT)}: not a notebook ({type(e).__name__}: {e})'); continue
         n = sum(bool(c.get('outputs')) or c.get('execution_count') is not None for c in cells)
         if n: bad.append(f'{p.relative_to(ROOT)}: {n} code cell(s) with outputs or an execution count')
+        mixed += [f'{p.relative_to(ROOT)}: code cell {i} (id {c.get("id")})' for i, c in enumerate(nb['cells'])
+                  if c['cell_type'] == 'code' and _imports_and_code(''.join(c['source']))]
     if bad:
         sys.exit('chapters are committed without outputs (the site build executes them); clear these with '
                  '`jupyter nbconvert --clear-output --inplace` or your editor:\n  ' + '\n  '.join(bad))
-    print('chapters carry no outputs')
+    if mixed:
+        sys.exit('a cell that imports holds only imports (nbdev runs every importing cell again, alone, to build the '
+                 "page, and the rest of it fails there); move these cells' imports to the chapter's import cell:\n  "
+                 + '\n  '.join(mixed))
+    print('chapters carry no outputs, and their importing cells only import')
+
+
+def _imports_and_code(source):
+    "Would nbdev's page processing run this cell on its own (it imports) though it also does other work?"
+    import ast
+    d = directives(source)
+    if d.keys() & {'export', 'exports', 'exporti', 'exec_doc'} or d.get('eval', '').lower() == 'false': return False
+    try: tree = ast.parse('\n'.join(l for l in source.splitlines() if not l.lstrip().startswith(('%', '!'))))
+    except SyntaxError: return False
+    nodes = list(ast.walk(tree))
+    return any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in nodes) and any(isinstance(n, (ast.Expr, ast.Assign)) for n in nodes)
 
 
 if __name__ == '__main__':
@@ -465,7 +485,7 @@ if __name__ == '__main__':
     b.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1), help='notebooks executed at once')
     b.add_argument('--only', nargs='+', default=(), help='build only the notebooks whose names start with these')
     b.add_argument('--cell-timeout', type=int, default=CELL_TIMEOUT, help=f'seconds a cell may run (default {CELL_TIMEOUT})')
-    sub.add_parser('check-clean', help='fail if a chapter notebook carries outputs')
+    sub.add_parser('check-clean', help='fail if a chapter notebook carries outputs, or a cell that imports does other work')
     pg = sub.add_parser('page', help='(used by build) execute, process and convert one notebook')
     pg.add_argument('notebook'); pg.add_argument('src_dir'); pg.add_argument('--cell-timeout', type=int, default=CELL_TIMEOUT)
     a = ap.parse_args()
