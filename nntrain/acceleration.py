@@ -224,12 +224,17 @@ def _own_lr(learn, name: str) -> float:
     own = learn.optimizers[name][2]
     return learn.lr if own is None else own
 
-def fit_one_cycle(learn: Learner, epochs: int, max_lr: float | dict | None = None, subs=(), resume=None, resume_fallback: bool = False, **kwargs):
-    "Fit `learn` for `epochs` with `OneCycleLR` up to `max_lr` (default `learn.lr`; with named optimizers each one's own lr, or a dict by name), resuming as `fit` does; other `kwargs` go to `OneCycleLR`."
+def fit_one_cycle(learn: Learner, epochs: int, max_lr: float | dict | None = None, subs=(), resume=None, resume_fallback: bool = False,
+                  train: bool = True, valid: bool = True, **kwargs):
+    "Fit `learn` for `epochs` with `OneCycleLR` up to `max_lr` (default `learn.lr`; with named optimizers each one's own lr, or a dict by name), resuming as `fit` does; `train`/`valid` as in `fit`; other `kwargs` go to `OneCycleLR`."
     if isinstance(max_lr, dict):
         if not max_lr: raise ValueError("fit_one_cycle expected max_lr to be a number, None (each optimizer's own lr), or a dict by optimizer name; got an empty dict")
         for name, peak in max_lr.items(): _check_lr(peak, f'fit_one_cycle (max_lr[{name!r}])')
     elif max_lr is not None: _check_lr(max_lr, 'fit_one_cycle (max_lr)')
+    known = [k for k in inspect.signature(OneCycleLR).parameters if k not in ('optimizer', 'max_lr')]
+    if unknown := [k for k in kwargs if k not in known]:   # refused now, not by the scheduler once the fit has begun
+        raise TypeError(f"fit_one_cycle got {unknown}, which neither fit nor OneCycleLR takes; expected fit's train, valid, subs, resume, "
+                        f"resume_fallback, or OneCycleLR's {', '.join(known)}")
     if learn.optimizers is None:
         if isinstance(max_lr, dict):
             raise TypeError(f"fit_one_cycle was given max_lr by optimizer name ({list(max_lr)}), but this learner has one optimizer; expected a number")
@@ -240,7 +245,7 @@ def fit_one_cycle(learn: Learner, epochs: int, max_lr: float | dict | None = Non
             raise ValueError(f"fit_one_cycle was given max_lr for the optimizers {list(peaks)}, but this learner has no {unknown}; "
                              f"its optimizers are {list(learn.optimizers)}")
         make = {name: partial(OneCycleLR, max_lr=peaks.get(name) or _own_lr(learn, name), **kwargs) for name in learn.optimizers}
-    learn.fit(epochs, subs=[SchedulerS(make), *subs], resume=resume, resume_fallback=resume_fallback)
+    learn.fit(epochs, train, valid, subs=[SchedulerS(make), *subs], resume=resume, resume_fallback=resume_fallback)
 
 def _momentum(group: dict):
     return group['momentum'] if 'momentum' in group else group['betas'][0] if 'betas' in group else None

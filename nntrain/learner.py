@@ -412,6 +412,9 @@ class Learner:
         epochs, train, valid = _check_int(epochs, 'epochs', 'fit', minimum=0), _check_flag(train, 'train', 'fit'), _check_flag(valid, 'valid', 'fit')
         lr = self.lr if lr is None else _check_lr(lr, 'fit')
         fit_subs = _check_subs(subs, 'fit')
+        for wanted, dl, what, flag in ((train, self.dls.train, 'training', 'train'), (valid, self.dls.valid, 'validation', 'valid')):
+            if wanted and epochs and dl is None:   # said before the first batch, not after a pass of the other kind
+                raise ValueError(f"the {what} loader is None; expected an iterable of batches (or fit(..., {flag}=False))")
         if resume is not None and (not train or lr != self.lr):
             given = 'train=False' if not train else f'lr={lr!r}'
             raise ValueError(f"fit(resume=...) continues the checkpoint's run, its training and its optimizer (learning rate included); "

@@ -158,9 +158,18 @@ def test_dataloaders_wants_iterables_or_none():
     assert DataLoaders(batches([0]), None).valid is None
 
 def test_a_none_loader_is_refused_when_a_pass_needs_it():
-    learn = Learner(nn.Linear(3, 2), DataLoaders(batches([0, 1]), None))
+    class Counter(Subscriber):
+        n = 0
+        def after_batch(self, learn): self.n += 1
+    learn = Learner(nn.Linear(3, 2), DataLoaders(batches([0, 1]), None), subs=[counter := Counter()])
     with raises(ValueError, "the validation loader is None; expected an iterable of batches (or fit(..., valid=False))"): learn.fit(1)
+    assert counter.n == 0                  # said before the training pass, not after it
     learn.fit(1, valid=False)
+    assert counter.n == 1                  # its one training batch
+    no_train = Learner(nn.Linear(3, 2), DataLoaders(None, batches([0])), subs=[counter := Counter()])
+    with raises(ValueError, "the training loader is None; expected an iterable of batches (or fit(..., train=False))"): no_train.fit(1)
+    no_train.fit(1, train=False); no_train.fit(0)
+    assert counter.n == 1                  # its one validation batch
 
 
 # 4. batch_size and the other loader arguments
