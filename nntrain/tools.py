@@ -350,25 +350,26 @@ class EmbeddingsS(Subscriber):
             images = None
         (self.log_dir/'embeddings').mkdir(parents=True, exist_ok=True)
         config = self.log_dir/'projector_config.pbtxt'
-        with self._config_lock():   # another run's embedding of the same name (a run into the same log_dir) keeps its own
-            listed = [n for _, n in _projector_entries(config.read_text())] if config.exists() else []
-        foreign, base, k = set(listed) - {e['tensor_name'] for e in self.written}, name, 2
-        while name in foreign: name, k = f'{base} ({k})', k + 1
         folder = Path(tempfile.mkdtemp(prefix=re.sub(r'[^\w@.-]', '_', name) + '.', dir=self.log_dir/'embeddings'))   # new each time: the config points at whole folders only
         write_atomically(folder/'tensors.tsv', lambda f: f.write(_tsv(('%.6g' % v for v in row) for row in embeddings.tolist())))
-        entry = {'tensor_name': name, 'tensor_path': f'embeddings/{folder.name}/tensors.tsv'}
+        entry = {'tensor_path': f'embeddings/{folder.name}/tensors.tsv'}
         if labels is not None:
             write_atomically(folder/'metadata.tsv', lambda f: f.write(_tsv([label] for label in labels)))
             entry['metadata_path'] = f'embeddings/{folder.name}/metadata.tsv'
         if images is not None:
             write_atomically(folder/'sprite.png', lambda f: f.write(_sprite(images)))
             entry['sprite'] = (f'embeddings/{folder.name}/sprite.png', tuple(images.shape[2:]))
-        replaced = [e for e in self.written if e['tensor_name'] == name]
-        self.written = [e for e in self.written if e['tensor_name'] != name] + [entry]
-        ours = {e['tensor_name'] for e in self.written}
+        # the name is chosen and listed under one hold of the lock: another run into the same log_dir choosing between the two
+        # would take the same name, and the later write would drop the earlier one's entry as its own
         with self._config_lock():
-            others = [block for block, n in _projector_entries(config.read_text()) if n not in ours] if config.exists() else []
-            text = '\n'.join(others + [_entry_text(e) for e in self.written]) + '\n'
+            listed = _projector_entries(config.read_text()) if config.exists() else []
+            foreign, base, k = {n for _, n in listed} - {e['tensor_name'] for e in self.written}, name, 2
+            while name in foreign: name, k = f'{base} ({k})', k + 1
+            entry = {'tensor_name': name, **entry}
+            replaced = [e for e in self.written if e['tensor_name'] == name]
+            self.written = [e for e in self.written if e['tensor_name'] != name] + [entry]
+            ours = {e['tensor_name'] for e in self.written}
+            text = '\n'.join([block for block, n in listed if n not in ours] + [_entry_text(e) for e in self.written]) + '\n'
             write_atomically(config, lambda f: f.write(text.encode()))
         for old in replaced:   # the folder a rewrite of the same name (after a resume) replaces
             old_folder = self.log_dir/Path(old['tensor_path']).parent
