@@ -1,7 +1,8 @@
 """The documentation site, built from the notebooks and opened page by page in a real headless Chromium.
 
 The build (`python tools/build_site.py build`) executes every chapter, so this is also the test that each one
-runs top to bottom in a real Jupyter kernel. Set NNTRAIN_SITE to a built site to check that one instead
+runs top to bottom in a real Jupyter kernel, writing nothing to stderr: the README's test command runs the notebooks
+only here (not with nbdev_test too), so the build runs whether or not a browser is there. Set NNTRAIN_SITE to a built site to check that one instead
 (the deploy workflow does, to publish exactly what it tested); NNTRAIN_SCREENSHOTS: where the screenshot of each
 page goes (default: a pytest temporary folder);
 NNTRAIN_BROWSER_TEST=required to fail, not skip, where Chromium or its driver is missing (CI sets it).
@@ -29,15 +30,18 @@ def _need_browser():
     pytest.skip(msg)
 
 
+_build_log = []
+
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-    _need_browser()
+    "The site, built here (every chapter executed) unless NNTRAIN_SITE names one already built."
     if os.environ.get('NNTRAIN_SITE'): return Path(os.environ['NNTRAIN_SITE'])
     out = tmp_path_factory.mktemp('site')/'html'
     r = subprocess.run([sys.executable, 'tools/build_site.py', 'build', '--out', str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=1500)
     print(r.stdout[-3000:])
-    assert r.returncode == 0, f'the site did not build:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
+    assert r.returncode == 0, f'the site did not build:\n{r.stderr[-3000:]}\n--- the end of its log:\n{r.stdout[-3000:]}'
+    _build_log.append(r.stdout)
     return out
 
 
@@ -53,6 +57,7 @@ def server(site):
 
 @pytest.fixture(scope='module')
 def browser():
+    _need_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     opts = webdriver.ChromeOptions()
@@ -151,9 +156,13 @@ def check_page(driver, base, name, shots):
 
 
 def test_a_page_per_notebook(site):
+    "Every notebook ran top to bottom into its page, and none wrote to stderr (the build lists what did)."
     pages = {p.name for p in site.glob('*.html')}
     expected = {f'{page}.html' for _, _, page in chapters()} | {'api.html'}
     assert not expected - pages, f'pages missing from the site: {sorted(expected - pages)}'
+    for log in _build_log:
+        stray = [line for line in log.splitlines() if ' ran ' in line or line.lstrip().startswith('stderr in cell')]
+        assert not any('stderr in cell' in line for line in stray), 'chapters wrote to stderr:\n' + '\n'.join(stray)
 
 
 def test_every_page_renders_in_chromium(site, server, browser, tmp_path_factory):
