@@ -325,10 +325,10 @@ def _interrupted(args, argv) -> str:
 def _reported(error: Exception) -> bool:
     "Whether `main` reports `error` in one line: a bad value, config or checkpoint, a missing package, a file it cannot use."
     if isinstance(error, (CommandError, ImportError, OSError)): return True
-    from nntrain.checkpoints import CheckpointError   # imported already by the command that raised `error`
-    from nntrain.experiments import ConfigError
-    from nntrain.search import WorkersError
-    return isinstance(error, (ConfigError, CheckpointError, WorkersError))
+    # the module of each class is imported already if it raised `error`; importing none here, a planted optuna.py cannot break the report
+    classes = [getattr(sys.modules.get(module), name, None)
+               for module, name in (('nntrain.core', 'CheckpointError'), ('nntrain.experiments', 'ConfigError'), ('nntrain.search', 'WorkersError'))]
+    return isinstance(error, tuple(c for c in classes if isinstance(c, type)))
 
 def _launch_fit(args, nproc: int) -> int:
     "Run this `nntrain fit` in `nproc` processes started by torch's elastic launcher (`torchrun --standalone`); return its exit status."
@@ -593,28 +593,31 @@ def _project_name_problem(name: str) -> str | None:
     if len(name.encode()) > 200: return f"expected at most 200 bytes, got {len(name.encode())}"
     return None
 
-def _remove_abandoned(parent: Path, name: str):
-    "Remove the temporary folders that `nntrain new name` runs killed outright left in `parent` (their process is gone)."
-    prefix = f'.{name}.new-'
+def _remove_abandoned(parent: Path, name: str) -> int:
+    "Remove the temporary folders that `nntrain new name` runs killed outright left in `parent` (their process is gone); return how many."
+    prefix, removed = f'.{name}.new-', 0
     for entry in os.scandir(parent):
         pid = entry.name[len(prefix):].partition('-')[0]
         if not (entry.name.startswith(prefix) and pid.isdigit() and entry.is_dir(follow_symlinks=False)): continue
         try: os.kill(int(pid), 0)
-        except ProcessLookupError: shutil.rmtree(entry.path, ignore_errors=True)
+        except ProcessLookupError: shutil.rmtree(entry.path, ignore_errors=True); removed += 1
         except PermissionError: pass   # alive, another user's
+    return removed
 
 def new_project(name: str, parent='.') -> Path:
     "Write the new project folder `parent/name` (`PROJECT_FILES`): whole, or not at all; a name that is taken is refused."
     if problem := _project_name_problem(name): raise CommandError(f"nntrain new {name!r}: {problem}")
     parent = Path(parent)
     target = parent/name
+    if _remove_abandoned(parent, name) and target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        target.rmdir()   # the empty claim of a command killed before it renamed its folder onto it
     if os.path.lexists(target):
         what = 'a link' if target.is_symlink() else 'a folder' if target.is_dir() else 'a file'
         raise CommandError(f"nntrain new: {target} exists already ({what}); expected a new name (nothing was written)")
     if not os.access(parent, os.W_OK | os.X_OK): raise CommandError(f"nntrain new: the folder {str(parent.resolve())!r} is not writable")
-    _remove_abandoned(parent, name)
-    made, claimed = Path(tempfile.mkdtemp(prefix=f'.{name}.new-{os.getpid()}-', dir=parent)), False
+    made, claimed = None, False
     try:
+        made = Path(tempfile.mkdtemp(prefix=f'.{name}.new-{os.getpid()}-', dir=parent))
         for file, text in PROJECT_FILES.items(): (made/file).write_text(text.replace('{project}', name), encoding='utf-8')
         mask = os.umask(0o22); os.umask(mask)
         os.chmod(made, 0o777 & ~mask)   # mkdtemp's folder is private; the project is an ordinary folder
@@ -622,8 +625,9 @@ def new_project(name: str, parent='.') -> Path:
         except FileExistsError: raise CommandError(f"nntrain new: {target} was made by another process meanwhile; expected a new name") from None
         claimed = True
         os.rename(made, target)   # onto the empty folder claimed just before
-    except BaseException:
-        shutil.rmtree(made, ignore_errors=True)
+    except BaseException as e:
+        if made is not None: shutil.rmtree(made, ignore_errors=True)
         if claimed and target.is_dir() and not target.is_symlink() and not any(target.iterdir()): target.rmdir()
+        if isinstance(e, OSError): raise CommandError(f"nntrain new: {target} could not be written ({e.strerror or e}); nothing was written") from None
         raise
     return target

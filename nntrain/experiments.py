@@ -9,6 +9,7 @@ import collections.abc
 import difflib
 import hashlib
 import importlib
+import importlib.machinery
 import inspect
 import itertools
 import json
@@ -26,7 +27,7 @@ import torch
 import yaml
 from torch import nn
 
-from .acceleration import SGD, Adam, Momentum, RMSProp, resnet
+from .acceleration import SGD, Adam, Momentum, RMSProp, SchedulerS, resnet
 from .activations import cnn_layers
 from .core import _check_int, _describe
 from .dataloaders import _offline_setting, load_mnist
@@ -34,16 +35,29 @@ from .learner import METRIC_ALIASES, METRIC_NAMES, Learner, Subscriber, _REGRESS
 
 # %% auto #0
 __all__ = ['MODELS', 'OPTIMIZERS', 'SCHEDULERS', 'DATASETS', 'SETTINGS', 'PIPELINES', 'MAX_WORKERS', 'MAX_CONFIG_BYTES',
-           'MAX_ID_LENGTH', 'MAX_COUNT', 'MAX_SEED', 'is_reference', 'Registry', 'mlp', 'ConfigError',
-           'reference_problem', 'import_callable', 'read_yaml', 'expand_grid', 'device_problem', 'dataset_problem',
-           'check_config', 'check_session', 'load_session', 'IterationLoader', 'IterationStateS', 'fit_iterations']
+           'MAX_ID_LENGTH', 'MAX_COUNT', 'MAX_SEED', 'is_reference', 'reference_form_problem', 'Registry', 'mlp',
+           'ConfigError', 'reference_problem', 'import_callable', 'read_yaml', 'expand_grid', 'device_problem',
+           'dataset_problem', 'loss_function_problem', 'check_config', 'check_session', 'load_session',
+           'IterationLoader', 'IterationStateS', 'fit_iterations']
 
 # %% ../nbs/11_experiments.ipynb #80147ee9
-_REFERENCE = re.compile(r'[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*')
+def _dotted_name(text: str) -> bool: return all(part.isidentifier() for part in text.split('.'))
 
 def is_reference(value) -> bool:
-    "Whether `value` is a reference `module:name` to a callable (dotted names allowed on both sides), which `get_factory` imports."
-    return isinstance(value, str) and _REFERENCE.fullmatch(value) is not None
+    "Whether `value` is a reference `module:name` to a callable (Python names, dotted allowed on both sides), which `get_factory` imports."
+    return isinstance(value, str) and value.count(':') == 1 and all(map(_dotted_name, value.split(':')))
+
+def reference_form_problem(value: str, kind: str = 'object') -> str:
+    "Why the text `value` cannot be read as a reference `module:name` (for a `kind`)."
+    module, _, name = value.partition(':')
+    if value.count(':') != 1: why = f"it has {value.count(':')} ':', where a reference has one, between the module and the name"
+    elif not module or not name: why = f"the {'module' if not module else 'name'} is empty"
+    elif any(c.isspace() for c in value): why = "it has spaces"
+    elif '/' in module or '\\' in module:
+        why = f"{module!r} is a path, where the module's name goes (such as {Path(module).stem} for {Path(module).name}, imported from the folder nntrain runs in)"
+    elif module.startswith('.'): why = "the module is relative (starts with '.'); nntrain imports modules by their full name"
+    else: why = "each side must be a Python name (letters, digits and _, not starting with a digit), dotted names allowed"
+    return f"{value!r} is not a reference module:name: {why}; expected such as components:build_{kind}"
 
 class Registry(dict):
     "Names to factories, for one `kind` of thing (model, optimizer...); `register` adds to it."
@@ -132,9 +146,36 @@ def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(': ')
 
+_HIDDEN = {}
+
+def _hidden_modules(folder: str) -> list[str]:
+    "What the modules of `folder` (X.py, or a package X/ with __init__.py) hide of the same name elsewhere on sys.path, or built in."
+    try: key = (folder, os.stat(folder).st_mtime_ns, tuple(sys.path))
+    except OSError: return []
+    if key not in _HIDDEN:
+        try: entries = [(e.name, e.is_dir()) for e in os.scandir(folder)]
+        except OSError: entries = []
+        here = os.path.realpath(folder)
+        elsewhere = [p for p in sys.path if isinstance(p, str) and os.path.realpath(p or '.') != here]
+        found = []
+        for entry, is_dir in sorted(entries):
+            name = entry if is_dir else entry.removesuffix('.py')
+            if not name.isidentifier() or (not is_dir and not entry.endswith('.py')): continue
+            if is_dir and not os.path.isfile(os.path.join(folder, entry, '__init__.py')): continue   # a namespace package hides nothing
+            try: spec = None if name in sys.builtin_module_names else importlib.machinery.PathFinder.find_spec(name, elsewhere)
+            except (ImportError, ValueError): continue
+            if name not in sys.builtin_module_names and spec is None: continue
+            origin = 'built in' if spec is None else spec.origin or (list(spec.submodule_search_locations or []) or ['?'])[0]
+            found.append(f"{entry}{'/' * is_dir} in the folder nntrain runs in ({folder}) hides the installed module {name!r} ({origin}), "
+                         f"which nntrain and your code import by that name; expected another name for {entry} (and the references to it)")
+        if len(_HIDDEN) > 100: _HIDDEN.clear()
+        _HIDDEN[key] = found
+    return _HIDDEN[key]
+
 def _import_module(name: str):
-    "(the module `name`, None), or (None, why it cannot be imported); the folder nntrain runs in is searched first."
+    "(the module `name`, None), or (None, why it cannot be imported); the folder nntrain runs in is searched first, and may not hide installed modules."
     here = os.getcwd()
+    if hidden := _hidden_modules(here): return None, hidden[0]
     if here not in sys.path: sys.path.insert(0, here)   # as Python does for a script's folder; a console script has none
     if name not in sys.modules: importlib.invalidate_caches()   # a module written since the last import is found too
     try: return importlib.import_module(name), None
@@ -164,7 +205,8 @@ def _lookup(reference: str):
 
 def reference_problem(reference, kind: str = 'object') -> str | None:
     "Why `reference` (`module:name`) names no callable that makes a `kind`, or None when it does."
-    if not is_reference(reference): return f"expected module:name (such as components:build_{kind}), got {reference!r}"
+    if not is_reference(reference):
+        return reference_form_problem(reference, kind) if isinstance(reference, str) and ':' in reference else f"expected module:name (such as components:build_{kind}), got {reference!r}"
     found, problem = _lookup(reference)
     if problem is None and not callable(found):
         problem = f"{reference} is {_describe(found)}, not a callable; expected a function or class that makes the {kind}"
@@ -374,6 +416,7 @@ def dataset_problem(name: str, on_this_machine: bool = True) -> str | None:
     if not _is_path(name):
         if name in DATASETS: return None
         if is_reference(name): return reference_problem(name, 'dataset') if on_this_machine else None
+        if ':' in name: return f"{reference_form_problem(name, 'dataset')}, a registered name, hub:<name> or a path"
         file = name.lower().endswith(('.parquet', '.csv')) or Path(name).exists()
         return (DATASETS.unknown(name) + "; expected a registered name, hub:<name> for a hub dataset, or a path"
                 + (f" (a path has a '/' or starts with '.' or '~': write './{name}')" if file else ''))
@@ -568,6 +611,47 @@ def _model_problems(config: dict, setting, on_this_machine: bool = True) -> list
         elif not weights: problems.append("loss_weights: expected one weight per class, got an empty list (null means no weights)")
     return problems
 
+def _steps_problem(made, kind: str, call: str) -> str | None:
+    "Why `made`, what `call` returned, is not an optimizer (with step and zero_grad) or a scheduler (with step); None when it is."
+    needed = ('step', 'zero_grad') if kind == 'optimizer' else ('step',)
+    if all(callable(getattr(made, method, None)) for method in needed): return None
+    what = 'a torch optimizer' if kind == 'optimizer' else 'a learning-rate scheduler (torch.optim.lr_scheduler)'
+    return f"{kind}: {call} returned {_describe(made)}; expected {what}, with {' and '.join(f'{m}()' for m in needed)}"
+
+def _made_problems(config: dict, make_optimizer) -> list[str]:
+    "Call what the optimizer (`make_optimizer`, None when unknown), scheduler and loss references of `config` name, as an experiment does (the optimizer on one parameter), and check what they make."
+    setting = lambda k: config.get(k, SETTINGS[k][1])
+    lr, decay, optimizer, scheduler, loss = (setting(k) for k in ('lr', 'weight_decay', 'optimizer', 'scheduler', 'loss'))
+    problems, usable = [], all(_is_number(v) and math.isfinite(v) for v in (lr, decay)) and lr > 0 and decay >= 0
+    if make_optimizer is not None and usable and (is_reference(optimizer) or is_reference(scheduler)):
+        call = f"{optimizer}(params, lr={lr!r}, weight_decay={decay!r})"
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            try: made = make_optimizer([nn.Parameter(torch.zeros(1))], lr, weight_decay=decay)
+            except Exception as e: made, problem = None, f"optimizer: {call} failed: {_first_line(e)}"
+            else: problem = _steps_problem(made, 'optimizer', call)
+        if problem and is_reference(optimizer): problems.append(problem)
+        if not problem and is_reference(scheduler) and reference_problem(scheduler, 'scheduler') is None:
+            make = import_callable(scheduler, 'scheduler')
+            steps = setting('num_iterations') or setting('num_epochs') or 1   # a placeholder length: the check is of the type made
+            plan = types.SimpleNamespace(n_iterations=steps, iterations_per_pass=steps, n_epochs=steps, grad_accumulation=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                try: made = make(made, **SchedulerS(make)._length_arguments(make, plan))
+                except Exception as e: problems.append(f"scheduler: {scheduler}(optimizer) failed: {_first_line(e)}")
+                else:
+                    if problem := _steps_problem(made, 'scheduler', f"{scheduler}(optimizer)"): problems.append(problem)
+    if is_reference(loss) and reference_problem(loss, 'loss') is None:
+        try: made = import_callable(loss, 'loss')()
+        except Exception as e: problems.append(f"loss: {loss}() failed: {_first_line(e)}")
+        else:
+            if problem := loss_function_problem(made, loss): problems.append(problem)
+    return problems
+
+def loss_function_problem(made, reference: str) -> str | None:
+    "Why `made`, what the loss reference `reference` returned, is not a function loss_fn(preds, targets); None when it is."
+    return None if callable(made) else f"loss: {reference}() returned {_describe(made)}; expected a function loss_fn(preds, targets)"
+
 def _at(key: str, lines: dict | None) -> str:
     "The start of a problem of setting `key`: with its YAML line when `lines` has it."
     return f"line {lines[key]}: {key}: " if lines and key in lines else f"{key}: "
@@ -583,6 +667,7 @@ def _reported_metrics(value, on_this_machine: bool = True) -> tuple[list | None,
             problems.append(f"metrics: lists {', '.join(twice)} more than once; expected each name once")
         return (None if problems else [n for n in value if n != 'loss']), problems
     if not isinstance(value, str): return None, []   # the type check says so
+    if ':' in value and not is_reference(value): return None, [f"metrics: {reference_form_problem(value, 'metrics')}, or a list of metric names"]
     if not is_reference(value):
         hint = f"; write [{value}] for a list of one" if value in METRIC_NAMES or value in METRIC_ALIASES else ''
         return None, [f"metrics: expected a list of metric names or module:name, got {value!r}{hint}"]
@@ -614,13 +699,15 @@ def check_config(config: dict, on_this_machine: bool = True, lines: dict | None 
     for key, registry in (('model', MODELS), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS)):
         name = config.get(key)
         if not isinstance(name, str) or name in registry: continue
-        if not is_reference(name): problems.append(f"{key}: {registry.unknown(name)}")
+        if ':' in name and not is_reference(name): problems.append(f"{key}: {reference_form_problem(name, key)}, or a name in {key.upper()}S ({', '.join(sorted(registry))})")
+        elif not is_reference(name): problems.append(f"{key}: {registry.unknown(name)}")
         elif on_this_machine and (problem := reference_problem(name, key)): problems.append(_at(key, lines) + problem)
     if isinstance(config.get('dataset'), str) and (problem := dataset_problem(config['dataset'], on_this_machine)):
         problems.append((_at('dataset', lines) if _names_code(config['dataset']) else 'dataset: ') + problem)
     loss = config.get('loss')
     if isinstance(loss, str):
-        if not is_reference(loss): problems.append(_at('loss', lines) + f"expected null (cross entropy) or module:name of a function that makes the loss, got {loss!r}")
+        if ':' in loss and not is_reference(loss): problems.append(_at('loss', lines) + reference_form_problem(loss, 'loss') + ", or null (cross entropy)")
+        elif not is_reference(loss): problems.append(_at('loss', lines) + f"expected null (cross entropy) or module:name of a function that makes the loss, got {loss!r}")
         elif on_this_machine and (problem := reference_problem(loss, 'loss')): problems.append(_at('loss', lines) + problem)
         if config.get('loss_weights') is not None:
             problems.append(f"loss_weights: the weights are for the built-in cross entropy, but loss is {loss}; expected loss_weights: null "
@@ -652,6 +739,8 @@ def check_config(config: dict, on_this_machine: bool = True, lines: dict | None 
         factory = import_callable(optimizer, 'optimizer')
     if factory is not None and not _takes(factory, 'weight_decay'):
         problems.append(f"optimizer: {optimizer} takes no weight_decay argument, which every experiment passes; expected a factory that takes it")
+        factory = None
+    if on_this_machine: problems += _made_problems(config, factory)
     problems += _pipeline_problems(lambda k: config.get(k, SETTINGS[k][1]))
     problems += _model_problems(config, lambda k: config.get(k, SETTINGS[k][1]), on_this_machine)
     return problems

@@ -31,9 +31,9 @@ from .dataloaders import DataLoaders
 
 # %% auto #0
 __all__ = ['EVENTS', 'METRIC_NAMES', 'METRIC_ALIASES', 'SCORES', 'CancelFitException', 'CancelEpochException',
-           'CancelBatchException', 'CancelStepException', 'PublishEvents', 'Subscriber', 'every', 'n_samples',
-           'Learner', 'FastForward', 'NamedMetric', 'TransformedMetric', 'MetricsS', 'find_metrics', 'default_device',
-           'to_device', 'DeviceS', 'LRFindS', 'LRFinder', 'MomentumLearner', 'ProgressS']
+           'CancelBatchException', 'CancelStepException', 'PublishEvents', 'Subscriber', 'every', 'loss_value_problem',
+           'n_samples', 'Learner', 'FastForward', 'NamedMetric', 'TransformedMetric', 'MetricsS', 'find_metrics',
+           'default_device', 'to_device', 'DeviceS', 'LRFindS', 'LRFinder', 'MomentumLearner', 'ProgressS']
 
 # %% ../nbs/02_learner.ipynb #48078a7f
 class CancelFitException(Exception):
@@ -168,6 +168,12 @@ def _classes_outside(targets: torch.Tensor, n_classes: int, ignore: int | None =
     if not outside.any(): return None
     values = targets[outside].unique().tolist()
     return values, ', '.join(map(str, values[:5])) + (', ...' if len(values) > 5 else ''), int(outside.sum())
+
+def loss_value_problem(loss) -> str | None:
+    "Why `loss`, what a loss function returned, is not the single number training backpropagates; None when it is."
+    if isinstance(loss, torch.Tensor) and loss.ndim == 0: return None
+    what = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else _describe(loss)
+    return f"returned {what}; expected a single number (a tensor of shape ()) to backpropagate: reduce it, e.g. with .mean()"
 
 def _check_class_targets(preds, targets, loss_fn, who: str):
     "Refuse integer `targets` outside [0, C) for `(N, C)` `preds`, but for an `ignore_index` set on `loss_fn`; one host read."
@@ -600,11 +606,15 @@ class Learner:
 
     def get_loss(self):
         "Set `self.loss` from `preds` and the batch's targets (`batch[1]`, or as `targets` says; several are spread); with no `loss_fn`, start it at zero."
-        if self._targets_unchecked: self._check_targets()
+        first = self._targets_unchecked   # the pass's first batch
+        if first: self._check_targets()
         if self.loss_fn is None: self.loss = torch.zeros((), device=_device_of(self.preds, self.model))
         else:
             targets = self._pick_targets(self.batch)
             self.loss = self.loss_fn(self.preds, *targets) if self._spread_targets and type(targets) is tuple else self.loss_fn(self.preds, targets)
+            if first and (problem := loss_value_problem(self.loss)):
+                raise ValueError(f"Learner: at the first batch of the {'training' if self.training else 'validation'} pass, "
+                                 f"loss_fn={_describe(self.loss_fn)} {problem}")
 
     def _check_targets(self):
         "Refuse a batch without targets for a `loss_fn`, and class targets outside [0, C) before a cross-entropy-like `loss_fn` drops them or fails on them."

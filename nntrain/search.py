@@ -15,12 +15,15 @@ import io
 import json
 import logging
 import os
+import re
 import signal
+import threading
 import socket
 import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -32,8 +35,8 @@ import yaml
 
 import nntrain
 from .core import _check_int, write_atomically
-from .experiments import (METRIC_ALIASES, METRIC_NAMES, SETTINGS, ConfigError, _key_lines, _reported_metrics, _type_name, check_config,
-                                 load_session, read_yaml)
+from .experiments import (METRIC_ALIASES, METRIC_NAMES, SETTINGS, ConfigError, _first_line, _key_lines, _reported_metrics, _type_name,
+                                 check_config, load_session, read_yaml)
 from .experiments import fit_iterations
 from .learner import Subscriber
 from .sessions import (_check_unchanged, _write_text, build_learner, confined, refuse_links, run_experiment, training_plan,
@@ -69,8 +72,11 @@ def _range_problems(where: str, spec) -> list[str]:
     if len(kinds) != 1: return [f"{where}: expected exactly one of {', '.join(SPACE_KINDS)}, got {spec!r}"]
     kind, value = kinds[0], spec[kinds[0]]
     problems = [f"{where}: unknown option(s) {sorted(extra)}"] if (extra := set(spec) - {kind, 'log'}) else []
+    if 'log' in spec and not isinstance(spec['log'], bool): problems.append(f"{where}: log expects true or false, got {spec['log']!r}")
     if kind == 'choice':
         if not isinstance(value, list) or not value: problems.append(f"{where}: choice expects a non-empty list, got {value!r}")
+        elif twice := [v for v, n in Counter(json.dumps(v, sort_keys=True, default=repr) for v in value).items() if n > 1]:
+            problems.append(f"{where}: choice lists {', '.join(twice)} more than once; expected each value once")
         return problems
     number = float if kind == 'float' else int
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
@@ -214,7 +220,10 @@ def load_search(path, session: str) -> tuple[dict, dict, str]:
     if not isinstance(sessions, dict) or not isinstance(sessions.get(session), dict):
         raise ConfigError(f"{path} has no session {session!r} (sessions: {', '.join(map(str, sessions)) if isinstance(sessions, dict) else 'none'})")
     settings = dict(sessions[session])
-    space, objective = settings.pop('search', None), settings.pop('objective', 'accuracy')
+    if 'search' not in settings:
+        raise ConfigError(f"{path}:{session} has no search setting (the ranges to search); expected one, such as search: {{lr: {{float: "
+                          f"[1.0e-4, 1.0e-2], log: true}}}}, or run the session's experiments with nntrain fit")
+    space, objective = settings.pop('search'), settings.pop('objective', 'accuracy')
     problems = _check_space(space)
     if any(str(k).endswith('_') for k in settings): problems.append("a search session takes ranges under `search`, not grid keys ending in '_'")
     base = {**{k: v[1] for k, v in SETTINGS.items()}, **settings}
@@ -233,6 +242,7 @@ class ReportToTrialS(Subscriber):
         if learn.log_entry['mode'] != 'eval': return
         value = learn.log_entry[self.objective]
         self.trial.report(value, learn.iteration)
+        if learn.n_iterations is not None and learn.iteration >= learn.n_iterations: return   # ran to its end: complete, whatever the pruner says
         if self.trial.should_prune(): raise optuna.TrialPruned(f"{self.objective} {value:.4f} after {learn.iteration} iterations")
 
 def _scalar(value) -> bool: return value is None or isinstance(value, (bool, int, float, str))
@@ -330,10 +340,21 @@ def _surplus(trial) -> _Surplus:
     trial.set_user_attr('surplus', True)
     return _Surplus(f'trial {trial.number} is not needed')
 
+class _TrialFailed(Exception):
+    "A trial whose code raised: it ends failed, with the reason in its `error` attribute, counts as finished, and is not run again."
+
+def _finished(trial) -> bool:
+    "Whether `trial` counts towards the trials a search asks for: complete, pruned, or failed by its own code (`_TrialFailed`)."
+    return trial.state in _COUNTED or (trial.state == optuna.trial.TrialState.FAIL and 'error' in trial.user_attrs)
+
 class _QuietAfterInterrupt(logging.Filter):
-    "Drop Optuna's warnings about a trial that Ctrl-C stopped (the command says so in one line) and about surplus trials."
-    def __init__(self): super().__init__(); self.interrupted = False
-    def filter(self, record): return not self.interrupted and '_Surplus(' not in record.getMessage()
+    "Drop Optuna's warnings about a trial that Ctrl-C stopped (the command says so in one line), about surplus trials, and about failed ones (said in one line)."
+    def __init__(self): super().__init__(); self.interrupted, self.explained = False, set()
+    def filter(self, record):
+        message = record.getMessage()
+        number = re.match(r'Trial (\d+) failed', message)
+        if number and ('_Surplus(' in message or '_TrialFailed(' in message): self.explained.add(number[1])
+        return not (self.interrupted or (number and number[1] in self.explained))
 
 @contextlib.contextmanager
 def _filtered(quiet: logging.Filter):
@@ -438,7 +459,7 @@ def run_search(cfg, session: str, trials: int, results='results', sampler: str =
     quiet = _QuietAfterInterrupt()
     def run_trial(trial):
         trial.set_user_attr('process', _process())
-        counted = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, *_COUNTED))
+        counted = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING or _finished(t)]
         if sum(t.number < trial.number for t in counted) >= trials: raise _surplus(trial)   # others took the last places first
         config = _trial_config(base, space, lambda name, spec: _suggest(trial, name, spec))
         try:
@@ -449,15 +470,21 @@ def run_search(cfg, session: str, trials: int, results='results', sampler: str =
             quiet.interrupted = True
             _retry(study, trial)   # Optuna marks it failed; the next run tries the same parameters again
             raise
+        except optuna.TrialPruned: raise
+        except Exception as e:   # these settings fail: recorded, and the search goes on with others
+            trial.set_user_attr('error', _first_line(e))
+            print(f"nntrain: trial {trial.number} failed with {trial.params}: {_first_line(e)}; it counts as finished and is not run again",
+                  file=sys.stderr, flush=True)
+            raise _TrialFailed(_first_line(e)) from None
         return learn.metrics.history[-1][objective]
     with _filtered(quiet):
         while True:   # other processes on the same study count too
             _take_over(study, storage)
             found = study.get_trials(deepcopy=False)
-            finished = sum(t.state in _COUNTED for t in found)
+            finished = sum(map(_finished, found))
             if finished >= trials: break
             if finished + sum(t.state == optuna.trial.TrialState.RUNNING for t in found) < trials:
-                study.optimize(run_trial, n_trials=1, catch=(_Surplus,))
+                study.optimize(run_trial, n_trials=1, catch=(_Surplus, _TrialFailed))
             else: time.sleep(POLL)   # the last trials run elsewhere: wait, to take them over if their process dies
     return study
 
@@ -476,7 +503,10 @@ def _importances_of(study: optuna.Study, trials: list, params: list) -> dict:
     with _optuna_quiet(): part = optuna.create_study(directions=study.directions)
     part.add_trials(trials)
     for evaluator in (optuna.importance.FanovaImportanceEvaluator, optuna.importance.PedAnovaImportanceEvaluator):
-        try: return dict(optuna.importance.get_param_importances(part, evaluator=evaluator(), params=list(params)))
+        try:
+            with warnings.catch_warnings():   # trials of equal values: the importances are equal, as the report shows
+                warnings.filterwarnings('ignore', message='Target and region quantiles select the same set of trials')
+                return dict(optuna.importance.get_param_importances(part, evaluator=evaluator(), params=list(params)))
         except ImportError: continue
     return {}
 
@@ -520,7 +550,8 @@ def search_report(study: optuna.Study, cfg, session: str, results='results') -> 
     import matplotlib.pyplot as plt
     base, space, objective = load_search(cfg, session)
     folder = confined(results, session)
-    rows = [{'trial': t.number, 'state': t.state.name, objective: t.value, **t.params} for t in study.trials if not t.user_attrs.get('surplus')]
+    rows = [{'trial': t.number, 'state': t.state.name, objective: t.value, **t.params, **{k: t.user_attrs[k] for k in ('error',) if k in t.user_attrs}}
+            for t in study.trials if not t.user_attrs.get('surplus')]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO(); writer = csv.DictWriter(buffer, columns); writer.writeheader(); writer.writerows(rows)
     _write_text(folder/'trials.csv', buffer.getvalue())
@@ -587,6 +618,9 @@ def _run_workers(function: str, kwargs: dict, workers: int, quiet: bool = False)
     processes = [subprocess.Popen([sys.executable, '-c', _WORKER, job], env=env, stdout=subprocess.DEVNULL if quiet else None)
                  for _ in range(workers)]
     problems, running = [], dict(enumerate(processes, 1))
+    # the workers answer Ctrl-C whatever they inherited; so does this process while it waits for them, even where it was
+    # started with SIGINT ignored (a background job of a script), so that a Ctrl-C to the group stops all of them the same way
+    restore = signal.signal(signal.SIGINT, signal.default_int_handler) if threading.current_thread() is threading.main_thread() else None
     try:
         while running:
             for number, process in list(running.items()):
@@ -600,6 +634,8 @@ def _run_workers(function: str, kwargs: dict, workers: int, quiet: bool = False)
     except BaseException:   # Ctrl-C (or anything else) here: no worker is left behind
         _stop_workers(processes)
         raise
+    finally:
+        if restore is not None: signal.signal(signal.SIGINT, restore)
     return problems
 
 # %% ../nbs/13_search.ipynb #58460caa
@@ -610,9 +646,15 @@ def run_search_workers(cfg, session: str, trials: int, workers: int = 2, results
     study, _, _, _, _, trials = _search_study(cfg, session, trials, results, sampler, seed, None, heartbeat, storage)
     job = dict(cfg=str(cfg), session=session, trials=trials, results=str(results), sampler=sampler, seed=seed, heartbeat=heartbeat,
                storage=None if storage is None else str(storage))
+    if (left := trials - sum(map(_finished, study.get_trials(deepcopy=False)))) <= 0: return study
+    if workers > left:
+        print(f"nntrain: {workers} workers asked for, but the study needs {left} more trial(s); starting {left}", file=sys.stderr, flush=True)
+        workers = left
+    if workers > (cores := os.cpu_count() or 1):
+        print(f"nntrain: {workers} workers on {cores} CPU cores: they share the cores, so each trial runs slower", file=sys.stderr, flush=True)
     if workers == 1: return run_search(**job)
     problems = _run_workers('search', job, workers, quiet)
-    if (finished := len(study.get_trials(deepcopy=False, states=_COUNTED))) < trials:
+    if (finished := sum(map(_finished, study.get_trials(deepcopy=False)))) < trials:
         raise WorkersError(f"the study holds {finished} of the {trials} finished trials asked for ({'; '.join(problems) or 'no worker failed'}); "
                            "the same command carries on")
     return study

@@ -29,8 +29,8 @@ from .checkpoints import CheckpointS
 from .core import CheckpointError, _describe, checkpoints, load_checkpoint, remove_temporaries, write_atomically
 from .dataloaders import VALID_SPLIT_NAMES, DataLoaders, _pick_splits, hf_ds_collate_fn
 from .experiments import (DATASETS, MODELS, OPTIMIZERS, PIPELINES, SCHEDULERS, SETTINGS, ConfigError, _is_path,
-                                 _import_module, _names_code, fit_iterations, import_callable, is_reference, load_session)
-from .learner import DeviceS, Learner, MetricsS, ProgressS, _length
+                                 _import_module, _names_code, fit_iterations, import_callable, is_reference, load_session, loss_function_problem)
+from .learner import DeviceS, Learner, MetricsS, ProgressS, _length, loss_value_problem
 from .logging import ConsoleLogS, CSVLoggerS, TensorBoardS
 from .reports import MisclassifiedS, ReportS
 
@@ -132,7 +132,7 @@ def experiment_loss(config: dict):
     "The loss of `config`: the one its `loss` reference makes, else cross entropy, weighted by `loss_weights` when they are given."
     if config['loss'] is None: return WeightedCrossEntropy(config['loss_weights']) if config['loss_weights'] else F.cross_entropy
     loss_fn = import_callable(config['loss'], 'loss')()
-    if not callable(loss_fn): raise ConfigError(f"loss: {config['loss']}() returned {_describe(loss_fn)}; expected a function loss_fn(preds, targets)")
+    if problem := loss_function_problem(loss_fn, config['loss']): raise ConfigError(problem)
     return loss_fn
 
 def build_learner(config: dict) -> tuple[Learner, list | None]:
@@ -286,12 +286,13 @@ def _close_loaders(dls: DataLoaders):
         if callable(close := getattr(dl, 'close', None)): close()
 
 def _check_model_fits(learn: Learner, class_names, config: dict):
-    "Refuse, before training, a model that cannot take the dataset's samples, or gives another number of outputs than it has classes."
+    "Refuse, before training, a model that cannot take the dataset's samples, or gives another number of outputs than it has classes; and a loss of its outputs that is not one number."
     dl, model = learn.dls.valid, learn.model
     generator = getattr(dl, 'generator', None)
     saved, was_training = None if generator is None else generator.get_state(), model.training
     try:
-        inputs = next(iter(dl))[0][:2]
+        inputs, targets = next(iter(dl))[:2]
+        inputs, targets = inputs[:2], targets[:2]
         model.eval()
         with torch.no_grad(): out = model(inputs)
     except Exception as e:
@@ -303,6 +304,15 @@ def _check_model_fits(learn: Learner, class_names, config: dict):
     if class_names and isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] != len(class_names):
         raise ConfigError(f"model: {config['model']} gives {out.shape[1]} outputs per sample, but dataset {config['dataset']!r} has "
                           f"{len(class_names)} classes; expected one output per class (for mlp: model_args: {{n_out: {len(class_names)}}})")
+    if config['loss'] is None: return   # cross entropy: one number
+    made = f"the loss_fn that {config['loss']}() made"
+    try:
+        with torch.no_grad(): loss = learn.loss_fn(out, targets)
+    except Exception as e:
+        raise ConfigError(f"loss: {made} failed on the model's outputs of shape {list(out.shape)} and targets of shape "
+                          f"{list(targets.shape)}: {type(e).__name__}: {e}") from None
+    if problem := loss_value_problem(loss):
+        raise ConfigError(f"loss: {made}, given the model's outputs of shape {list(out.shape)} and targets of shape {list(targets.shape)}, {problem}")
 
 def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
     "Train the experiment `config` in `folder` (skip it if finished, resume it if interrupted); return its result."
@@ -315,11 +325,11 @@ def run_experiment(config: dict, folder, timeout: float = -1) -> dict:
         if (result := _finished(folder)) is not None: return {**result, 'status': 'skipped'}
         remove_temporaries(folder, recursive=True)   # left by writes that a crash cut short
         resume = _resume_point(folder/'checkpoints')
-        if resume is None: _start_afresh(folder, config)
-        else: _repair_records(folder, config)
         learn, class_names = build_learner(config)
         try:
             _check_model_fits(learn, class_names, config)   # a local dataset's images and classes are known only now
+            if resume is None: _start_afresh(folder, config)   # written once the checks pass: a refused config leaves no record
+            else: _repair_records(folder, config)
             total, valid_every, checkpoint_every = training_plan(config, _length(learn.dls.train))   # a stream: None
             subs = [CheckpointS(folder/'checkpoints', every_batches=checkpoint_every, every_epochs=1, keep=2),
                     CSVLoggerS(folder/'metrics.csv'), TensorBoardS(folder/'tensorboard', log_every=config['log_every']),

@@ -364,3 +364,15 @@ def test_fit_with_a_single_subscriber_not_in_a_list_says_so():
     learn = Learner(nn.Linear(2, 2), DataLoaders([], []))
     with pytest.raises(TypeError, match=r"fit expected subs to be a list of subscribers, got a MetricsS \(wrap a single subscriber in a list: \[sub\]\)"):
         learn.fit(1, subs=MetricsS())
+
+
+# break-it fix: a loss that is not one number is refused at the first batch, naming what loss_fn returned
+
+@pytest.mark.parametrize('loss_fn, returned', [(lambda p, t: p.sum(1), 'a tensor of shape (4,)'), (lambda p, t: 0.5, '0.5'),
+                                               (lambda p, t: F.cross_entropy(p, t, reduction='none')[None], 'a tensor of shape (1, 4)'),
+                                               (lambda p, t: F.cross_entropy(p, t).reshape(1), 'a tensor of shape (1,)')])
+def test_a_loss_that_is_not_one_number_is_refused_at_the_first_batch(loss_fn, returned):
+    learn = Learner(nn.Linear(3, 2), tiny_dls(), loss_fn, subs=[MetricsS()])
+    with raises(ValueError, f"Learner: at the first batch of the training pass, loss_fn=the function <lambda> returned {returned}; "
+                            "expected a single number (a tensor of shape ()) to backpropagate: reduce it, e.g. with .mean()"):
+        learn.fit(1)

@@ -235,3 +235,101 @@ def test_two_workers_share_a_search_over_architectures(tmp_path):
     finished = [t for t in study.trials if t.state.name in ('COMPLETE', 'PRUNED')]
     assert len(finished) == 4 and len({t.user_attrs['process'] for t in study.trials}) == 2
     for t in finished: assert sorted(t.params) == own_parameters(t.params)
+
+
+# ---- break-it fixes: failing trials, options that must be booleans, duplicate choices, trials run to their end
+
+PICKY = textwrap.dedent('''
+    from torch import nn
+    def picky(hidden=16):
+        if 16 < hidden < 24: raise ValueError(f"picky: hidden={hidden} not supported")
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+''')
+
+
+def test_a_trial_whose_model_raises_is_failed_with_its_reason_and_the_search_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path); monkeypatch.setattr(sys, 'path', list(sys.path)); monkeypatch.delitem(sys.modules, 'picky_parts', raising=False)
+    (tmp_path/'picky_parts.py').write_text(PICKY)   # the ends of the range build; the check before the first trial tries only those
+    (tmp_path/'p.yaml').write_text('p:\n  num_iterations: 1\n  bs: 64\n  search:\n    model_args.hidden: {int: [16, 24]}\n'
+                                   '    model: {choice: [picky_parts:picky]}\n')
+    study = quiet(run_search, 'p.yaml', 'p', 4, 'r', sampler='random', seed=0)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and len(study.trials) == 4, [(t.state, t.params) for t in study.trials]   # counted as finished, not retried
+    err = capsys.readouterr().err
+    for t in failed:
+        hidden = t.params['model_args.hidden']
+        assert t.user_attrs['error'] == f"ValueError: picky: hidden={hidden} not supported"
+        assert (f"nntrain: trial {t.number} failed with {t.params}: ValueError: picky: hidden={hidden} not supported; it counts as "
+                "finished and is not run again") in err, err
+    quiet(search_report, study, 'p.yaml', 'p', 'r')
+    rows = list(csv.DictReader((tmp_path/'r'/'p'/'trials.csv').open()))
+    assert [r['error'] for r in rows if r['state'] == 'FAIL'] == [t.user_attrs['error'] for t in failed]
+    again = quiet(run_search, 'p.yaml', 'p', 4, 'r', sampler='random', seed=0)   # the study is done: nothing runs again
+    assert len(again.trials) == 4
+
+
+def test_the_failed_trial_is_said_in_one_line_without_a_traceback(tmp_path):
+    (tmp_path/'picky_parts.py').write_text(PICKY)
+    (tmp_path/'p.yaml').write_text('p:\n  num_iterations: 1\n  bs: 64\n  search:\n    model_args.hidden: {int: [16, 24]}\n'
+                                   '    model: {choice: [picky_parts:picky]}\n')
+    done = subprocess.run([sys.executable, '-m', 'nntrain', 'search', '--cfg', 'p.yaml', '--session', 'p', '--trials', '3',
+                           '--sampler', 'random', '--results', 'r'], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and 'Traceback' not in done.stderr, done.stderr
+    failed = [line for line in done.stderr.splitlines() if ' failed' in line]
+    assert failed and all(line.startswith('nntrain: trial ') and line.endswith('; it counts as finished and is not run again')
+                          and 'ValueError: picky: hidden=' in line for line in failed), done.stderr
+
+
+@pytest.mark.parametrize('log', ["'false'", "'yes'", '1', 'null'])
+def test_log_must_be_a_boolean(log):
+    space = yaml.safe_load(f"lr: {{float: [0.001, 0.1], log: {log}}}")
+    assert _check_space(space) == [f"search.lr: log expects true or false, got {space['lr']['log']!r}"]
+
+
+def test_a_choice_listed_twice_is_refused():
+    assert _check_space({'optimizer': {'choice': ['adam', 'sgd', 'adam']}, 'model_args.channels': {'choice': [[1, 4], [1, 4]]}}) == [
+        'search.optimizer: choice lists "adam" more than once; expected each value once',
+        'search.model_args.channels: choice lists [1, 4] more than once; expected each value once']
+
+
+class _PrunesAlways:
+    def __init__(self): self.reported = []
+    def report(self, value, step): self.reported.append((value, step))
+    def should_prune(self): return True
+
+
+@pytest.mark.parametrize('iteration, pruned', [(5, True), (10, False)])
+def test_a_trial_that_ran_all_its_iterations_is_not_pruned(iteration, pruned):
+    from types import SimpleNamespace
+    from nntrain.search import ReportToTrialS
+    trial = _PrunesAlways()
+    learn = SimpleNamespace(log_entry={'mode': 'eval', 'accuracy': 0.5}, iteration=iteration, n_iterations=10)
+    sub = ReportToTrialS(trial, 'accuracy')
+    if pruned:
+        with pytest.raises(optuna.TrialPruned, match=r'^accuracy 0\.5000 after 5 iterations$'): sub.after_log(learn)
+    else: sub.after_log(learn)
+    assert trial.reported == [(0.5, iteration)]
+
+
+def test_a_search_of_a_session_without_search_says_to_use_fit(tmp_path):
+    (tmp_path/'s.yaml').write_text('s:\n  num_iterations: 2\n')
+    with pytest.raises(ConfigError) as info: load_search(tmp_path/'s.yaml', 's')
+    assert str(info.value) == (f"{tmp_path/'s.yaml'}:s has no search setting (the ranges to search); expected one, such as search: "
+                               "{lr: {float: [1.0e-4, 1.0e-2], log: true}}, or run the session's experiments with nntrain fit")
+
+
+def test_importances_of_trials_of_equal_value_warn_nothing():
+    study = optuna.create_study()
+    for x in range(4):
+        study.add_trial(optuna.trial.create_trial(params={'x': float(x)}, distributions={'x': optuna.distributions.FloatDistribution(0, 5)}, value=1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert list(importances(study)) == ['x']
+
+
+def test_no_more_workers_start_than_the_study_needs_trials(tmp_path, capsys):
+    from nntrain.search import run_search_workers
+    cfg = write(tmp_path, iterations=2, every=2)
+    study = quiet(run_search_workers, cfg, 'shapes', 1, workers=1000, results=tmp_path/'r', sampler='random')
+    assert len(study.trials) == 1
+    assert capsys.readouterr().err.splitlines()[0] == "nntrain: 1000 workers asked for, but the study needs 1 more trial(s); starting 1"

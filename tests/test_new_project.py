@@ -177,9 +177,9 @@ def in_folder(tmp_path, monkeypatch):
     "Run in `tmp_path`, as a command run there would; the modules it imports there are forgotten afterwards."
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, 'path', list(sys.path))
-    for name in ('parts', 'broken'): monkeypatch.delitem(sys.modules, name, raising=False)
+    for name in ('parts', 'broken', 'good'): monkeypatch.delitem(sys.modules, name, raising=False)
     yield tmp_path
-    for name in ('parts', 'broken'): sys.modules.pop(name, None)
+    for name in ('parts', 'broken', 'good'): sys.modules.pop(name, None)
 
 
 def run_main(*argv):
@@ -245,3 +245,118 @@ def test_what_a_reference_returns_is_checked_when_it_is_called(in_folder):
         status, err = run_main('fit', '--cfg', 's.yaml', '--session', session)
         assert status == 2 and expected in err and 'Traceback' not in err, err
     assert not (in_folder/'results'/'b'/'default'/'result.json').exists()
+
+
+# ---- break-it fixes: a leftover claim, a full disk, references that cannot be read, modules that hide installed ones,
+# and what optimizer, scheduler and loss references return
+
+
+def test_a_command_killed_between_its_claim_and_its_rename_leaves_nothing_that_blocks_the_next(tmp_path):
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True, timeout=60)
+    leftover = tmp_path/f'.proj.new-{gone.stdout.strip()}-abcd'; leftover.mkdir()
+    for file in PROJECT_FILES: (leftover/file).write_text('whole')
+    (tmp_path/'proj').mkdir()   # the claim, made just before the rename the kill stopped
+    done = nntrain('new', 'proj', cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['proj']
+    assert sorted(p.name for p in (tmp_path/'proj').iterdir()) == sorted(PROJECT_FILES)
+
+
+def test_a_full_disk_is_said_in_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    def full(self, *args, **kwargs): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(Path, 'write_text', full)
+    monkeypatch.chdir(tmp_path)
+    status, err = run_main('new', 'proj')
+    assert (status, err) == (2, "nntrain: error: nntrain new: proj could not be written (No space left on device); nothing was written\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+GOOD = textwrap.dedent('''
+    import torch
+    from torch import nn
+    def model(hidden=16): return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    def ünïcode(**kw): return model()
+    def opt_wrong(params, lr, weight_decay=0.0): return "sgd"
+    def sched_wrong(opt, **kw): return 3
+    def loss_wrong(): return 5
+    def loss_wrongshape(): return lambda p, t: p.sum(1)
+''')
+UNREADABLE = ("is not a reference module:name: {why}; expected such as components:build_model, or a name in MODELS (cnn, mlp, resnet)")
+
+
+@pytest.mark.parametrize('value, why', [
+    ('good: model', 'it has spaces'), ('go od:model', 'it has spaces'),
+    ('.good:model', "the module is relative (starts with '.'); nntrain imports modules by their full name"),
+    ('..good:model', "the module is relative (starts with '.'); nntrain imports modules by their full name"),
+    ('good:', 'the name is empty'), (':model', 'the module is empty'),
+    ('good:model:extra', "it has 2 ':', where a reference has one, between the module and the name"),
+    ('./good.py:model', "'./good.py' is a path, where the module's name goes (such as good for good.py, imported from the folder nntrain runs in)"),
+    ('/abs/good.py:model', "'/abs/good.py' is a path, where the module's name goes (such as good for good.py, imported from the folder nntrain runs in)"),
+])
+def test_a_reference_that_cannot_be_read_says_why(in_folder, value, why):
+    from nntrain.experiments import check_config
+    (in_folder/'good.py').write_text(GOOD)
+    assert check_config({'model': value, 'num_iterations': 2}) == [f"model: {value!r} " + UNREADABLE.format(why=why)]
+
+
+def test_a_reference_of_python_names_in_any_script_is_read(in_folder):
+    from nntrain.experiments import check_config, is_reference
+    (in_folder/'good.py').write_text(GOOD)
+    assert is_reference('good:ünïcode') and is_reference('gööd:model')
+    assert check_config({'model': 'good:ünïcode', 'num_iterations': 2}) == []
+
+
+@pytest.mark.parametrize('line, expected', [
+    ('optimizer: good:opt_wrong', "line 3: optimizer: good:opt_wrong(params, lr=0.003, weight_decay=0.0) returned 'sgd'; "
+                                  "expected a torch optimizer, with step() and zero_grad()"),
+    ('scheduler: good:sched_wrong', "line 3: scheduler: good:sched_wrong(optimizer) returned 3; expected a learning-rate scheduler "
+                                    "(torch.optim.lr_scheduler), with step()"),
+    ('loss: good:loss_wrong', "line 3: loss: good:loss_wrong() returned 5; expected a function loss_fn(preds, targets)"),
+])
+def test_what_optimizer_scheduler_and_loss_references_make_is_checked_before_anything_is_written(in_folder, line, expected):
+    (in_folder/'good.py').write_text(GOOD)
+    (in_folder/'s.yaml').write_text(f's:\n  num_iterations: 2\n  {line}\n')
+    status, err = run_main('fit', '--cfg', 's.yaml', '--session', 's')
+    assert (status, err) == (2, f"nntrain: error: s.yaml:s has 1 problem(s):\n  {expected.removeprefix('line 3: ')}\n"), err
+    assert not (in_folder/'results').exists()
+
+
+def test_a_loss_that_is_not_one_number_is_refused_before_training_and_before_the_config_is_written(in_folder):
+    (in_folder/'good.py').write_text(GOOD)
+    (in_folder/'s.yaml').write_text('s:\n  num_iterations: 2\n  loss: good:loss_wrongshape\n')
+    status, err = run_main('fit', '--cfg', 's.yaml', '--session', 's')
+    assert (status, err) == (2, "nntrain: error: loss: the loss_fn that good:loss_wrongshape() made, given the model's outputs of shape "
+                                "[2, 10] and targets of shape [2], returned a tensor of shape (2,); expected a single number (a tensor "
+                                "of shape ()) to backpropagate: reduce it, e.g. with .mean()\n"), err
+    assert list((in_folder/'results'/'s'/'default').iterdir()) == []
+
+
+CONSOLE_SCRIPT = 'import sys\nfrom nntrain.cli import main\nsys.exit(main())\n'   # as the installed `nntrain`: its folder is not the project's
+
+
+def test_a_module_of_the_project_that_hides_an_installed_one_is_refused_before_anything_is_written(tmp_path):
+    import datasets
+    (tmp_path/'bin').mkdir(); (tmp_path/'bin'/'nntrain_command.py').write_text(CONSOLE_SCRIPT)
+    work = tmp_path/'work'; work.mkdir()
+    (work/'datasets.py').write_text('def digits():\n    from nntrain.dataloaders import load_mnist\n    return load_mnist()\n')
+    (work/'s.yaml').write_text('s:\n  dataset: datasets:digits\n  model: mlp\n  num_iterations: 2\n')
+    done = subprocess.run([sys.executable, str(tmp_path/'bin'/'nntrain_command.py'), 'fit', '--cfg', 's.yaml', '--session', 's'],
+                          cwd=work, capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert refused(done) and (
+        f"line 2: dataset: datasets.py in the folder nntrain runs in ({work}) hides the installed module 'datasets' ({datasets.__file__}), "
+        "which nntrain and your code import by that name; expected another name for datasets.py (and the references to it)") in done.stderr
+    assert not (work/'results').exists()
+
+
+def test_a_planted_module_that_hides_one_nntrain_imports_cannot_turn_a_typo_into_a_traceback(tmp_path):
+    import optuna
+    (tmp_path/'good.py').write_text(GOOD)
+    (tmp_path/'optuna.py').write_text('x = 1\n')
+    (tmp_path/'s.yaml').write_text('s:\n  model: good:nosuch\n  num_iterations: 2\n')
+    done = subprocess.run([sys.executable, '-m', 'nntrain', 'fit', '--cfg', 's.yaml', '--session', 's'], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert done.returncode == 2 and 'Traceback' not in done.stderr, done.stderr
+    assert done.stderr == (f"nntrain: error: s.yaml:s has 1 problem(s):\n  line 2: model: optuna.py in the folder nntrain runs in ({tmp_path}) "
+                           f"hides the installed module 'optuna' ({optuna.__file__}), which nntrain and your code import by that name; "
+                           "expected another name for optuna.py (and the references to it)\n")

@@ -222,12 +222,15 @@ def test_workers_and_storage_need_a_session(option):
     assert (status, err) == (2, f"nntrain: error: {option[0]}: only used with --cfg and --session\n")
 
 
-def test_ctrl_c_stops_every_worker_and_the_next_run_resumes(tmp_path):
-    "Ctrl-C as a terminal sends it (to the whole process group): one line, no worker left running, the experiments queued again."
+@pytest.mark.parametrize('inherited', ['default', 'ignored'])
+def test_ctrl_c_stops_every_worker_and_the_next_run_resumes(tmp_path, inherited):
+    """Ctrl-C as a terminal sends it (to the whole process group): one line, no worker left running, the experiments queued again;
+    also where the command was started with SIGINT ignored (a script's background job), which its workers do not inherit."""
     (tmp_path/'s.yaml').write_text(SESSION.replace('num_iterations: 120', 'num_iterations: 3000').replace('valid_every: 60', 'valid_every: 1000'))
+    disposition = signal.SIG_IGN if inherited == 'ignored' else signal.SIG_DFL
     command = subprocess.Popen([sys.executable, '-c', CLI, 'fit', '--cfg', tmp_path/'s.yaml', '--session', 'grid', '--workers', '2',
                                 '--results', tmp_path/'r'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env=environment(tmp_path), start_new_session=True)
+                               env=environment(tmp_path), start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
     deadline = time.monotonic() + 120
     while len({pid for pid, _, _ in fits(tmp_path)}) < 2:
         assert time.monotonic() < deadline and command.poll() is None, fits(tmp_path)
