@@ -26,6 +26,18 @@ def _check_fraction(value, name: str, who: str) -> float:
         raise ValueError(f"{who} expected {name} to be a number strictly between 0 and 1, got {_describe(value)}")
     return float(value)
 
+def _check_images(images, shape: tuple, who: str, first: bool):
+    "Refuse what is not a batch of float images of `shape`; on the `first` call also pixel values outside [0, 1] (the check reads the values, so it runs once)."
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise TypeError(f"{who} expected float images in [0, 1], got {_describe(images) if not isinstance(images, torch.Tensor) else f'a tensor of {images.dtype}'}"
+                        "; divide uint8 pixels by 255")
+    if tuple(images.shape[1:]) != tuple(shape) or not len(images):
+        raise ValueError(f"{who} expected images [N, {', '.join(map(str, shape))}] in [0, 1] with N >= 1, got {list(images.shape)}")
+    if first and images.device.type != 'meta':
+        low, high = images.min().item(), images.max().item()
+        if not (math.isfinite(low) and math.isfinite(high)) or low < 0 or high > 1:
+            raise ValueError(f"{who} expected pixel values in [0, 1], got values from {low:.4g} to {high:.4g}; divide 0-255 pixels by 255, map [-1, 1] ones with (x + 1) / 2")
+
 def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     "One value per image, shaped to broadcast over the image dimensions of `like`, in its dtype and on its device."
     return values.to(like.device, like.dtype).view(-1, *[1] * (like.ndim - 1))
@@ -38,6 +50,9 @@ class NoiseSchedule:
         if beta_start > beta_end: raise ValueError(f"NoiseSchedule expected beta_start <= beta_end, got {beta_start} > {beta_end}")
         self.betas = torch.linspace(beta_start, beta_end, self.steps, dtype=torch.float64)
         self.alpha_bars = torch.cumprod(1 - self.betas, 0)
+        if not self.alpha_bars[-1] > 0:   # nothing of the image left at all: SNR 0, and the clean estimate divides by 0
+            raise ValueError(f"NoiseSchedule expected a schedule that leaves some of the image at its last step, got alpha_bar = 0 from step "
+                             f"{int((self.alpha_bars == 0).nonzero()[0])} on (steps={self.steps}, beta_end={beta_end}); lower beta_end or the steps")
 
     def __repr__(self) -> str: return f"NoiseSchedule(steps={self.steps}, betas {self.betas[0].item():g} to {self.betas[-1].item():g})"
 
@@ -77,6 +92,8 @@ class Diffusion(nn.Module):
         if not isinstance(schedule, NoiseSchedule): raise TypeError(f"Diffusion expected schedule to be a NoiseSchedule, got {_describe(schedule)}")
         if prediction not in ('noise', 'v'): raise ValueError(f"Diffusion expected prediction to be 'noise' or 'v', got {_describe(prediction)}")
         self.net, self.schedule, self.prediction = net, schedule, prediction
+        if not isinstance(shape, (tuple, list)) or len(shape) != 3:
+            raise ValueError(f"Diffusion expected shape to be an image's (channels, height, width), got {_describe(shape)}")
         self.shape = tuple(_check_int(n, 'each of shape', 'Diffusion') for n in shape)
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -92,7 +109,8 @@ class Diffusion(nn.Module):
         return a.sqrt() * x_t - (1 - a).sqrt() * predicted
 
     def forward(self, images: torch.Tensor) -> DiffusionOutput:
-        if images.shape[1:] != self.shape: raise ValueError(f"Diffusion expected images [N, {', '.join(map(str, self.shape))}] in [0, 1], got {list(images.shape)}")
+        _check_images(images, self.shape, 'Diffusion', first=not getattr(self, '_range_checked', False))
+        self._range_checked = True
         x0 = images * 2 - 1
         t = torch.randint(0, self.schedule.steps, (len(x0),), device=x0.device)
         noise = torch.randn_like(x0)
@@ -101,16 +119,26 @@ class Diffusion(nn.Module):
 # %% ../nbs/20_ddpm.ipynb #2ce9641d
 def snr_weights(snr: torch.Tensor, min_snr: float | None, prediction: str = 'v') -> torch.Tensor:
     "Min-SNR-gamma weights per image: the squared error on the noise (or on v) weighted so that each step's weight on the error of x0 is min(SNR, `min_snr`); all 1 when `min_snr` is None."
+    if not isinstance(snr, torch.Tensor): raise TypeError(f"snr_weights expected snr as a tensor, one value per image, got {_describe(snr)}")
+    _check_min_snr(min_snr, 'snr_weights')
+    if prediction not in ('noise', 'v'): raise ValueError(f"snr_weights expected prediction to be 'noise' or 'v', got {_describe(prediction)}")
     if min_snr is None: return torch.ones_like(snr)
-    return snr.clamp(max=min_snr) / (snr if prediction == 'noise' else snr + 1)
+    if prediction == 'noise': return torch.where(snr > 0, snr.clamp(max=min_snr) / snr, torch.ones_like(snr))   # min(SNR, g) / SNR -> 1 as SNR -> 0
+    return snr.clamp(max=min_snr) / (snr + 1)
+
+def _check_min_snr(min_snr, who: str):
+    if min_snr is not None and (isinstance(min_snr, bool) or not isinstance(min_snr, (int, float)) or not 0 < min_snr < math.inf):
+        raise ValueError(f"{who} expected min_snr to be a finite number > 0 (the gamma of min-SNR weighting) or None (no weighting), got {_describe(min_snr)}")
 
 def denoising_term(min_snr: float | None = 5.0):
     "A subscriber that adds the batch's squared error of the network's output, weighted by `snr_weights`, to `learn.loss` at `after_loss`, and logs the unweighted error as `mse`."
-    if min_snr is not None and (isinstance(min_snr, bool) or not isinstance(min_snr, (int, float)) or not 0 < min_snr < math.inf):
-        raise ValueError(f"denoising_term expected min_snr to be a finite number > 0 (the gamma of min-SNR weighting) or None (no weighting), got {_describe(min_snr)}")
+    _check_min_snr(min_snr, 'denoising_term')
     @on('after_loss')
     def denoise(learn):
         out, model = learn.preds, learn.model
+        if not isinstance(out, DiffusionOutput) or not isinstance(model, Diffusion):
+            raise TypeError(f"denoising_term expected the learner's model to be a Diffusion, returning a DiffusionOutput; got a {type(model).__name__} "
+                            f"returning {_describe(out)}")
         per_image = (out.predicted - out.target).pow(2).flatten(1).mean(1)
         weights = snr_weights(model.schedule.snr(out.t), min_snr, model.prediction).to(per_image)
         learn.loss = learn.loss + (weights * per_image).mean()
@@ -131,6 +159,8 @@ class TimeResBlock(nn.Module):
     "A residual block of two 3x3 convolutions, each after GroupNorm and SiLU, with the step's embedding added as a bias per channel between them."
     def __init__(self, n_in: int, n_out: int, n_time: int):
         super().__init__()
+        n_in, n_out, n_time = (_check_int(v, name, 'TimeResBlock') for v, name in ((n_in, 'n_in'), (n_out, 'n_out'), (n_time, 'n_time')))
+        if n_in % 8 or n_out % 8: raise ValueError(f"TimeResBlock expected n_in and n_out to be multiples of 8 (GroupNorm uses 8 groups), got {n_in} and {n_out}")
         self.norm1, self.conv1 = nn.GroupNorm(8, n_in), nn.Conv2d(n_in, n_out, 3, padding=1)
         self.time = nn.Linear(n_time, n_out)
         self.norm2, self.conv2 = nn.GroupNorm(8, n_out), nn.Conv2d(n_out, n_out, 3, padding=1)
@@ -175,7 +205,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2] % 2 or x.shape[3] % 2:
             raise ValueError(f"UNet expected images [N, {self.in_channels}, H, W] with H and W even, got {list(x.shape)}")
-        temb = self.time_mlp(time_embedding(t, self.n_time // 2))
+        temb = self.time_mlp(time_embedding(t, self.n_time // 2).to(x.dtype))
         h, skips = self.stem(F.pixel_unshuffle(x, 2)), []
         for i, block in enumerate(self.downs):
             h = block(h, temb); skips.append(h)
@@ -190,8 +220,8 @@ class UNet(nn.Module):
 # %% ../nbs/20_ddpm.ipynb #33f4a7df
 def sampling_steps(steps: int, n_steps: int) -> torch.Tensor:
     "`n_steps` steps of a schedule of `steps`, evenly spaced from the noisiest, `steps - 1`, down to 0: the ones a DDIM sampler visits."
-    n_steps = _check_int(n_steps, 'steps', 'ddim_sample', minimum=1)
-    if n_steps > steps: raise ValueError(f"ddim_sample expected at most as many steps as the schedule has ({steps}), got {n_steps}")
+    steps, n_steps = _check_int(steps, 'steps', 'sampling_steps', minimum=1), _check_int(n_steps, 'n_steps', 'sampling_steps', minimum=1)
+    if n_steps > steps: raise ValueError(f"sampling_steps expected at most as many steps as the schedule has ({steps}), got n_steps={n_steps}")
     if n_steps == 1: return torch.tensor([steps - 1])
     return torch.linspace(steps - 1, 0, n_steps, dtype=torch.float64).round().long()
 
@@ -200,6 +230,9 @@ def ddim_sample(model: Diffusion, n: int, steps: int = 20, eta: float = 0.0, see
     "`n` images in [0, 1] drawn by `model` in `steps` DDIM steps from pure noise; `eta=1` adds DDPM's noise at each step (with every step of the schedule, DDPM's sampler itself). Its own generator, seeded with `seed`; the model's mode is put back."
     if not isinstance(model, Diffusion): raise TypeError(f"ddim_sample expected a Diffusion model, got {_describe(model)}")
     n, seed = _check_int(n, 'n', 'ddim_sample'), _check_int(seed, 'seed', 'ddim_sample', minimum=0)
+    if seed >= 2 ** 63: raise ValueError(f"ddim_sample expected a seed below 2**63 (what a torch generator takes), got {seed}")
+    steps = _check_int(steps, 'steps', 'ddim_sample')
+    if steps > model.schedule.steps: raise ValueError(f"ddim_sample expected at most as many steps as the schedule has ({model.schedule.steps}), got {steps}")
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
         raise ValueError(f"ddim_sample expected eta from 0 (DDIM, no noise) to 1 (DDPM's noise), got {_describe(eta)}")
     ts = sampling_steps(model.schedule.steps, steps)
@@ -208,16 +241,20 @@ def ddim_sample(model: Diffusion, n: int, steps: int = 20, eta: float = 0.0, see
     device, dtype = (parameter.device, parameter.dtype) if parameter is not None else (torch.device('cpu'), torch.float32)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *model.shape, generator=generator).to(device, dtype)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]   # each submodule's own: a frozen part stays in eval mode
     model.eval()
     try:
-        for i, t in enumerate(ts):
-            a_t, a_next = alpha_bars[t], alpha_bars[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
-            step = t.repeat(n).to(device)
-            x0 = model.clean_estimate(x, step, model.net(x, step)).clamp(-1, 1)
-            noise = (x - a_t.sqrt().item() * x0) / (1 - a_t).sqrt().item()      # the noise that x0 implies
-            sigma = eta * ((1 - a_next) / (1 - a_t) * (1 - a_t / a_next)).sqrt().item()
-            x = a_next.sqrt().item() * x0 + (1 - a_next - sigma ** 2).clamp(min=0).sqrt().item() * noise
-            if sigma > 0: x = x + sigma * torch.randn(x.shape, generator=generator).to(device, dtype)
-    finally: model.train(was_training)
+        # a network that draws random numbers itself draws them from a fork of the global state, seeded too: the run's state is untouched
+        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+            torch.manual_seed(seed)
+            for i, t in enumerate(ts):
+                a_t, a_next = alpha_bars[t], alpha_bars[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
+                step = t.repeat(n).to(device)
+                x0 = model.clean_estimate(x, step, model.net(x, step)).clamp(-1, 1)
+                noise = (x - a_t.sqrt().item() * x0) / (1 - a_t).sqrt().item()      # the noise that x0 implies
+                sigma = eta * ((1 - a_next) / (1 - a_t) * (1 - a_t / a_next)).sqrt().item()
+                x = a_next.sqrt().item() * x0 + (1 - a_next - sigma ** 2).clamp(min=0).sqrt().item() * noise
+                if sigma > 0: x = x + sigma * torch.randn(x.shape, generator=generator).to(device, dtype)
+    finally:
+        for m, mode in modes: m.training = mode
     return ((x + 1) / 2).clamp(0, 1)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import _check_int
+from .core import _check_int, _describe
 from .trial import on
 
 # %% auto #0
@@ -24,6 +24,17 @@ class VAEOutput(NamedTuple):
     logits: torch.Tensor
     mu: torch.Tensor
     log_var: torch.Tensor
+
+def _check_pixels(x, n_in: int):
+    "Refuse what is not a batch of float images of `n_in` pixels (any shape [N, ...]) with values in [0, 1]: what a Bernoulli likelihood needs."
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"VAE expected float images in [0, 1], got {_describe(x) if not isinstance(x, torch.Tensor) else f'a tensor of {x.dtype}'}; divide uint8 pixels by 255")
+    if x.ndim < 2 or not len(x) or x[0].numel() != n_in:
+        raise ValueError(f"VAE expected a batch of images of {n_in} pixels each ([N, {n_in}] or [N, 1, 28, 28]) with N >= 1, got {list(x.shape)}")
+    if x.device.type != 'meta':
+        low, high = x.min().item(), x.max().item()
+        if not (math.isfinite(low) and math.isfinite(high)) or low < 0 or high > 1:
+            raise ValueError(f"VAE expected pixel values in [0, 1] (the likelihood is Bernoulli), got values from {low:.4g} to {high:.4g}; divide 0-255 pixels by 255")
 
 def _mlp(sizes: list) -> nn.Sequential:
     "Linear layers between the `sizes`, with a ReLU between each two."
@@ -39,7 +50,7 @@ class VAE(nn.Module):
     "An MLP encoder from `n_in` pixels to the mean and log-variance of `n_latent` Gaussian latents, and an MLP decoder from a latent code to pixel logits."
     def __init__(self, n_latent: int = 16, n_hidden: int = 512, n_layers: int = 2, n_in: int = 784):
         super().__init__()
-        self.n_latent = _check_int(n_latent, 'n_latent', 'VAE')
+        self.n_latent, n_in = _check_int(n_latent, 'n_latent', 'VAE'), _check_int(n_in, 'n_in', 'VAE')
         hidden = [_check_int(n_hidden, 'n_hidden', 'VAE')] * _check_int(n_layers, 'n_layers', 'VAE')
         self.encoder = _mlp([n_in, *hidden, 2 * self.n_latent])
         self.decoder = _mlp([self.n_latent, *hidden, n_in])
@@ -53,6 +64,8 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> VAEOutput:
+        if not getattr(self, '_range_checked', False): _check_pixels(x, self.encoder[0].in_features)   # the first batch: it reads the values
+        self._range_checked = True
         mu, log_var = self.encode(x)
         return VAEOutput(self.decode(reparameterize(mu, log_var)), mu, log_var)
 
@@ -65,10 +78,15 @@ def kl_to_prior(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     "Per image: KL(N(mu, exp(log_var)) || N(0, I)) in closed form, summed over the latent dimensions, in nats."
     return 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum(1)
 
+def _check_output(learn, who: str):
+    if not isinstance(learn.preds, VAEOutput):
+        raise TypeError(f"{who} expected the model to return a VAEOutput (logits, mu, log_var), as VAE does; got {_describe(learn.preds)}")
+
 def reconstruction_term():
     "A subscriber that adds the batch's mean `reconstruction_loss` to `learn.loss` at `after_loss` and logs it as `recon`."
     @on('after_loss')
     def recon(learn):
+        _check_output(learn, 'reconstruction_term')
         value = reconstruction_loss(learn.preds.logits, learn.get_inputs()[0]).mean()
         learn.loss = learn.loss + value
         learn.log('recon', value.detach())
@@ -80,6 +98,7 @@ def kl_term(beta: float = 1.0):
         raise ValueError(f"kl_term expected beta to be a finite number >= 0 (the weight of the KL), got {beta!r}")
     @on('after_loss')
     def kl(learn):
+        _check_output(learn, 'kl_term')
         value = kl_to_prior(learn.preds.mu, learn.preds.log_var).mean()
         learn.loss = learn.loss + beta * value
         learn.log('kl', value.detach())
