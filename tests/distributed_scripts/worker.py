@@ -48,7 +48,8 @@ elif loader == 'maploader':    # chapter 14's MapLoader, with a per-sample rando
                       MapLoader(rows(valid), valid_bs, columns=columns))
 elif loader == 'list':         # batches made beforehand: the same on every rank, so DistributedS refuses them
     x, y, i = as_float(train)
-    dls = DataLoaders([(x[s:s + bs], y[s:s + bs], i[s:s + bs]) for s in range(0, len(y), bs)], None)
+    batches = [(x[s:s + bs], y[s:s + bs], i[s:s + bs]) for s in range(0, len(y), bs)]
+    dls = DataLoaders(batches, batches[:1])
 else: raise ValueError(f'unknown loader {loader!r}')
 
 torch.manual_seed(0)   # the same initial weights everywhere (DDP would broadcast rank 0's anyway)
