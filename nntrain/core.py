@@ -282,6 +282,9 @@ class _HashingWriter:
     "A binary stream that writes to `file` and hashes what it writes; `error` is the first `OSError` writing raised."
     def __init__(self, file): self.file, self.sha256, self.error = file, hashlib.sha256(), None
     def write(self, data) -> int:
+        # torch's archive writer, interrupted (Ctrl-C, a full disk), still writes its end records when it is destroyed, after the
+        # file was closed and thrown away: a ValueError there would abort the process from C++, so those bytes go nowhere
+        if self.file.closed: return len(data)
         self.sha256.update(data)
         try: return self.file.write(data)
         except OSError as e:
