@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import math
@@ -345,12 +346,15 @@ def _launch_fit(args, nproc: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     "Run the `nntrain` command with `argv` (default: `sys.argv[1:]`); return the exit status."
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser, args = build_parser(), None
+    parser, args, interrupts = build_parser(), None, contextlib.ExitStack()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
+        if args.command != 'new':   # a command that trains: a Ctrl-C that a finalizer swallows stops it at the next batch (chapter 00)
+            from nntrain.core import keep_interrupts
+            interrupts.enter_context(keep_interrupts())
         if args.command == 'bench':
             print(bench(args))
             return 0
@@ -389,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _reported(e): raise
         print(f"nntrain: error: {e}", file=sys.stderr)   # a ConfigError lists every problem of the config, one per line
         return 2
+    finally: interrupts.close()
     from nntrain.core import main_process
     if main_process(): print(f"final validation accuracy: {result['accuracy']:.4f}")
     return 0

@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #c5f040ea
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import functools
@@ -17,7 +18,9 @@ import pickle
 import random
 import re
 import secrets
+import signal
 import stat
+import threading
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -28,8 +31,8 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['FORMAT', 'write_atomically', 'remove_temporaries', 'rng_state', 'set_rng_state', 'distributed', 'main_process',
-           'gather_objects', 'any_rank', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'checkpoints',
-           'latest_checkpoint']
+           'gather_objects', 'any_rank', 'interrupt_handler', 'raise_lost_interrupt', 'keep_interrupts',
+           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'checkpoints', 'latest_checkpoint']
 
 # %% ../nbs/00_core.ipynb #e7578175
 def _describe(value) -> str:
@@ -186,6 +189,32 @@ def any_rank(flag: bool, device='cpu') -> bool:
     count = torch.tensor(int(bool(flag)), device=device)
     dist.all_reduce(count)
     return count.item() > 0
+
+# %% ../nbs/00_core.ipynb #f8f65c15
+class _Interrupts:
+    "Whether a Ctrl-C reached `interrupt_handler` (the mark `raise_lost_interrupt` reads); cleared when `keep_interrupts` ends."
+    seen = False
+
+def interrupt_handler(signum, frame):
+    "A SIGINT handler: mark that a Ctrl-C came, then raise `KeyboardInterrupt` as Python's own handler does."
+    _Interrupts.seen = True
+    raise KeyboardInterrupt
+
+def raise_lost_interrupt():
+    "Raise `KeyboardInterrupt` if a Ctrl-C came under `interrupt_handler`: one that a finalizer (`__del__`, a weakref callback) swallowed."
+    if _Interrupts.seen: raise KeyboardInterrupt
+
+@contextlib.contextmanager
+def keep_interrupts():
+    "Within: Ctrl-C goes to `interrupt_handler`. Only where Python's own handler is installed, on the main thread; a SIGINT that is ignored stays ignored."
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, interrupt_handler)
+    try: yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _Interrupts.seen = False
 
 # %% ../nbs/00_core.ipynb #8ff5d494
 FORMAT = 'nntrain-checkpoint-2'

@@ -25,7 +25,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
 from .core import (FORMAT, CheckpointError, _HYPER_PARAMETERS, _check_flag, _check_int, _describe, _format_problem, _is_optimizer_state, _resume_from, _structure_problem,
-                   any_rank, distributed, gather_objects, load_checkpoint, main_process, rng_state, save_checkpoint, set_rng_state)
+                   any_rank, distributed, gather_objects, load_checkpoint, main_process, raise_lost_interrupt, rng_state, save_checkpoint, set_rng_state)
 
 from .dataloaders import DataLoaders
 
@@ -482,6 +482,7 @@ class Learner:
         if self._resume is not None and self.training: first = self._resume_pass()
         self.iter = first - 1
         for self.iter, self.batch in enumerate(self.dl, first):
+            raise_lost_interrupt()   # a Ctrl-C that a finalizer swallowed (chapter 00)
             if self.training: self.iteration += 1
             self._one_batch()
         if self.iter < first and first == 0: raise ValueError(self._no_batches_message())

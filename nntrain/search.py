@@ -34,7 +34,7 @@ import sqlalchemy
 import yaml
 
 import nntrain
-from .core import _check_int, write_atomically
+from .core import _check_int, interrupt_handler, write_atomically
 from .experiments import (METRIC_ALIASES, METRIC_NAMES, SETTINGS, ConfigError, _first_line, _key_lines, _reported_metrics, _type_name,
                                  check_config, load_session, read_yaml)
 from .experiments import fit_iterations
@@ -586,7 +586,7 @@ class WorkersError(RuntimeError):
 def _interrupt_once(signum, frame):
     "The first Ctrl-C interrupts a worker; later ones are ignored, so that it can queue its trial again and stop cleanly."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    interrupt_handler(signum, frame)   # marked, so that one a finalizer swallows is raised at the next batch (chapter 00)
 
 def _worker_main(job: str) -> int:
     "A worker process: run the job (JSON) `_run_workers` gave it; Ctrl-C stops it quietly, a bad config or storage in one line."

@@ -347,6 +347,45 @@ def _interruptible():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# A model whose third forward pass drops an object whose finalizer is running when Ctrl-C arrives: Python reports the
+# KeyboardInterrupt raised there as unraisable and goes on (as it does when the Ctrl-C lands in one of SQLAlchemy's weakref callbacks).
+SWALLOWER = textwrap.dedent('''
+    import signal
+    from torch import nn
+    from nntrain.experiments import mlp
+    class SwallowsCtrlC:
+        def __del__(self): signal.raise_signal(signal.SIGINT)
+    class Net(nn.Module):
+        def __init__(self, hidden=8):
+            super().__init__()
+            self.body, self.calls = mlp(hidden), 0
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 3: SwallowsCtrlC()   # made and dropped at once
+            return self.body(x)
+''')
+
+
+@pytest.mark.parametrize('command', ['search', 'fit'])
+def test_a_ctrl_c_that_a_finalizer_swallows_still_stops_the_command(setup, tmp_path, command):
+    (tmp_path/'swallower.py').write_text(SWALLOWER)
+    (tmp_path/'s.yaml').write_text(SEARCH.replace('model: mlp', 'model: swallower:Net').replace('num_iterations: 6', 'num_iterations: 3000')
+                                   .replace('valid_every: 3', 'valid_every: 1000').replace('model_args.hidden: {int: [8, 64]}', 'model_args.hidden: {int: [8, 9]}')
+                                   + 'plain:\n  model: swallower:Net\n  bs: 512\n  num_iterations: 3000\n  valid_every: 1000\n')
+    args = (['search', '--cfg', 's.yaml', '--session', 'find', '--trials', '1', '--sampler', 'random'] if command == 'search'
+            else ['fit', '--cfg', 's.yaml', '--session', 'plain'])
+    child = subprocess.run([sys.executable, '-c', 'import sys; from nntrain.cli import main; sys.exit(main(sys.argv[1:]))', *args, '--results', 'out'],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=_interruptible, env=ENV)
+    assert child.returncode == 130, child.stderr[-3000:]   # without the mark, the lost Ctrl-C let it train all 3000 iterations: 0
+    assert 'Exception ignored' in child.stderr and 'KeyboardInterrupt' in child.stderr, child.stderr   # it was swallowed where it landed
+    assert child.stderr.rstrip().splitlines()[-1].startswith('nntrain: interrupted'), child.stderr
+    if command == 'search':
+        trials = _study(tmp_path/'out').trials
+        assert [t.state.name for t in trials] == ['FAIL', 'WAITING'], [t.state.name for t in trials]   # tried again by the next run
+    else:
+        assert not (tmp_path/'out'/'plain'/'result.json').exists()
+
+
 def test_ctrl_c_in_a_search_prints_one_line_and_the_trial_is_tried_again(setup):
     (setup/'slow.yaml').write_text(SEARCH.replace('num_iterations: 6', 'num_iterations: 3000').replace('valid_every: 3', 'valid_every: 1000'))
     results = setup/'search-interrupted'

@@ -140,7 +140,7 @@ def test_a_killed_worker_s_experiment_is_finished_by_the_other_resuming(two_work
     trials = session_trials(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
     complete = sorted(t.user_attrs['experiment'] for t in trials if t.state.name == 'COMPLETE')
     assert complete == EXPERIMENTS, [(t.number, t.state.name, t.user_attrs) for t in trials]
-    [failed] = [t for t in trials if t.state.name == 'FAIL']
+    [failed] = [t for t in trials if t.state.name == 'FAIL' and not t.user_attrs.get('surplus')]   # a surplus trial (a race lost for the last queued one) fails too
     assert failed.user_attrs['experiment'] == victim[1]
     result = json.loads((tmp_path/'r'/'grid'/victim[1]/'result.json').read_text())
     assert result['iterations'] == 400
@@ -245,6 +245,6 @@ def test_ctrl_c_stops_every_worker_and_the_next_run_resumes(tmp_path, inherited)
         with pytest.raises(ProcessLookupError): os.kill(int(pid), 0)
     trials = session_trials(f"sqlite:///{tmp_path/'r'/'grid'/'session.db'}")
     assert 'RUNNING' not in [t.state.name for t in trials]
-    interrupted = sorted(t.user_attrs['experiment'] for t in trials if t.state.name == 'FAIL')
+    interrupted = sorted(t.user_attrs['experiment'] for t in trials if t.state.name == 'FAIL' and not t.user_attrs.get('surplus'))
     assert len(interrupted) == 2 and sorted(t.user_attrs['experiment'] for t in trials if t.state.name == 'WAITING') == EXPERIMENTS, \
         [(t.number, t.state.name, t.user_attrs) for t in trials]
